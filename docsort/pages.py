@@ -1,0 +1,360 @@
+"""The *pages* stage: files on disk become page images.
+
+Supported inputs are PDF (every page, rendered by poppler's ``pdftoppm`` through ``pdf2image``),
+TIFF (every frame), PNG and JPEG (Pillow). The format is detected from the file's first bytes,
+not its extension, so a JPEG named ``.pdf`` is read as a JPEG.
+
+Each file is identified by the sha256 of its bytes (:func:`sha256_file`), which is how the
+storage stage recognises a re-ingested file or a renamed copy.
+
+Pages are streamed: :func:`iter_pages` yields one :class:`Page` at a time and renders PDFs a few
+pages per ``pdftoppm`` call, so a 1,000-page PDF never sits in memory whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import stat
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .settings import RenderSettings
+
+__all__ = [
+    "Page",
+    "SourceFile",
+    "PageError",
+    "PopplerMissingError",
+    "NotADocumentError",
+    "DOCUMENT_EXTENSIONS",
+    "SUPPORTED_FORMATS",
+    "detect_format",
+    "sha256_file",
+    "discover_files",
+    "count_pages",
+    "iter_pages",
+    "to_network_input",
+    "thumbnail_jpeg",
+    "require_poppler",
+]
+
+SUPPORTED_FORMATS = ("pdf", "tiff", "png", "jpeg")
+
+
+class PageError(Exception):
+    """A file cannot be turned into pages. The message names the file and the reason."""
+
+
+class NotADocumentError(PageError):
+    """A file met during a folder walk that is not a document (a README, a .csv): skipped quietly."""
+
+
+#: Extensions that claim to be documents; a file with one of these that is not readable as a
+#: document is a failure, any other unrecognised file in a folder is skipped.
+DOCUMENT_EXTENSIONS = {".pdf", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jpe", ".jfif"}
+
+
+class PopplerMissingError(RuntimeError):
+    """poppler's ``pdftoppm``/``pdfinfo`` are not on PATH, so PDFs cannot be rendered."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file found by :func:`discover_files`.
+
+    Attributes:
+        path: the file's path as found (absolute).
+        format: one of :data:`SUPPORTED_FORMATS`, detected from content.
+        size_bytes: file size, bytes.
+    """
+
+    path: Path
+    format: str
+    size_bytes: int
+
+
+@dataclass
+class Page:
+    """One rendered page.
+
+    Attributes:
+        page_no: 1-based page (PDF) or frame (TIFF) number.
+        image: the page as a Pillow image, mode ``"L"`` or ``"RGB"``, longer side
+            ``RenderSettings.long_side_px`` pixels (smaller images are kept at their size).
+        source_size: (width, height) of the page in the source, pixels at the source resolution
+            (for PDFs, at the render resolution).
+    """
+
+    page_no: int
+    image: Image.Image
+    source_size: tuple[int, int]
+
+
+def require_poppler() -> None:
+    """Raise :class:`PopplerMissingError` unless ``pdftoppm`` and ``pdfinfo`` are on PATH."""
+    missing = [t for t in ("pdftoppm", "pdfinfo") if shutil.which(t) is None]
+    if missing:
+        raise PopplerMissingError(
+            f"poppler is not installed ({', '.join(missing)} not found on PATH), so PDFs cannot "
+            "be rendered. Install it: `apt-get install poppler-utils` (Debian/Ubuntu), "
+            "`brew install poppler` (macOS), `conda install -c conda-forge poppler`."
+        )
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in ``chunk``-byte blocks.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def detect_format(path: str | os.PathLike[str]) -> str | None:
+    """Detect a supported format from the file's first bytes (magic numbers).
+
+    Returns:
+        ``"pdf"``, ``"tiff"``, ``"png"``, ``"jpeg"``, or ``None`` for anything else.
+
+    Raises:
+        OSError: the file cannot be opened.
+    """
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    # The PDF spec allows junk before the header; Acrobat accepts it within the first 1024 bytes.
+    if b"%PDF-" in head:
+        return "pdf"
+    return None
+
+
+def discover_files(
+    paths: Iterable[str | os.PathLike[str]],
+) -> Iterator[SourceFile | PageError]:
+    """Walk files and folders (recursively) and yield every supported document.
+
+    Folders are walked in sorted order without following symlinked folders (so a symlink loop
+    cannot recurse); symlinked files are followed. Hidden files and folders (name starting with
+    ``.``) are skipped.
+
+    Yields:
+        :class:`SourceFile` for each supported document, or a :class:`PageError` for a path that
+        cannot be read (dangling symlink, permission denied, not a supported format) so the caller
+        can report it and go on; inside folders, a file that is neither a supported format by
+        content nor named like one (``README.md``, ``labels.csv``) gives a
+        :class:`NotADocumentError`, which callers count as skipped, not failed.
+    """
+    for root in paths:
+        root = Path(root)
+        if not root.exists() and not root.is_symlink():
+            yield PageError(f"{root}: no such file or folder")
+            continue
+        if root.is_dir():
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in sorted(filenames):
+                    if name.startswith("."):
+                        continue
+                    yield _classify(Path(dirpath) / name, in_folder=True)
+        else:
+            yield _classify(root)
+
+
+def _classify(path: Path, in_folder: bool = False) -> SourceFile | PageError:
+    path = path.absolute()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return PageError(f"{path}: dangling symlink or file vanished")
+    except OSError as exc:
+        return PageError(f"{path}: cannot stat: {exc.strerror or exc}")
+    if not stat.S_ISREG(st.st_mode):
+        return PageError(f"{path}: not a regular file")
+    if st.st_size == 0:
+        return PageError(f"{path}: empty file (0 bytes)")
+    try:
+        fmt = detect_format(path)
+    except OSError as exc:
+        return PageError(f"{path}: cannot read: {exc.strerror or exc}")
+    if fmt is None:
+        if in_folder and path.suffix.lower() not in DOCUMENT_EXTENSIONS:
+            return NotADocumentError(f"{path}: not a document (skipped)")
+        return PageError(f"{path}: not a PDF, TIFF, PNG or JPEG (detected from content)")
+    return SourceFile(path=path, format=fmt, size_bytes=st.st_size)
+
+
+def count_pages(src: SourceFile) -> int:
+    """Number of pages (PDF) or frames (TIFF); 1 for PNG and JPEG.
+
+    Raises:
+        PageError: the file cannot be opened or reports no pages.
+        PopplerMissingError: the file is a PDF and poppler is missing.
+    """
+    if src.format == "pdf":
+        from pdf2image import pdfinfo_from_path
+        from pdf2image.exceptions import PDFInfoNotInstalledError
+
+        try:
+            info = pdfinfo_from_path(str(src.path))
+        except PDFInfoNotInstalledError as exc:  # pragma: no cover - covered by require_poppler
+            raise PopplerMissingError(str(exc)) from exc
+        except Exception as exc:
+            raise PageError(f"{src.path}: cannot read PDF: {_clean(exc)}") from exc
+        n = int(info.get("Pages", 0) or 0)
+        if n <= 0:
+            raise PageError(f"{src.path}: PDF has no pages")
+        return n
+    try:
+        with Image.open(src.path) as im:
+            return int(getattr(im, "n_frames", 1))
+    except Exception as exc:
+        raise PageError(f"{src.path}: cannot read image: {_clean(exc)}") from exc
+
+
+def iter_pages(src: SourceFile, render: RenderSettings) -> Iterator[Page]:
+    """Yield the pages of one file, rendered for the network, one at a time.
+
+    Args:
+        src: a file from :func:`discover_files`.
+        render: resolution and colour settings.
+
+    Yields:
+        :class:`Page` objects in page order, images of mode ``"L"`` (``render.color == "gray"``)
+        or ``"RGB"``, longer side ``render.long_side_px`` pixels at most.
+
+    Raises:
+        PageError: the file is corrupt, encrypted, truncated, a decompression bomb (Pillow's
+            ``DecompressionBombError``), or otherwise unreadable; the message names the file.
+        PopplerMissingError: a PDF is given and poppler is missing.
+    """
+    if src.format == "pdf":
+        yield from _iter_pdf(src, render)
+    else:
+        yield from _iter_image(src, render)
+
+
+def _iter_pdf(src: SourceFile, render: RenderSettings) -> Iterator[Page]:
+    from pdf2image import convert_from_path
+    from pdf2image.exceptions import PDFInfoNotInstalledError
+
+    n = count_pages(src)
+    for first in range(1, n + 1, render.pdf_chunk_pages):
+        last = min(n, first + render.pdf_chunk_pages - 1)
+        try:
+            images = convert_from_path(
+                str(src.path),
+                size=render.long_side_px,  # pdftoppm -scale-to: longer side in pixels
+                first_page=first,
+                last_page=last,
+                grayscale=render.color == "gray",
+                fmt="ppm",  # raw, no encode/decode round trip (PNG is ~10x slower here)
+                thread_count=1,
+            )
+        except PDFInfoNotInstalledError as exc:  # pragma: no cover
+            raise PopplerMissingError(str(exc)) from exc
+        except Exception as exc:
+            raise PageError(f"{src.path}: cannot render pages {first}-{last}: {_clean(exc)}") from exc
+        if len(images) != last - first + 1:
+            raise PageError(
+                f"{src.path}: poppler rendered {len(images)} of pages {first}-{last} "
+                "(damaged or encrypted PDF)"
+            )
+        for offset, im in enumerate(images):
+            im = _normalise_mode(im, render)
+            yield Page(page_no=first + offset, image=im, source_size=im.size)
+
+
+def _iter_image(src: SourceFile, render: RenderSettings) -> Iterator[Page]:
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; treat both as errors.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(src.path) as im:
+                n = int(getattr(im, "n_frames", 1))
+                for i in range(n):
+                    im.seek(i)
+                    size = im.size
+                    if im.format == "JPEG":
+                        # Let libjpeg decode at 1/2..1/8 scale when that still covers the target.
+                        im.draft(im.mode, (render.long_side_px, render.long_side_px))
+                    frame = ImageOps.exif_transpose(im) if i == 0 else im.copy()
+                    frame = _normalise_mode(frame, render)
+                    yield Page(page_no=i + 1, image=frame, source_size=size)
+    except PageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PageError(f"{src.path}: image too large (decompression bomb guard): {exc}") from exc
+    except Exception as exc:
+        raise PageError(f"{src.path}: cannot read image: {_clean(exc)}") from exc
+
+
+def _normalise_mode(im: Image.Image, render: RenderSettings) -> Image.Image:
+    """Convert any Pillow mode (1, L, P, RGB, RGBA, CMYK, I;16, ...) to L or RGB and downscale."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = arr.max() if arr.size else 0.0
+        arr = arr * (255.0 / hi) if hi > 255 else arr
+        im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    elif im.mode in ("RGBA", "LA", "P", "PA"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    target = "L" if render.color == "gray" else "RGB"
+    if im.mode != target:
+        im = im.convert(target)
+    if max(im.size) > render.long_side_px:
+        im = im.copy()
+        im.thumbnail((render.long_side_px, render.long_side_px), Image.Resampling.LANCZOS)
+    return im
+
+
+def to_network_input(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """Resize a page to the network's input size (squashing the aspect ratio, as the seed does).
+
+    Args:
+        image: a page image of mode ``"L"`` or ``"RGB"``.
+        size: (height, width) in pixels, e.g. (299, 299).
+
+    Returns:
+        ``uint8`` array of shape ``(height, width, 1)`` for ``"L"`` or ``(height, width, 3)``.
+        Normalisation to floats happens on the device, inside the compiled forward pass.
+    """
+    h, w = size
+    resized = image.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    arr = np.asarray(resized, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr
+
+
+def thumbnail_jpeg(image: Image.Image, long_side_px: int, quality: int = 80) -> bytes:
+    """Encode a small JPEG thumbnail of a page (longer side ``long_side_px`` pixels)."""
+    thumb = image.copy()
+    thumb.thumbnail((long_side_px, long_side_px), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def _clean(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    # pdf2image passes poppler's stderr through; keep the first informative line.
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if len(lines) == 1 else "; ".join(lines[:3])

@@ -1,0 +1,229 @@
+"""Pipeline settings: the named, validated parameter sets that the CLI and the UI run.
+
+A *pipeline* is a TOML file (see ``pipelines/default.toml`` in the repository) that only
+parameterises the stages in this package: rasterization resolution, backbone and layer, weights,
+pooling, batch size, index type, UMAP and HDBSCAN parameters. It is validated on load with
+pydantic, so a typo in a key or a value of the wrong type is a clear error naming the file.
+
+``load_pipeline("default")`` returns the built-in defaults when no ``default.toml`` is found, so
+an installed docsort works outside the source checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "RenderSettings",
+    "FeatureSettings",
+    "IndexSettings",
+    "UmapSettings",
+    "HdbscanSettings",
+    "PipelineSettings",
+    "PipelineError",
+    "load_pipeline",
+    "pipeline_search_path",
+]
+
+
+class PipelineError(ValueError):
+    """A pipeline file is missing, unreadable or does not validate against the schema."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RenderSettings(_Strict):
+    """How files become page images (the *pages* stage).
+
+    Attributes:
+        long_side_px: pages are rasterized so that their longer side is this many pixels
+            (poppler ``pdftoppm -scale-to``; Pillow ``thumbnail`` for images). It must be at least
+            the backbone's input side (299 px) so no pixel the network sees is invented; 400 px
+            keeps enough for the thumbnail and costs a fraction of the seed's 200 dpi render
+            (an 11-inch page at 200 dpi is 2200 px long, of which the network sees 299).
+        thumbnail_px: longer side of the JPEG thumbnail stored per page for the UI, pixels.
+        color: ``"gray"`` converts every page to 8-bit grayscale before the network (scans of one
+            document type arrive in colour and in grey; grey makes them comparable), ``"rgb"``
+            keeps colour.
+        pdf_chunk_pages: PDFs are rendered this many pages at a time, so a 1,000-page PDF never
+            sits in memory whole.
+    """
+
+    long_side_px: int = Field(400, ge=64, le=4096)
+    thumbnail_px: int = Field(256, ge=32, le=1024)
+    color: Literal["gray", "rgb"] = "gray"
+    pdf_chunk_pages: int = Field(16, ge=1, le=1000)
+
+
+class FeatureSettings(_Strict):
+    """The backbone, the layer read out, the weights and the pooling (the *features* stage).
+
+    Attributes:
+        backbone: ``"inception_v3"`` (Keras applications) or ``"hub:HANDLE"``, a TF2 image
+            feature-vector SavedModel given as a versioned https handle or a local directory.
+        layer: Keras layer name read out of InceptionV3; ``mixed1`` is TF-slim's
+            ``InceptionV3/Mixed_5c`` (35x35x288 at 299x299 input).
+        weights: ``auto`` | ``imagenet`` | ``bundled`` | ``random`` | a path to a ``.h5`` or
+            ``.weights.h5`` file. See :mod:`docsort.weights`.
+        weights_sha256: expected sha256 of a weights file given by path (optional; always
+            recorded in the manifest).
+        input_size: network input, pixels, (height, width). InceptionV3's native size is 299.
+        pooling: name of the pooling of the feature map, see :data:`docsort.features.POOLINGS`.
+        batch_size: pages per forward pass.
+        seed: seed for ``random`` weights.
+    """
+
+    backbone: str = "inception_v3"
+    layer: str = "mixed1"
+    weights: str = "auto"
+    weights_sha256: str | None = None
+    input_size: tuple[int, int] = (299, 299)
+    pooling: str = "gap"
+    batch_size: int = Field(32, ge=1, le=4096)
+    seed: int = 0
+
+    @field_validator("input_size")
+    @classmethod
+    def _input_size_min(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 75:
+            raise ValueError("InceptionV3 needs an input of at least 75x75 pixels")
+        return v
+
+
+class IndexSettings(_Strict):
+    """FAISS index (the *index* stage).
+
+    Attributes:
+        type: ``flat`` (exact ``IndexFlatIP``), ``hnsw`` (``IndexHNSWFlat``, inner product) or
+            ``auto`` (flat below ``auto_hnsw_above`` pages, HNSW above).
+        hnsw_m: HNSW graph degree M (FAISS default 32).
+        hnsw_ef_search: HNSW ``efSearch``; 64 gave recall@10 0.98 on 100k x 288 here.
+        auto_hnsw_above: collection size, pages, above which ``auto`` builds HNSW.
+    """
+
+    type: Literal["flat", "hnsw", "auto"] = "auto"
+    hnsw_m: int = Field(32, ge=4, le=256)
+    hnsw_ef_search: int = Field(64, ge=8, le=4096)
+    hnsw_ef_construction: int = Field(40, ge=8, le=4096)
+    auto_hnsw_above: int = Field(200_000, ge=0)
+
+
+class UmapSettings(_Strict):
+    """UMAP (McInnes, Healy & Melville 2018, arXiv:1802.03426) before HDBSCAN.
+
+    ``n_components`` is the dimension handed to HDBSCAN (the UMAP docs' "Using UMAP for
+    clustering" recommends ~10 and ``min_dist=0.0``); a separate 2-D embedding is stored for the
+    map with ``map_min_dist``.
+    """
+
+    n_neighbors: int = Field(15, ge=2)
+    n_components: int = Field(10, ge=2, le=100)
+    min_dist: float = Field(0.0, ge=0.0, le=1.0)
+    map_min_dist: float = Field(0.1, ge=0.0, le=1.0)
+    metric: str = "cosine"
+    random_state: int = 42
+
+
+class HdbscanSettings(_Strict):
+    """HDBSCAN (Campello, Moulavi & Sander 2013; McInnes et al. 2017, JOSS 2(11) 205).
+
+    ``min_cluster_size = 0`` means "choose from the collection size":
+    ``max(3, round(sqrt(n_pages) / 2))`` (3 at 36 pages, 16 at 1,000, 71 at 20,000).
+    ``min_samples = 0`` means ``max(1, min_cluster_size // 2)``; HDBSCAN's own default
+    (equal to ``min_cluster_size``) marks far more points as noise.
+    """
+
+    min_cluster_size: int = Field(0, ge=0)
+    min_samples: int = Field(0, ge=0)
+    cluster_selection_method: Literal["eom", "leaf"] = "eom"
+    cluster_selection_epsilon: float = Field(0.0, ge=0.0)
+
+
+class PipelineSettings(_Strict):
+    """A whole pipeline: the settings of every stage plus its name.
+
+    Raises:
+        pydantic.ValidationError: on unknown keys or invalid values (wrapped in
+            :class:`PipelineError` by :func:`load_pipeline`).
+    """
+
+    name: str = "default"
+    description: str = ""
+    render: RenderSettings = RenderSettings()
+    features: FeatureSettings = FeatureSettings()
+    index: IndexSettings = IndexSettings()
+    umap: UmapSettings = UmapSettings()
+    hdbscan: HdbscanSettings = HdbscanSettings()
+
+    def with_overrides(self, **features: object) -> "PipelineSettings":
+        """Return a copy with some ``features`` settings replaced (e.g. ``weights="random"``).
+
+        ``None`` values are ignored, so CLI options left unset keep the pipeline's values.
+        """
+        changes = {k: v for k, v in features.items() if v is not None}
+        if not changes:
+            return self
+        merged = self.features.model_dump() | changes
+        return self.model_copy(update={"features": FeatureSettings(**merged)})
+
+
+def pipeline_search_path() -> list[Path]:
+    """Folders searched for ``NAME.toml``, first match wins.
+
+    ``$DOCSORT_PIPELINES`` (os.pathsep-separated), ``./pipelines``, and the ``pipelines/`` folder
+    of the source checkout this package was imported from.
+    """
+    dirs: list[Path] = []
+    env = os.environ.get("DOCSORT_PIPELINES")
+    if env:
+        dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    dirs.append(Path.cwd() / "pipelines")
+    dirs.append(Path(__file__).resolve().parent.parent / "pipelines")
+    return dirs
+
+
+def load_pipeline(name_or_path: str | os.PathLike[str] = "default") -> PipelineSettings:
+    """Load and validate a pipeline by name (searched in :func:`pipeline_search_path`) or path.
+
+    Args:
+        name_or_path: a pipeline name such as ``"default"`` or a path to a ``.toml`` file.
+
+    Returns:
+        The validated :class:`PipelineSettings`.
+
+    Raises:
+        PipelineError: the file is not found, is not valid TOML, or does not match the schema;
+            the message names the file and the offending keys.
+    """
+    text = str(name_or_path)
+    path: Path | None = None
+    if text.endswith(".toml") or os.sep in text or Path(text).is_file():
+        path = Path(text)
+        if not path.is_file():
+            raise PipelineError(f"{path}: pipeline file not found")
+    else:
+        for d in pipeline_search_path():
+            if (d / f"{text}.toml").is_file():
+                path = d / f"{text}.toml"
+                break
+        if path is None:
+            if text == "default":
+                return PipelineSettings()
+            searched = ", ".join(str(d) for d in pipeline_search_path())
+            raise PipelineError(f"pipeline {text!r} not found (searched {searched})")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PipelineError(f"{path}: cannot read pipeline: {exc}") from exc
+    data.setdefault("name", path.stem)
+    try:
+        return PipelineSettings(**data)
+    except ValidationError as exc:
+        raise PipelineError(f"{path}: invalid pipeline settings:\n{exc}") from exc

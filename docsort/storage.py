@@ -1,0 +1,526 @@
+"""The collection on disk: SQLite for documents, pages, vectors and clusters, plus a manifest.
+
+A collection is a directory::
+
+    docsort.sqlite   documents, their paths, pages (with the float32 feature vector as a BLOB),
+                     thumbnails, cluster assignments, cluster names, ingest failures
+    index.faiss      the FAISS index (derived from the stored vectors; see docsort.index)
+    manifest.json    how the collection was built: backbone, layer, pooling, weights sha256,
+                     input size, preprocessing, render settings, pipeline, library versions, seeds
+    clustering.joblib  the fitted UMAP + HDBSCAN models of the last clustering run
+    .lock            the writers' lock (filelock)
+
+SQLite is the single source of truth and every document is stored in one transaction with all
+its pages and vectors, so a crash mid-ingest leaves either the whole document or nothing. The
+database runs in WAL mode so readers (the UI) keep reading while a writer commits.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+__all__ = [
+    "Collection",
+    "CollectionError",
+    "CollectionBusyError",
+    "StoredPage",
+    "atomic_write_bytes",
+    "default_collection_path",
+]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents(
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL,
+    format TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    n_pages INTEGER NOT NULL,
+    added_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS document_paths(
+    document_id INTEGER NOT NULL REFERENCES documents(id),
+    path TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    PRIMARY KEY(document_id, path)
+);
+CREATE TABLE IF NOT EXISTS pages(
+    id INTEGER PRIMARY KEY,
+    document_id INTEGER NOT NULL REFERENCES documents(id),
+    page_no INTEGER NOT NULL,
+    width_px INTEGER NOT NULL,
+    height_px INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    UNIQUE(document_id, page_no)
+);
+CREATE TABLE IF NOT EXISTS thumbnails(
+    page_id INTEGER PRIMARY KEY REFERENCES pages(id),
+    jpeg BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS page_clusters(
+    page_id INTEGER PRIMARY KEY REFERENCES pages(id),
+    cluster INTEGER NOT NULL,
+    probability REAL NOT NULL,
+    umap_x REAL NOT NULL,
+    umap_y REAL NOT NULL,
+    run_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clusters(
+    id INTEGER PRIMARY KEY,
+    name TEXT,
+    user_named INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS cluster_runs(
+    id INTEGER PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    n_pages INTEGER NOT NULL,
+    n_clusters INTEGER NOT NULL,
+    n_noise INTEGER NOT NULL,
+    seconds REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failures(path TEXT PRIMARY KEY, reason TEXT NOT NULL, at TEXT NOT NULL);
+"""
+
+
+class CollectionError(RuntimeError):
+    """The collection is missing, damaged, or incompatible with the requested settings."""
+
+
+class CollectionBusyError(CollectionError):
+    """Another docsort process holds the collection's write lock."""
+
+
+@dataclass(frozen=True)
+class StoredPage:
+    """One page as stored: ids, source, and (optionally) cluster.
+
+    Attributes:
+        page_id: the page's row id, also its id in the FAISS index.
+        document_id, path, sha256, page_no: where the page comes from (1-based page number).
+        cluster: cluster id, -1 for noise, ``None`` before clustering.
+        cluster_name: the cluster's (user-given or default) name.
+    """
+
+    page_id: int
+    document_id: int
+    path: str
+    sha256: str
+    page_no: int
+    cluster: int | None
+    cluster_name: str | None
+
+
+def default_collection_path() -> Path:
+    """``$DOCSORT_COLLECTION`` or ``./docsort-collection``."""
+    return Path(os.environ.get("DOCSORT_COLLECTION", "docsort-collection"))
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class Collection:
+    """A docsort collection directory.
+
+    Args:
+        root: the collection directory.
+        create: create the directory and database if missing (otherwise a missing collection
+            raises :class:`CollectionError`).
+
+    Raises:
+        CollectionError: the directory is not a collection (and ``create`` is false), or its
+            database has a newer schema.
+    """
+
+    DB = "docsort.sqlite"
+    INDEX = "index.faiss"
+    MANIFEST = "manifest.json"
+    MODELS = "clustering.joblib"
+    LOCK = ".lock"
+
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = False):
+        self.root = Path(root)
+        db = self.root / self.DB
+        if not db.exists():
+            if not create:
+                raise CollectionError(
+                    f"{self.root}: no docsort collection here (run `docsort ingest FOLDER` first, "
+                    "or pass --collection PATH)"
+                )
+            self.root.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(db, timeout=60, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        for stmt in _SCHEMA.strip().split(";"):
+            if stmt.strip():
+                self._conn.execute(stmt)
+        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self._conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise CollectionError(f"{self.root}: collection schema {row[0]} is newer than this docsort")
+
+    # -- plumbing --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the database connection."""
+        self._conn.close()
+
+    def __enter__(self) -> "Collection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+
+    @contextmanager
+    def write_lock(self, timeout_s: float = 600.0, on_wait=None) -> Iterator[None]:
+        """Hold the collection's writer lock (a ``filelock`` on ``.lock``).
+
+        Args:
+            timeout_s: how long to wait for another writer, seconds.
+            on_wait: called once with a message if the lock is not free at once.
+
+        Raises:
+            CollectionBusyError: still locked after ``timeout_s``.
+        """
+        lock = FileLock(str(self.root / self.LOCK))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if on_wait is not None:
+                on_wait(f"collection {self.root} is busy (another docsort process is writing); waiting up to {timeout_s:.0f} s")
+            try:
+                lock.acquire(timeout=timeout_s)
+            except Timeout as exc:
+                raise CollectionBusyError(
+                    f"collection {self.root} is busy: another docsort process is writing to it "
+                    f"(lock {self.root / self.LOCK}); try again when it has finished"
+                ) from exc
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # -- manifest --------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / self.MANIFEST
+
+    def manifest(self) -> dict | None:
+        """The manifest as a dict, or ``None`` for a collection with nothing ingested yet."""
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CollectionError(f"{self.manifest_path}: unreadable manifest: {exc}") from exc
+
+    def write_manifest(self, manifest: dict) -> None:
+        """Replace the manifest atomically (write then rename)."""
+        data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n"
+        atomic_write_bytes(self.manifest_path, data)
+
+    # -- documents and pages ---------------------------------------------------------------
+    def find_document(self, sha256: str) -> int | None:
+        """The id of the stored document with this sha256, or ``None``."""
+        row = self._conn.execute("SELECT id FROM documents WHERE sha256=?", (sha256,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def add_path(self, document_id: int, path: str) -> bool:
+        """Record another path (a renamed or copied file) for a stored document.
+
+        Returns:
+            True if the path was new for this document.
+        """
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO document_paths VALUES(?, ?, ?)", (document_id, path, _now())
+            )
+            c.execute("DELETE FROM failures WHERE path=?", (path,))
+        return cur.rowcount > 0
+
+    def add_document(
+        self,
+        *,
+        sha256: str,
+        path: str,
+        format: str,
+        size_bytes: int,
+        pages: Sequence[tuple[int, int, int, np.ndarray, bytes]],
+    ) -> tuple[int, list[int]] | None:
+        """Store a document and all its pages in one transaction.
+
+        Args:
+            sha256, path, format, size_bytes: the file (``format`` as detected; size in bytes).
+            pages: ``(page_no, width_px, height_px, vector, thumbnail_jpeg)`` per page, vector a
+                float32 array of shape (D,).
+
+        Returns:
+            ``(document_id, page_ids)``, or ``None`` when a document with this sha256 was stored
+            meanwhile by another process (nothing is written then).
+
+        Raises:
+            ValueError: no pages, or vectors of different lengths.
+        """
+        if not pages:
+            raise ValueError(f"{path}: no pages to store")
+        dims = {int(p[3].shape[-1]) for p in pages}
+        if len(dims) != 1:
+            raise ValueError(f"{path}: vectors of different lengths {sorted(dims)}")
+        now = _now()
+        with self.transaction() as c:
+            try:
+                cur = c.execute(
+                    "INSERT INTO documents(sha256, path, format, size_bytes, n_pages, added_at) VALUES(?,?,?,?,?,?)",
+                    (sha256, path, format, size_bytes, len(pages), now),
+                )
+            except sqlite3.IntegrityError:
+                return None
+            doc_id = int(cur.lastrowid)
+            c.execute("INSERT INTO document_paths VALUES(?, ?, ?)", (doc_id, path, now))
+            page_ids = []
+            for page_no, width, height, vector, thumb in pages:
+                vec = np.ascontiguousarray(vector, dtype=np.float32)
+                cur = c.execute(
+                    "INSERT INTO pages(document_id, page_no, width_px, height_px, vector) VALUES(?,?,?,?,?)",
+                    (doc_id, int(page_no), int(width), int(height), vec.tobytes()),
+                )
+                pid = int(cur.lastrowid)
+                page_ids.append(pid)
+                c.execute("INSERT INTO thumbnails VALUES(?, ?)", (pid, thumb))
+            c.execute("DELETE FROM failures WHERE path=?", (path,))
+        return doc_id, page_ids
+
+    def record_failure(self, path: str, reason: str) -> None:
+        """Remember that ``path`` could not be ingested (shown by ``docsort info``)."""
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO failures VALUES(?, ?, ?)", (path, reason, _now()))
+
+    def failures(self) -> list[tuple[str, str, str]]:
+        """``(path, reason, when)`` of files whose last ingest failed."""
+        return [tuple(r) for r in self._conn.execute("SELECT path, reason, at FROM failures ORDER BY path")]
+
+    def counts(self) -> dict[str, int]:
+        """Numbers of documents, pages, clusters (excluding noise), noise pages, failures."""
+        q = lambda sql: int(self._conn.execute(sql).fetchone()[0])  # noqa: E731
+        return {
+            "documents": q("SELECT COUNT(*) FROM documents"),
+            "pages": q("SELECT COUNT(*) FROM pages"),
+            "clustered_pages": q("SELECT COUNT(*) FROM page_clusters"),
+            "clusters": q("SELECT COUNT(DISTINCT cluster) FROM page_clusters WHERE cluster >= 0"),
+            "noise_pages": q("SELECT COUNT(*) FROM page_clusters WHERE cluster < 0"),
+            "failures": q("SELECT COUNT(*) FROM failures"),
+        }
+
+    def page_ids(self) -> np.ndarray:
+        """All page ids, ascending, int64 (n,)."""
+        rows = self._conn.execute("SELECT id FROM pages ORDER BY id").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def vectors(self, page_ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Stored vectors.
+
+        Args:
+            page_ids: which pages (default: all, ascending id).
+
+        Returns:
+            ``(ids, vectors)``: int64 (n,) and float32 (n, D); an empty (0, 0) array when there are
+            no pages.
+        """
+        if page_ids is None:
+            rows = self._conn.execute("SELECT id, vector FROM pages ORDER BY id").fetchall()
+        else:
+            wanted = [int(i) for i in page_ids]
+            rows = []
+            for start in range(0, len(wanted), 900):
+                chunk = wanted[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                found = dict(self._conn.execute(f"SELECT id, vector FROM pages WHERE id IN ({marks})", chunk).fetchall())
+                missing = [i for i in chunk if i not in found]
+                if missing:
+                    raise CollectionError(f"no page with id {missing[0]} in {self.root}")
+                rows += [(i, found[i]) for i in chunk]
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return ids, np.zeros((0, 0), np.float32)
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        return ids, vecs.copy()
+
+    def thumbnail(self, page_id: int) -> bytes | None:
+        """The page's JPEG thumbnail bytes, or ``None``."""
+        row = self._conn.execute("SELECT jpeg FROM thumbnails WHERE page_id=?", (int(page_id),)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def pages(self, page_ids: Iterable[int] | None = None) -> list[StoredPage]:
+        """Page records with their document and cluster, ascending id (or in the given order)."""
+        sql = """
+            SELECT p.id, p.document_id, d.path, d.sha256, p.page_no, pc.cluster,
+                   COALESCE(c.name, CASE WHEN pc.cluster < 0 THEN 'noise' WHEN pc.cluster IS NULL THEN NULL
+                                         ELSE 'cluster ' || pc.cluster END)
+            FROM pages p JOIN documents d ON d.id = p.document_id
+            LEFT JOIN page_clusters pc ON pc.page_id = p.id
+            LEFT JOIN clusters c ON c.id = pc.cluster
+        """
+        if page_ids is None:
+            rows = self._conn.execute(sql + " ORDER BY p.id").fetchall()
+            return [StoredPage(*r) for r in rows]
+        wanted = [int(i) for i in page_ids]
+        found: dict[int, StoredPage] = {}
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for r in self._conn.execute(sql + f" WHERE p.id IN ({marks})", chunk):
+                found[r[0]] = StoredPage(*r)
+        return [found[i] for i in wanted if i in found]
+
+    def page_table(self):
+        """One row per page as a ``pandas.DataFrame``.
+
+        Columns: page_id, document_id, path, page, sha256, format, width_px, height_px, cluster
+        (Int64, -1 noise, <NA> before clustering), cluster_name, probability, umap_x, umap_y.
+        """
+        import pandas as pd
+
+        sql = """
+            SELECT p.id AS page_id, p.document_id, d.path, p.page_no AS page, d.sha256, d.format,
+                   p.width_px, p.height_px, pc.cluster, pc.probability, pc.umap_x, pc.umap_y,
+                   COALESCE(c.name, CASE WHEN pc.cluster < 0 THEN 'noise' WHEN pc.cluster IS NULL THEN NULL
+                                         ELSE 'cluster ' || pc.cluster END) AS cluster_name
+            FROM pages p JOIN documents d ON d.id = p.document_id
+            LEFT JOIN page_clusters pc ON pc.page_id = p.id
+            LEFT JOIN clusters c ON c.id = pc.cluster
+            ORDER BY p.id
+        """
+        df = pd.read_sql_query(sql, self._conn)
+        df["cluster"] = df["cluster"].astype("Int64")
+        return df
+
+    def document_paths(self, document_id: int) -> list[str]:
+        """Every path under which the document was seen, first-seen first."""
+        rows = self._conn.execute(
+            "SELECT path FROM document_paths WHERE document_id=? ORDER BY seen_at, path", (int(document_id),)
+        )
+        return [r[0] for r in rows]
+
+    # -- clusters --------------------------------------------------------------------------
+    def store_clustering(
+        self,
+        page_ids: np.ndarray,
+        labels: np.ndarray,
+        probabilities: np.ndarray,
+        embedding_2d: np.ndarray,
+        settings: dict,
+        seconds: float,
+    ) -> int:
+        """Replace all cluster assignments in one transaction; keep user-given cluster names.
+
+        Args:
+            page_ids: int64 (n,); labels: int (n,), -1 = noise; probabilities: float (n,) HDBSCAN
+            membership strength in [0, 1]; embedding_2d: float (n, 2) UMAP map coordinates;
+            settings: the UMAP/HDBSCAN parameters used; seconds: wall time of the run.
+
+        Returns:
+            The run id.
+        """
+        labels = np.asarray(labels, dtype=np.int64)
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO cluster_runs(created_at, settings, n_pages, n_clusters, n_noise, seconds) VALUES(?,?,?,?,?,?)",
+                (
+                    _now(),
+                    json.dumps(settings, sort_keys=True, default=str),
+                    len(labels),
+                    len(set(labels.tolist()) - {-1}),
+                    int((labels < 0).sum()),
+                    float(seconds),
+                ),
+            )
+            run_id = int(cur.lastrowid)
+            c.execute("DELETE FROM page_clusters")
+            c.executemany(
+                "INSERT INTO page_clusters VALUES(?,?,?,?,?,?)",
+                [
+                    (int(pid), int(lab), float(prob), float(xy[0]), float(xy[1]), run_id)
+                    for pid, lab, prob, xy in zip(page_ids, labels, probabilities, embedding_2d)
+                ],
+            )
+            c.execute("DELETE FROM clusters WHERE user_named = 0")
+        return run_id
+
+    def last_cluster_run(self) -> dict | None:
+        """The latest clustering run: id, created_at, settings, counts, seconds; or ``None``."""
+        row = self._conn.execute(
+            "SELECT id, created_at, settings, n_pages, n_clusters, n_noise, seconds FROM cluster_runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        keys = ("id", "created_at", "settings", "n_pages", "n_clusters", "n_noise", "seconds")
+        out = dict(zip(keys, row))
+        out["settings"] = json.loads(out["settings"])
+        return out
+
+    def rename_cluster(self, cluster_id: int, name: str) -> None:
+        """Give a cluster a user name (kept across restarts; ``docsort export`` and the UI show it).
+
+        Raises:
+            CollectionError: no such cluster, an empty name, or the noise label -1.
+        """
+        name = name.strip()
+        if not name:
+            raise CollectionError("a cluster name cannot be empty")
+        if cluster_id < 0:
+            raise CollectionError("noise (-1) is not a cluster and cannot be renamed")
+        exists = self._conn.execute("SELECT 1 FROM page_clusters WHERE cluster=? LIMIT 1", (int(cluster_id),)).fetchone()
+        if exists is None:
+            raise CollectionError(f"no cluster {cluster_id} in {self.root}")
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO clusters(id, name, user_named) VALUES(?, ?, 1) "
+                "ON CONFLICT(id) DO UPDATE SET name=excluded.name, user_named=1",
+                (int(cluster_id), name),
+            )
