@@ -94,12 +94,13 @@ def load_index(path: str | os.PathLike[str]) -> faiss.Index | None:
         return None
 
 
-def sync_index(collection: Collection, settings: IndexSettings) -> tuple[faiss.Index, IndexInfo]:
+def sync_index(collection: Collection, settings: IndexSettings, *, persist: bool = True) -> tuple[faiss.Index, IndexInfo]:
     """Make the collection's ``index.faiss`` hold exactly the stored pages, and return it.
 
     Adds the pages missing from the file when the file's ids are a subset of the database's and
-    its type still fits the settings; otherwise rebuilds from the stored vectors. The file is
-    written atomically. Call it with the collection's write lock held.
+    its type still fits the settings; otherwise rebuilds from the stored vectors. With
+    ``persist`` (writers, holding the collection's write lock) the file is replaced atomically;
+    readers pass ``persist=False`` and repair only their in-memory copy.
 
     Returns:
         ``(index, info)``.
@@ -117,15 +118,17 @@ def sync_index(collection: Collection, settings: IndexSettings) -> tuple[faiss.I
             ids, vecs = collection.vectors(missing)
             if len(ids) and vecs.shape[1] == index.d:
                 index.add_with_ids(vecs, ids)
-                save_index(index, path)
+                if persist:
+                    save_index(index, path)
                 return index, IndexInfo(index_kind(index), int(index.ntotal), "added")
     ids, vecs = collection.vectors()
     if len(ids) == 0:
-        if path.exists():
+        if persist and path.exists():
             path.unlink()
         return build_index(ids, np.zeros((0, 1), np.float32), settings), IndexInfo("flat", 0, "rebuilt")
     index = build_index(ids, vecs, settings)
-    save_index(index, path)
+    if persist:
+        save_index(index, path)
     return index, IndexInfo(index_kind(index), int(index.ntotal), "rebuilt")
 
 

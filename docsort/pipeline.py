@@ -349,9 +349,9 @@ def ingest(
             flush()
         finally:
             bar.close()
-            if report.documents_added or not (collection.root / Collection.INDEX).exists():
-                _, info_ = sync_index(collection, settings.index)
-                report.index = f"{info_.kind}, {info_.ntotal} vectors ({info_.action})"
+            # Always: also repairs an index file that disagrees with the database.
+            _, info_ = sync_index(collection, settings.index)
+            report.index = f"{info_.kind}, {info_.ntotal} vectors ({info_.action})"
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -503,8 +503,10 @@ class SearchResult:
     documents: list[DocumentHit]
 
 
-def _search_vectors(collection: Collection, settings: PipelineSettings, queries: np.ndarray, k: int, query: str) -> SearchResult:
-    index, _ = sync_index(collection, settings.index) if (collection.root / Collection.INDEX).exists() else (None, None)
+def _search_vectors(collection: Collection, settings: PipelineSettings, queries: np.ndarray, k: int, query: str, index=None) -> SearchResult:
+    if index is None:
+        # Readers never write the index file: a writer may hold the lock (ingest in progress).
+        index, _ = sync_index(collection, settings.index, persist=False)
     if index is None or index.ntotal == 0:
         raise CollectionError(f"{collection.root} has no pages to search")
     # Fetch more pages than k so that document-level results can reach k distinct documents.
@@ -539,7 +541,8 @@ def _search_vectors(collection: Collection, settings: PipelineSettings, queries:
 
 
 def search_file(
-    collection: Collection, path: str | Path, settings: PipelineSettings, k: int = 5, *, extractor: FeatureExtractor | None = None
+    collection: Collection, path: str | Path, settings: PipelineSettings, k: int = 5, *, extractor: FeatureExtractor | None = None,
+    index=None,
 ) -> SearchResult:
     """Neighbours of every page of a file, embedded on the fly and not stored.
 
@@ -562,13 +565,17 @@ def search_file(
     _check_extractor(collection, extractor)
     images = [p.image for p in iter_pages(src, settings.render)]
     queries = extractor.embed(np.stack([to_network_input(im, extractor.input_size) for im in images]))
-    return _search_vectors(collection, settings, queries, k, str(path))
+    return _search_vectors(collection, settings, queries, k, str(path), index)
 
 
-def search_page(collection: Collection, page_id: int, settings: PipelineSettings, k: int = 5) -> SearchResult:
-    """Neighbours of a stored page (its stored vector; the page itself ranks first, score 1.0)."""
+def search_page(collection: Collection, page_id: int, settings: PipelineSettings, k: int = 5, *, index=None) -> SearchResult:
+    """Neighbours of a stored page (its stored vector; the page itself ranks first, score 1.0).
+
+    ``index``: an already loaded FAISS index holding exactly the stored pages (the UI caches one);
+    read and synced from ``index.faiss`` when ``None``. :func:`search_file` takes it too.
+    """
     _, vec = collection.vectors([page_id])
-    return _search_vectors(collection, settings, vec, k, f"page {page_id}")
+    return _search_vectors(collection, settings, vec, k, f"page {page_id}", index)
 
 
 # ---------------------------------------------------------------------------------------------

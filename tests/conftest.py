@@ -1,0 +1,65 @@
+"""Shared fixtures: one sample_docs collection per test session, built in-process.
+
+Building it embeds the 41 real pages of sample_docs/ with the bundled offline weights (~10 s)
+and clusters them (~25 s of UMAP's numba JIT the first time in a process), so tests that only
+read share it; tests that write copy it first (``collection_copy``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Tests never reach the network: 'auto' weights resolve to the bundled file without a fetch.
+os.environ.setdefault("DOCSORT_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DOCS = REPO / "sample_docs"
+
+
+def sample_labels() -> dict[tuple[str, int], str]:
+    """{(absolute path, page): category} from sample_docs/labels.csv."""
+    with open(SAMPLE_DOCS / "labels.csv", newline="") as f:
+        return {(str((SAMPLE_DOCS / r["file"]).absolute()), int(r["page"])): r["category"] for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from docsort.settings import load_pipeline
+
+    return load_pipeline("default").with_overrides(weights="bundled")
+
+
+@pytest.fixture(scope="session")
+def extractor(settings):
+    from docsort.pipeline import make_extractor
+
+    return make_extractor(settings, announce=False)
+
+
+@pytest.fixture(scope="session")
+def sample_collection(tmp_path_factory, settings, extractor):
+    """A clustered collection of sample_docs/ (bundled weights). Read-only for tests."""
+    from docsort.pipeline import cluster, ingest
+    from docsort.storage import Collection
+
+    root = tmp_path_factory.mktemp("sample") / "collection"
+    col = Collection(root, create=True)
+    report = ingest(col, [SAMPLE_DOCS], settings, extractor=extractor, progress=False, log=lambda m: None)
+    assert report.failures == [], report.failures
+    cluster(col, settings, log=lambda m: None)
+    col.close()
+    return root
+
+
+@pytest.fixture
+def collection_copy(sample_collection, tmp_path):
+    """A private, writable copy of the sample collection."""
+    dst = tmp_path / "collection"
+    shutil.copytree(sample_collection, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
