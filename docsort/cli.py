@@ -91,10 +91,10 @@ def ingest(
     try:
         settings = effective_settings(col, requested, explicit=explicit, weights=weights)
         report = run_ingest(col, paths, settings, progress=progress, lock_timeout_s=lock_timeout)
+    except _environment_errors() as exc:  # before CollectionError: CollectionBusyError is one
+        raise _fail(str(exc), 3) from exc
     except CollectionError as exc:
         raise _fail(str(exc), 2) from exc
-    except _environment_errors() as exc:
-        raise _fail(str(exc), 3) from exc
     except KeyboardInterrupt:
         err.print("interrupted: documents stored so far are kept; run the same command again to resume")
         raise typer.Exit(130)
@@ -286,8 +286,10 @@ def ui(
     if not app_py.is_file():
         raise _fail(f"{app_py} not found (the UI runs from a source checkout)", 3)
     env = {**os.environ, "DOCSORT_COLLECTION": str(collection.resolve())}
+    # The same options as .streamlit/config.toml (read only from the current folder by `streamlit run`).
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_py), "--server.address", address, "--server.port", str(port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.maxUploadSize", "200",
+           "--server.enableXsrfProtection", "true", "--server.enableCORS", "true", "--server.fileWatcherType", "none"]
     raise typer.Exit(subprocess.call(cmd, env=env))
 
 

@@ -44,13 +44,27 @@ __all__ = [
     "to_network_input",
     "thumbnail_jpeg",
     "require_poppler",
+    "RenderedPage",
+    "render_for_network",
 ]
 
 SUPPORTED_FORMATS = ("pdf", "tiff", "png", "jpeg")
 
 
 class PageError(Exception):
-    """A file cannot be turned into pages. The message names the file and the reason."""
+    """A file cannot be turned into pages. The message names the file and the reason.
+
+    Attributes:
+        path: the file, when known. A path may itself contain ``": "``, so callers take it (and
+            the reason, the message after ``"{path}: "``) from here, not by splitting the message.
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+
+    def __reduce__(self):  # keep ``path`` when sent back from a rasterization worker process
+        return (type(self), (str(self), self.path))
 
 
 class NotADocumentError(PageError):
@@ -164,7 +178,7 @@ def discover_files(
     for root in paths:
         root = Path(root)
         if not root.exists() and not root.is_symlink():
-            yield PageError(f"{root}: no such file or folder")
+            yield PageError(f"{root}: no such file or folder", root)
             continue
         if root.is_dir():
             for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -182,21 +196,21 @@ def _classify(path: Path, in_folder: bool = False) -> SourceFile | PageError:
     try:
         st = path.stat()
     except FileNotFoundError:
-        return PageError(f"{path}: dangling symlink or file vanished")
+        return PageError(f"{path}: dangling symlink or file vanished", path)
     except OSError as exc:
-        return PageError(f"{path}: cannot stat: {exc.strerror or exc}")
+        return PageError(f"{path}: cannot stat: {exc.strerror or exc}", path)
     if not stat.S_ISREG(st.st_mode):
-        return PageError(f"{path}: not a regular file")
+        return PageError(f"{path}: not a regular file", path)
     if st.st_size == 0:
-        return PageError(f"{path}: empty file (0 bytes)")
+        return PageError(f"{path}: empty file (0 bytes)", path)
     try:
         fmt = detect_format(path)
     except OSError as exc:
-        return PageError(f"{path}: cannot read: {exc.strerror or exc}")
+        return PageError(f"{path}: cannot read: {exc.strerror or exc}", path)
     if fmt is None:
         if in_folder and path.suffix.lower() not in DOCUMENT_EXTENSIONS:
-            return NotADocumentError(f"{path}: not a document (skipped)")
-        return PageError(f"{path}: not a PDF, TIFF, PNG or JPEG (detected from content)")
+            return NotADocumentError(f"{path}: not a document (skipped)", path)
+        return PageError(f"{path}: not a PDF, TIFF, PNG or JPEG (detected from content)", path)
     return SourceFile(path=path, format=fmt, size_bytes=st.st_size)
 
 
@@ -216,24 +230,27 @@ def count_pages(src: SourceFile) -> int:
         except PDFInfoNotInstalledError as exc:  # pragma: no cover - covered by require_poppler
             raise PopplerMissingError(str(exc)) from exc
         except Exception as exc:
-            raise PageError(f"{src.path}: cannot read PDF: {_clean(exc)}") from exc
+            raise PageError(f"{src.path}: {_pdf_reason(exc)}", src.path) from exc
         n = int(info.get("Pages", 0) or 0)
         if n <= 0:
-            raise PageError(f"{src.path}: PDF has no pages")
+            raise PageError(f"{src.path}: PDF has no pages", src.path)
         return n
     try:
-        with Image.open(src.path) as im:
-            return int(getattr(im, "n_frames", 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(src.path) as im:
+                return int(getattr(im, "n_frames", 1))
     except Exception as exc:
-        raise PageError(f"{src.path}: cannot read image: {_clean(exc)}") from exc
+        raise _image_error(src, exc) from exc
 
 
-def iter_pages(src: SourceFile, render: RenderSettings) -> Iterator[Page]:
+def iter_pages(src: SourceFile, render: RenderSettings, first: int = 1, last: int | None = None) -> Iterator[Page]:
     """Yield the pages of one file, rendered for the network, one at a time.
 
     Args:
         src: a file from :func:`discover_files`.
         render: resolution and colour settings.
+        first, last: 1-based inclusive page range (default: all pages).
 
     Yields:
         :class:`Page` objects in page order, images of mode ``"L"`` (``render.color == "gray"``)
@@ -245,17 +262,17 @@ def iter_pages(src: SourceFile, render: RenderSettings) -> Iterator[Page]:
         PopplerMissingError: a PDF is given and poppler is missing.
     """
     if src.format == "pdf":
-        yield from _iter_pdf(src, render)
+        yield from _iter_pdf(src, render, first, last)
     else:
-        yield from _iter_image(src, render)
+        yield from _iter_image(src, render, first, last)
 
 
-def _iter_pdf(src: SourceFile, render: RenderSettings) -> Iterator[Page]:
+def _iter_pdf(src: SourceFile, render: RenderSettings, start: int = 1, stop: int | None = None) -> Iterator[Page]:
     from pdf2image import convert_from_path
     from pdf2image.exceptions import PDFInfoNotInstalledError
 
-    n = count_pages(src)
-    for first in range(1, n + 1, render.pdf_chunk_pages):
+    n = count_pages(src) if stop is None else stop
+    for first in range(start, n + 1, render.pdf_chunk_pages):
         last = min(n, first + render.pdf_chunk_pages - 1)
         try:
             images = convert_from_path(
@@ -281,14 +298,14 @@ def _iter_pdf(src: SourceFile, render: RenderSettings) -> Iterator[Page]:
             yield Page(page_no=first + offset, image=im, source_size=im.size)
 
 
-def _iter_image(src: SourceFile, render: RenderSettings) -> Iterator[Page]:
+def _iter_image(src: SourceFile, render: RenderSettings, start: int = 1, stop: int | None = None) -> Iterator[Page]:
     try:
         with warnings.catch_warnings():
             # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; treat both as errors.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(src.path) as im:
-                n = int(getattr(im, "n_frames", 1))
-                for i in range(n):
+                n = int(getattr(im, "n_frames", 1)) if stop is None else stop
+                for i in range(start - 1, n):
                     im.seek(i)
                     size = im.size
                     if im.format == "JPEG":
@@ -299,10 +316,8 @@ def _iter_image(src: SourceFile, render: RenderSettings) -> Iterator[Page]:
                     yield Page(page_no=i + 1, image=frame, source_size=size)
     except PageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PageError(f"{src.path}: image too large (decompression bomb guard): {exc}") from exc
     except Exception as exc:
-        raise PageError(f"{src.path}: cannot read image: {_clean(exc)}") from exc
+        raise _image_error(src, exc) from exc
 
 
 def _normalise_mode(im: Image.Image, render: RenderSettings) -> Image.Image:
@@ -353,8 +368,121 @@ def thumbnail_jpeg(image: Image.Image, long_side_px: int, quality: int = 80) -> 
     return buf.getvalue()
 
 
+def exit_with_parent(parent_pid: int) -> None:
+    """Initializer of rasterization worker processes: exit as soon as the ingesting process is gone.
+
+    Workers of a ``spawn`` pool hold both ends of their task queue's pipe, so they never see it
+    close; without this, the workers of an ingest killed with SIGKILL would live on, orphaned.
+    """
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="docsort-exit-with-parent", daemon=True).start()
+
+
+def _pdf_reason(exc: BaseException) -> str:
+    """The reason poppler's ``pdfinfo`` refused a PDF, in words."""
+    text = str(exc)
+    if "Incorrect password" in text:
+        return "encrypted PDF: it needs a password to open (poppler: Incorrect password)"
+    if "Invalid page count 0" in text:
+        return "PDF has no pages"
+    return f"cannot read PDF: {_clean(exc)}"
+
+
+def _image_error(src: SourceFile, exc: BaseException) -> PageError:
+    """A :class:`PageError` for an image Pillow refused, with the reason in words."""
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        reason = f"image too large (decompression bomb guard, {Image.MAX_IMAGE_PIXELS} pixels at most): {exc}"
+    elif src.format == "tiff" and isinstance(exc, Image.UnidentifiedImageError):
+        reason = _tiff_reason(src.path)
+    else:
+        reason = f"cannot read image: {_clean(exc)}"
+    return PageError(f"{src.path}: {reason}", src.path)
+
+
+def _tiff_reason(path: Path) -> str:
+    """Why Pillow cannot identify a file that starts like a TIFF (most often its compression)."""
+    from PIL import TiffImagePlugin
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            ifd = TiffImagePlugin.ImageFileDirectory_v2(head if b"+" in head[2:4] else head[:8])  # BigTIFF: 16
+            f.seek(ifd.next)
+            ifd.load(f)
+        code = ifd.get(259, 1)  # Compression
+    except Exception as exc:
+        return f"cannot read TIFF: {_clean(exc)}"
+    if code not in TiffImagePlugin.COMPRESSION_INFO:
+        return f"unsupported TIFF compression (Compression tag {code})"
+    return "cannot read TIFF (unsupported layout or damaged header)"
+
+
 def _clean(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     # pdf2image passes poppler's stderr through; keep the first informative line.
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[0] if len(lines) == 1 else "; ".join(lines[:3])
+
+
+@dataclass
+class RenderedPage:
+    """A page ready for the network: what a rasterization worker sends back.
+
+    Attributes:
+        page_no: 1-based page number.
+        width_px, height_px: size of the rendered page image, pixels.
+        pixels: ``uint8`` (H, W, C) network input (C = 1 grey, 3 RGB), H x W = the input size.
+        thumbnail: JPEG bytes, longer side ``RenderSettings.thumbnail_px``.
+    """
+
+    page_no: int
+    width_px: int
+    height_px: int
+    pixels: np.ndarray
+    thumbnail: bytes
+
+
+def render_for_network(
+    src: SourceFile, render: RenderSettings, input_size: tuple[int, int], first: int = 1, last: int | None = None
+) -> tuple[list[RenderedPage], PageError | None, float]:
+    """Render a page range, resize it to the network input and make thumbnails.
+
+    A plain function of picklable arguments, so :mod:`docsort.pipeline` can run it in worker
+    processes. It never raises for a bad file: the pages read before the failure come back with
+    the error.
+
+    Args:
+        src: the file; render: settings; input_size: (height, width) pixels;
+        first, last: 1-based inclusive page range.
+
+    Returns:
+        ``(pages, error, seconds)``: the rendered pages in order, a :class:`PageError` or ``None``,
+        and the wall time spent, seconds.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    out: list[RenderedPage] = []
+    try:
+        for page in iter_pages(src, render, first, last):
+            out.append(
+                RenderedPage(
+                    page.page_no,
+                    page.image.width,
+                    page.image.height,
+                    to_network_input(page.image, input_size),
+                    thumbnail_jpeg(page.image, render.thumbnail_px),
+                )
+            )
+    except PageError as exc:
+        return out, exc, time.perf_counter() - t0
+    except PopplerMissingError as exc:
+        return out, PageError(f"{src.path}: {exc}"), time.perf_counter() - t0
+    return out, None, time.perf_counter() - t0

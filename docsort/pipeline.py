@@ -12,10 +12,12 @@ commands reuse them, and an ingest that would add vectors made differently is re
 from __future__ import annotations
 
 import importlib.metadata as _md
+import os
 import platform
 import subprocess
 import sys
 import time
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,9 @@ from .pages import (
     SourceFile,
     count_pages,
     discover_files,
+    exit_with_parent,
     iter_pages,
+    render_for_network,
     require_poppler,
     sha256_file,
     thumbnail_jpeg,
@@ -61,6 +65,9 @@ __all__ = [
 
 #: Fields of the features description that must match for vectors to be comparable.
 _PINNED_FEATURE_KEYS = ("backbone", "layer", "pooling", "dim", "input_size", "channels_in", "preprocessing")
+
+#: Render settings that do not change the vectors (free to differ between ingests).
+_RENDER_KEYS_NOT_IN_VECTORS = ("pdf_chunk_pages", "workers", "thumbnail_px")
 
 Log = Callable[[str], None]
 
@@ -118,7 +125,7 @@ def effective_settings(
         b = pinned.features.model_dump(exclude={"weights", "weights_sha256", "batch_size"})
         diffs = [f"features.{k}: collection {b[k]!r}, requested {a[k]!r}" for k in a if a[k] != b[k]]
         ra, rb = requested.render.model_dump(), pinned.render.model_dump()
-        diffs += [f"render.{k}: collection {rb[k]!r}, requested {ra[k]!r}" for k in ra if ra[k] != rb[k] and k != "pdf_chunk_pages"]
+        diffs += [f"render.{k}: collection {rb[k]!r}, requested {ra[k]!r}" for k in ra if ra[k] != rb[k] and k not in _RENDER_KEYS_NOT_IN_VECTORS]
         if diffs:
             raise CollectionError(
                 f"{collection.root} was built with different feature settings; refusing to mix vectors:\n  "
@@ -173,6 +180,10 @@ class IngestReport:
         seconds: wall time, seconds; pages_per_s: pages_added / seconds.
         weights_note: which weights were used.
         index: what happened to the FAISS index.
+        stage_seconds: wall seconds per stage: ``scan`` (walk, sha256, page count), ``render``
+            (rasterize + resize + thumbnail, summed over worker processes, so it can exceed the
+            wall time), ``model`` (forward pass and pooling), ``database``, ``index``, and
+            ``pipeline_wall`` (the whole render/embed/store loop).
     """
 
     documents_added: int = 0
@@ -184,6 +195,7 @@ class IngestReport:
     seconds: float = 0.0
     weights_note: str = ""
     index: str = ""
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     @property
     def pages_per_s(self) -> float:
@@ -199,6 +211,7 @@ class _Pending:
     read: int = 0
     embedded: int = 0
     stored: bool = False
+    failed: bool = False
 
 
 def _new_manifest(settings: PipelineSettings, extractor: FeatureExtractor) -> dict:
@@ -258,13 +271,16 @@ def ingest(
     t0 = time.perf_counter()
     report = IngestReport()
     with collection.write_lock(lock_timeout_s, on_wait=log):
+        t = time.perf_counter()
         extractor = extractor or make_extractor(settings)
+        report.stage_seconds["model_build"] += time.perf_counter() - t
         _check_extractor(collection, extractor)
         report.weights_note = extractor.description["weights"]["note"]
         if collection.manifest() is None:
             collection.write_manifest(_new_manifest(settings, extractor))
 
         # 1. discover, hash, count pages
+        t_scan = time.perf_counter()
         queue: list[_Pending] = []
         seen: set[str] = set()
         found = list(discover_files(paths))
@@ -273,7 +289,7 @@ def ingest(
                 report.skipped += 1
                 continue
             if isinstance(item, PageError):
-                report.failures.append(_fail(collection, str(item).split(": ", 1), log))
+                report.failures.append(_fail(collection, _path_reason(item), log))
                 continue
             try:
                 sha = sha256_file(item.path)
@@ -291,14 +307,18 @@ def ingest(
             try:
                 n = count_pages(item)
             except PageError as exc:
-                report.failures.append(_fail(collection, (str(item.path), str(exc).split(": ", 1)[-1]), log))
+                report.failures.append(_fail(collection, _path_reason(exc, item.path), log))
                 continue
             seen.add(sha)
             queue.append(_Pending(item, sha, n))
 
-        # 2. stream pages through the network in batches; store each document when complete
+        report.stage_seconds["scan"] += time.perf_counter() - t_scan
+
+        # 2. render in worker processes (bounded queue), embed in batches, store each document
+        #    in one transaction as soon as all its pages have vectors.
         total = sum(p.n_pages for p in queue)
         bar = tqdm(total=total, desc="embedding pages", unit="page", disable=not progress or total == 0, file=sys.stderr)
+        stages = report.stage_seconds
         batch: list[np.ndarray] = []
         owners: list[tuple[_Pending, int]] = []
         done = 0
@@ -307,7 +327,9 @@ def ingest(
             nonlocal done
             if not batch:
                 return
+            t = time.perf_counter()
             vecs = extractor.embed(np.stack(batch))
+            stages["model"] += time.perf_counter() - t
             for (doc, slot), vec in zip(owners, vecs):
                 page_no, w, h, _, thumb = doc.pages[slot]
                 doc.pages[slot] = (page_no, w, h, vec, thumb)
@@ -319,46 +341,127 @@ def ingest(
             batch.clear()
             finished = {id(d): d for d, _ in owners if d.embedded == d.n_pages}
             owners.clear()
+            t = time.perf_counter()
             for doc in finished.values():
                 _store(collection, doc, report, log)
+            stages["database"] += time.perf_counter() - t
 
+        def drop(doc: _Pending, exc: PageError) -> None:
+            # Nothing of a failed document is stored: take its pages out of the pending batch.
+            keep = [(i, o) for i, o in enumerate(owners) if o[0] is not doc]
+            batch[:] = [batch[i] for i, _ in keep]
+            owners[:] = [o for _, o in keep]
+            bar.update(doc.n_pages - doc.embedded)
+            doc.failed, doc.pages = True, []
+            report.failures.append(_fail(collection, _path_reason(exc, doc.src.path), log))
+
+        tasks = [
+            (doc, first, min(doc.n_pages, first + settings.render.pdf_chunk_pages - 1))
+            for doc in queue
+            for first in range(1, doc.n_pages + 1, settings.render.pdf_chunk_pages)
+        ]
+        workers = settings.render.workers or os.cpu_count() or 1
+        t_wait = time.perf_counter()
         try:
-            for doc in queue:
-                try:
-                    for page in iter_pages(doc.src, settings.render):
-                        thumb = thumbnail_jpeg(page.image, settings.render.thumbnail_px)
-                        doc.pages.append((page.page_no, page.image.width, page.image.height, None, thumb))
-                        doc.read += 1
-                        batch.append(to_network_input(page.image, extractor.input_size))
-                        owners.append((doc, len(doc.pages) - 1))
-                        if len(batch) >= extractor.batch_size:
-                            flush()
-                    if doc.read != doc.n_pages:
-                        raise PageError(f"{doc.src.path}: expected {doc.n_pages} pages, read {doc.read}")
-                except PageError as exc:
-                    # Drop this document's pages from the pending batch; nothing of it is stored.
-                    keep = [(i, o) for i, o in enumerate(owners) if o[0] is not doc]
-                    batch[:] = [batch[i] for i, _ in keep]
-                    owners[:] = [o for _, o in keep]
-                    bar.update(doc.n_pages - doc.embedded)
-                    report.failures.append(_fail(collection, (str(doc.src.path), str(exc).split(": ", 1)[-1]), log))
-                    doc.pages = []
+            for doc, pages, error, seconds, last_chunk in _render_stream(tasks, settings.render, extractor.input_size, workers):
+                stages["render"] += seconds
+                if doc.failed:
                     continue
-                if doc.embedded == doc.n_pages:  # all pages already embedded in earlier batches
+                for rp in pages:
+                    doc.pages.append((rp.page_no, rp.width_px, rp.height_px, None, rp.thumbnail))
+                    doc.read += 1
+                    batch.append(rp.pixels)
+                    owners.append((doc, len(doc.pages) - 1))
+                    if len(batch) >= extractor.batch_size:
+                        flush()
+                if error is None and last_chunk and doc.read != doc.n_pages:
+                    error = PageError(f"{doc.src.path}: expected {doc.n_pages} pages, read {doc.read}")
+                if error is not None:
+                    drop(doc, error)
+                elif last_chunk and doc.embedded == doc.n_pages:  # all pages embedded in earlier batches
                     _store(collection, doc, report, log)
             flush()
         finally:
             bar.close()
             # Always: also repairs an index file that disagrees with the database.
+            stages["pipeline_wall"] += time.perf_counter() - t_wait
+            t = time.perf_counter()
             _, info_ = sync_index(collection, settings.index)
+            stages["index"] += time.perf_counter() - t
             report.index = f"{info_.kind}, {info_.ntotal} vectors ({info_.action})"
     report.seconds = time.perf_counter() - t0
     return report
 
 
+def _render_stream(tasks, render, input_size, workers: int):
+    """Yield ``(doc, pages, error, seconds, last_chunk)`` for each task, in task order.
+
+    With ``workers > 1`` the chunks are rendered by a pool of ``spawn``-ed worker processes
+    (no TensorFlow in them), at most ``2 * workers`` chunks in flight, so rasterization overlaps
+    the forward pass in this process and memory stays flat whatever the corpus size.
+    """
+    last_of = {}
+    for i, (doc, _, _) in enumerate(tasks):
+        last_of[id(doc)] = i
+    if workers <= 1 or len(tasks) <= 1:
+        for i, (doc, first, last) in enumerate(tasks):
+            yield (doc, *render_for_network(doc.src, render, input_size, first, last), last_of[id(doc)] == i)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    def new_pool():
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=exit_with_parent, initargs=(os.getpid(),))
+
+    pool = new_pool()
+    pending: deque = deque()
+    next_task = 0
+
+    def submit(i):
+        doc, first, last = tasks[i]
+        pending.append((i, pool.submit(render_for_network, doc.src, render, input_size, first, last)))
+
+    try:
+        while next_task < min(len(tasks), 2 * workers):
+            submit(next_task)
+            next_task += 1
+        while pending:
+            i, fut = pending.popleft()
+            doc = tasks[i][0]
+            try:
+                result = fut.result()
+            except BrokenProcessPool:
+                # A worker died (out of memory, a crash in a decoder): fail this chunk's document,
+                # start a fresh pool and resubmit what was in flight.
+                result = ([], PageError(f"{doc.src.path}: rendering worker crashed"), 0.0)
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = new_pool()
+                inflight = [j for j, _ in pending]
+                pending.clear()
+                for j in inflight:
+                    submit(j)
+            if next_task < len(tasks):
+                submit(next_task)
+                next_task += 1
+            yield (doc, *result, last_of[id(doc)] == i)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _path_reason(exc: PageError, path: str | Path | None = None) -> tuple[str, str]:
+    """``(path, reason)`` of a per-file error ``"PATH: reason"``; a path may contain ``": "``."""
+    text = str(exc)
+    path = str(path) if path is not None else getattr(exc, "path", None) or text.split(": ", 1)[0]
+    return path, text[len(path) + 2 :] if text.startswith(f"{path}: ") else text
+
+
 def _fail(collection: Collection, path_reason, log: Log) -> tuple[str, str]:
     path, reason = (list(path_reason) + ["unknown error"])[:2]
-    log(f"error: {path}: {reason}")
+    # The database keeps the real path; the log escapes control characters (a newline in a name).
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+    log(f"error: {shown}: {reason}")
     collection.record_failure(path, reason)
     return (path, reason)
 

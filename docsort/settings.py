@@ -53,13 +53,16 @@ class RenderSettings(_Strict):
             document type arrive in colour and in grey; grey makes them comparable), ``"rgb"``
             keeps colour.
         pdf_chunk_pages: PDFs are rendered this many pages at a time, so a 1,000-page PDF never
-            sits in memory whole.
+            sits in memory whole; a chunk is also the unit of work of a rasterization worker.
+        workers: rasterization worker processes; 0 = one per CPU core, 1 = render in the
+            ingesting process.
     """
 
     long_side_px: int = Field(400, ge=64, le=4096)
     thumbnail_px: int = Field(256, ge=32, le=1024)
     color: Literal["gray", "rgb"] = "gray"
     pdf_chunk_pages: int = Field(16, ge=1, le=1000)
+    workers: int = Field(0, ge=0, le=256)
 
 
 class FeatureSettings(_Strict):

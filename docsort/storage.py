@@ -242,9 +242,20 @@ class Collection:
                     f"(lock {self.root / self.LOCK}); try again when it has finished"
                 ) from exc
         try:
+            self._remove_stale_temp_files()
             yield
         finally:
             lock.release()
+
+    def _remove_stale_temp_files(self) -> None:
+        """Delete the temp files of a writer killed mid-write (``atomic_write_bytes`` writes
+        ``.NAME.XXXX`` next to ``NAME``, then renames it); only lock holders write these files."""
+        for name in (self.INDEX, self.MANIFEST, self.MODELS):
+            for tmp in self.root.glob(f".{name}.*"):
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
 
     # -- manifest --------------------------------------------------------------------------
     @property

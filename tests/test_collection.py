@@ -221,3 +221,17 @@ def test_info_records_backbone_weights_and_versions(sample_collection):
         assert lib in manifest["libraries"]
     assert manifest["pipeline"]["name"] == "default"
     assert manifest["clustering"]["umap"]["random_state"] == 42
+
+
+def test_worker_processes_give_the_same_vectors_as_rendering_in_process(tmp_path, settings, extractor):
+    files = [SAMPLE_DOCS / "leptonica" / "bois-2-5.pdf", SAMPLE_DOCS / "jbigkit", SAMPLE_DOCS / "leptonica" / "map1.jpg"]
+    results = {}
+    for workers in (1, 2):
+        s = settings.model_copy(update={"render": settings.render.model_copy(update={"workers": workers, "pdf_chunk_pages": 3})})
+        with Collection(tmp_path / f"w{workers}", create=True) as col:
+            report = ingest(col, files, s, extractor=extractor, **QUIET)
+            assert (report.documents_added, report.pages_added) == (3, 10)
+            table = col.page_table()
+            results[workers] = (list(zip(table["path"], table["page"])), col.vectors()[1])
+    assert results[1][0] == results[2][0]
+    assert np.array_equal(results[1][1], results[2][1])
