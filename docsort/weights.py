@@ -6,8 +6,11 @@ Policies (``FeatureSettings.weights``):
     The official Keras ImageNet ``notop`` weights, fetched once with ``keras.utils.get_file`` and
     cached in ``~/.keras/models``. Keras publishes only an md5 for this file
     (``bcbd6486424b2319ff4ef7d526e38f63``, keras/src/applications/inception_v3.py);
-    ``get_file`` verifies it, then docsort computes the file's sha256 and records it in the
-    collection manifest. Preprocessing: Keras' ``inception_v3.preprocess_input`` (x/127.5 - 1).
+    ``get_file`` verifies it, then docsort computes the file's sha256, checks it against
+    ``FeatureSettings.weights_sha256`` when a pipeline pins one, and records it in the collection
+    manifest (a collection then refuses vectors from any other file). No sha256 is recorded in the
+    code for this file: Keras publishes only the md5, and the file cannot be fetched offline to
+    compute one. Preprocessing: Keras' ``inception_v3.preprocess_input`` (x/127.5 - 1).
 ``bundled``
     ``docsort/weights/inception_v3_mixed1_nsfwjs.weights.h5``: the layers up to ``mixed1`` only
     (~0.71 M parameters), converted by ``tools/convert_nsfwjs_weights.py`` from the npm package
@@ -129,7 +132,7 @@ def _bundled() -> ResolvedWeights:
     )
 
 
-def _imagenet(allow_download: bool) -> ResolvedWeights:
+def _imagenet(allow_download: bool, expected_sha256: str | None = None) -> ResolvedWeights:
     import keras
 
     cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / IMAGENET_NOTOP_FILE
@@ -150,7 +153,7 @@ def _imagenet(allow_download: bool) -> ResolvedWeights:
             f"{type(exc).__name__}: {exc}"
         ) from exc
     # get_file checked Keras' published md5; sha256 is what the manifest records and compares.
-    sha = _check(path, KNOWN_SHA256.get(IMAGENET_NOTOP_FILE))
+    sha = _check(path, expected_sha256 or KNOWN_SHA256.get(IMAGENET_NOTOP_FILE))
     return ResolvedWeights(
         source="imagenet",
         path=path,
@@ -180,11 +183,11 @@ def resolve_weights(spec: str, expected_sha256: str | None = None, *, announce: 
     if spec == "bundled":
         resolved = _bundled()
     elif spec == "imagenet":
-        resolved = _imagenet(allow_download=True)
+        resolved = _imagenet(allow_download=True, expected_sha256=expected_sha256)
     elif spec == "auto":
         allow = os.environ.get("DOCSORT_OFFLINE", "") not in ("1", "true", "yes")
         try:
-            resolved = _imagenet(allow_download=allow)
+            resolved = _imagenet(allow_download=allow, expected_sha256=expected_sha256)
         except WeightsError as exc:
             bundled = _bundled()
             resolved = ResolvedWeights(
