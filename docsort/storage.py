@@ -152,6 +152,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def _retry_while_locked(op, timeout_s: float):
+    """Run ``op()``, retrying every 50 ms for up to ``timeout_s`` seconds on "database is locked"."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return op()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Collection:
     """A docsort collection directory.
 
@@ -182,7 +196,10 @@ class Collection:
                 )
             self.root.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(db, timeout=60, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        # Switching to WAL needs a moment of exclusive access and SQLite does not wait for it
+        # (no busy handler): retry while another process holds the database.
+        if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            _retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"), timeout_s=60)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         for stmt in _SCHEMA.strip().split(";"):
