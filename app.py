@@ -1,0 +1,631 @@
+"""docsort's Streamlit app: drag scans in, see the clusters, find similar documents.
+
+Start it with ``docsort ui`` (or ``streamlit run app.py`` from the repository root); it opens on
+127.0.0.1 against the collection in ``$DOCSORT_COLLECTION`` (default ``./docsort-collection``).
+
+This file is a thin shell: ingest, clustering and search are :mod:`docsort.pipeline`'s, and the
+read-side helpers (galleries ordered by distance to the cluster centre, paging, uploads, CSV
+export, sorting into folders) are :mod:`docsort.browse`'s. Heavy objects (the collection handle,
+the TensorFlow feature extractor, the FAISS index, the page table) are cached with
+``st.cache_resource`` and keyed on :func:`docsort.browse.data_version`, so opening the app on an
+existing collection reads the stored 2-D UMAP map and never re-runs UMAP or re-embeds anything;
+the extractor is only built when a scan has to be embedded.
+
+Views (sidebar): Add scans, Clusters, Map, Similar documents, Collection & export.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from docsort import browse
+from docsort.clustering import MIN_PAGES, ClusteringError
+from docsort.pages import PageError, PopplerMissingError
+from docsort.pipeline import cluster, cluster_table, effective_settings, info, make_extractor, search_file, search_page
+from docsort.settings import PipelineError, load_pipeline
+from docsort.storage import Collection, CollectionBusyError, CollectionError, default_collection_path
+
+VIEWS = ["Add scans", "Clusters", "Map", "Similar documents", "Collection & export"]
+UPLOAD_TYPES = ["pdf", "tif", "tiff", "png", "jpg", "jpeg"]
+#: Per-file upload cap, MB; the same as ``server.maxUploadSize`` in .streamlit/config.toml.
+MAX_UPLOAD_MB = 200
+THUMBS_PER_ROW = 6
+MEMBERS_PER_PAGE = 24
+CLUSTERS_PER_PAGE = 8
+REPRESENTATIVES = 6
+#: Above this many points the map is drawn with WebGL (Plotly ``scattergl``) instead of SVG.
+WEBGL_ABOVE = 1000
+UNCLUSTERED = "unclustered"
+
+st.set_page_config(page_title="docsort", page_icon=":card_index_dividers:", layout="wide")
+
+
+# ---------------------------------------------------------------------------------------------
+# cached resources
+# ---------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def open_collection(root: str) -> Collection:
+    """One handle per collection directory, shared by all sessions (SQLite in WAL mode)."""
+    return Collection(root, create=True)
+
+
+@st.cache_resource(show_spinner="Loading the feature extractor (TensorFlow, InceptionV3 up to mixed1)...", max_entries=1)
+def get_extractor(key: str, _settings):
+    """The TensorFlow feature extractor for these settings (``key`` is their JSON)."""
+    return make_extractor(_settings, announce=False)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def get_index(root: str, stamp: tuple):
+    """The collection's FAISS index, read once per change of ``index.faiss`` (``stamp``)."""
+    from docsort.index import load_index
+
+    return load_index(Path(root) / Collection.INDEX)
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def page_table(root: str, version: tuple):
+    """``Collection.page_table()`` per data version; shared, so treat it as read-only."""
+    return open_collection(root).page_table()
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def clusters_summary(root: str, version: tuple):
+    return cluster_table(open_collection(root))
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def members(root: str, version: tuple, cluster_id):
+    col = open_collection(root)
+    return browse.cluster_pages(col, cluster_id, table=page_table(root, version))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def assignments_csv(root: str, version: tuple) -> bytes:
+    return browse.assignments_csv(open_collection(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def page_neighbours(root: str, version: tuple, page_id: int, k: int):
+    col = open_collection(root)
+    return search_page(col, page_id, settings_for(col), k, index=current_index(col))
+
+
+def settings_for(col: Collection):
+    return effective_settings(col, load_pipeline("default"))
+
+
+def extractor_for(col: Collection):
+    settings = settings_for(col)
+    key = json.dumps([settings.features.model_dump(mode="json"), settings.render.color], sort_keys=True)
+    return get_extractor(key, settings)
+
+
+def current_index(col: Collection):
+    """The cached FAISS index if it holds exactly the stored pages, else ``None`` (search syncs)."""
+    path = col.root / Collection.INDEX
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    index = get_index(str(col.root), (stat.st_mtime_ns, stat.st_size))
+    if index is None or index.ntotal != col.counts()["pages"]:
+        return None
+    return index
+
+
+# ---------------------------------------------------------------------------------------------
+# navigation callbacks
+# ---------------------------------------------------------------------------------------------
+
+
+def go(view: str, **state) -> None:
+    st.session_state["view"] = view
+    st.session_state.update(state)
+
+
+def show_similar(page_id: int) -> None:
+    go("Similar documents", query_page=int(page_id), query_source="A page in the collection")
+
+
+def open_cluster(cluster_id) -> None:
+    go("Clusters", open_cluster=cluster_id)
+
+
+def close_cluster() -> None:
+    st.session_state["open_cluster"] = None
+
+
+# ---------------------------------------------------------------------------------------------
+# shared pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 page"``, ``"2 pages"``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def thumbnail_grid(col: Collection, rows, key: str, caption=None, per_row: int = THUMBS_PER_ROW) -> None:
+    """Thumbnails with a caption and a "Similar" button each; ``rows`` has page_id, file, page."""
+    rows = list(rows.itertuples(index=False)) if hasattr(rows, "itertuples") else list(rows)
+    for start in range(0, len(rows), per_row):
+        cells = st.columns(per_row)
+        for cell, row in zip(cells, rows[start : start + per_row]):
+            with cell:
+                text = caption(row) if caption else f"{row.file} · p.{row.page}"
+                jpeg = col.thumbnail(int(row.page_id))
+                if jpeg:
+                    st.image(jpeg, caption=text, width="stretch")
+                else:
+                    st.caption(f"(no thumbnail) {text}")
+                st.button("Similar", key=f"{key}-sim-{row.page_id}", on_click=show_similar, args=(int(row.page_id),),
+                          help="Show the pages and documents most like this page")
+
+
+def run_clustering(col: Collection, n_pages: int) -> None:
+    """Run :func:`docsort.pipeline.cluster` with a progress bar; the outcome goes to session state."""
+    if n_pages < MIN_PAGES:
+        st.session_state["cluster_message"] = (
+            "warning", f"{plural(n_pages, 'page')} cannot be clustered yet: add at least {MIN_PAGES} pages.")
+        return
+    last = col.last_cluster_run()
+    estimate = max(5.0, float(last["seconds"]) * n_pages / max(last["n_pages"], 1)) if last else 30.0 + n_pages / 400
+    bar = st.progress(0.0, text=f"Clustering {n_pages} pages (UMAP + HDBSCAN)...")
+    outcome: dict = {}
+    settings = settings_for(col)
+
+    def work() -> None:
+        try:
+            outcome["result"] = cluster(col, settings, log=lambda _m: None, lock_timeout_s=30)
+        except BaseException as exc:  # re-raised / shown in the script thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="docsort-cluster", daemon=True)
+    t0 = time.perf_counter()
+    worker.start()
+    while worker.is_alive():
+        elapsed = time.perf_counter() - t0
+        bar.progress(min(0.95, 0.95 * elapsed / estimate), text=f"Clustering {n_pages} pages (UMAP + HDBSCAN)... {elapsed:.0f} s")
+        worker.join(0.5)
+    bar.progress(1.0, text="Clustering finished")
+    error = outcome.get("error")
+    if isinstance(error, ClusteringError):
+        st.session_state["cluster_message"] = ("warning", str(error))
+    elif isinstance(error, CollectionBusyError):
+        st.session_state["cluster_message"] = ("error", str(error))
+    elif error is not None:
+        raise error
+    else:
+        r = outcome["result"]
+        st.session_state["cluster_message"] = (
+            "success",
+            f"Clustered {plural(len(r.labels), 'page')} into {plural(r.n_clusters, 'cluster')} "
+            f"({plural(r.n_noise, 'noise page')}) in {r.seconds:.1f} s.",
+        )
+
+
+def show_cluster_message() -> None:
+    msg = st.session_state.pop("cluster_message", None)
+    if msg:
+        getattr(st, msg[0])(msg[1])
+
+
+def recluster_button(col: Collection, n_pages: int, key: str, label: str = "Re-cluster") -> None:
+    if st.button(label, key=key, disabled=n_pages < MIN_PAGES,
+                 help=f"Run UMAP + HDBSCAN over all {n_pages} pages (needs at least {MIN_PAGES})"):
+        run_clustering(col, n_pages)
+        st.rerun()
+
+
+# ---------------------------------------------------------------------------------------------
+# views
+# ---------------------------------------------------------------------------------------------
+
+
+def view_add(col: Collection, counts: dict, last_run) -> None:
+    st.header("Add scans")
+    st.write(
+        "Drag PDF, TIFF, PNG or JPEG scans here. They are copied into the collection "
+        f"(`{col.root / browse.UPLOADS_DIR}`), embedded and indexed; nothing leaves this computer. "
+        f"Up to {MAX_UPLOAD_MB} MB per file."
+    )
+    gen = st.session_state.setdefault("uploader_gen", 0)
+    files = st.file_uploader("Scans", type=UPLOAD_TYPES, accept_multiple_files=True, key=f"uploader-{gen}",
+                             max_upload_size=MAX_UPLOAD_MB)
+    recluster = st.checkbox(
+        "Cluster the collection after adding", value=last_run is None, key=f"recluster-{gen}",
+        help="Clustering runs UMAP + HDBSCAN over every page; on a large collection that takes minutes, "
+        "so after the first time it is your call (pages added later show under 'Not yet clustered').",
+    )
+    n = len(files or [])
+    label = f"Add {n} file{'s' if n != 1 else ''} to the collection" if n else "Add files to the collection"
+    if st.button(label, type="primary", disabled=not files, key="add-files"):
+        add_files(col, files, recluster)
+        st.rerun()
+    show_ingest_result()
+    show_cluster_message()
+
+
+def add_files(col: Collection, files, recluster: bool) -> None:
+    bar = st.progress(0.0, text="Reading files...")
+    t0 = time.perf_counter()
+    messages: list[str] = []
+
+    def on_progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Embedding pages: {done} of {total}")
+
+    try:
+        outcomes, report = browse.ingest_uploads(
+            col, [(f.name, f.getvalue()) for f in files], settings_for(col),
+            extractor_factory=lambda: extractor_for(col),
+            max_bytes=MAX_UPLOAD_MB * 1024 * 1024, on_progress=on_progress, lock_timeout_s=30, log=messages.append,
+        )
+    except (CollectionError, PopplerMissingError, PipelineError) as exc:
+        st.session_state["ingest_result"] = {"error": str(exc)}
+        return
+    bar.progress(1.0, text="Done")
+    st.session_state["ingest_result"] = {
+        "outcomes": [(o.name, o.status, o.message, o.page_ids) for o in outcomes],
+        "seconds": time.perf_counter() - t0,
+        "pages_added": report.pages_added if report else 0,
+        "weights_note": report.weights_note if report else "",
+    }
+    st.session_state["uploader_gen"] = st.session_state.get("uploader_gen", 0) + 1  # clears the uploader
+    if recluster and report and report.documents_added:
+        run_clustering(col, col.counts()["pages"])
+
+
+def show_ingest_result() -> None:
+    result = st.session_state.get("ingest_result")
+    if not result:
+        return
+    if "error" in result:
+        st.error(result["error"])
+        return
+    outcomes = result["outcomes"]
+    added = sum(1 for o in outcomes if o[1] == "added")
+    already = sum(1 for o in outcomes if o[1] == "already")
+    bad = sum(1 for o in outcomes if o[1] in ("failed", "rejected"))
+    st.subheader("Last upload")
+    st.write(
+        f"Added {added} document{'s' if added != 1 else ''} ({result['pages_added']} page{'s' if result['pages_added'] != 1 else ''}) "
+        f"in {result['seconds']:.1f} s; "
+        f"{already} already in the collection; {bad} failed."
+    )
+    for i, (name, status, message, page_ids) in enumerate(outcomes):
+        box = {"added": st.success, "already": st.info}.get(status, st.error)
+        left, right = st.columns([4, 1])
+        with left:
+            box(message)
+        with right:
+            if page_ids:
+                st.button("Find similar", key=f"upload-sim-{i}", on_click=show_similar, args=(page_ids[0],),
+                          help=f"Neighbours of the first page of {name}")
+
+
+def view_clusters(col: Collection, root: str, version: tuple, table, counts: dict) -> None:
+    if counts["pages"] == 0:
+        st.header("Clusters")
+        st.info("The collection is empty: add some scans first.")
+        st.button("Add scans", on_click=go, args=("Add scans",), key="clusters-go-add")
+        return
+    opened = st.session_state.get("open_cluster")
+    if opened is not None:
+        view_cluster_detail(col, root, version, table, opened)
+        return
+    st.header("Clusters")
+    show_cluster_message()
+    unclustered = int(table["cluster"].isna().sum())
+    rows = clusters_summary(root, version)
+    real = [r for r in rows if r.cluster >= 0]
+    noise = next((r for r in rows if r.cluster < 0), None)
+    run = col.last_cluster_run()
+    if run is None:
+        st.info(f"The collection ({plural(counts['pages'], 'page')}) has not been clustered yet.")
+        recluster_button(col, counts["pages"], key="clusters-first-cluster", label="Cluster now")
+        return
+    st.write(
+        f"**{plural(len(real), 'cluster')}**, {plural(noise.pages if noise else 0, 'noise page')}, "
+        f"{plural(unclustered, 'page')} not yet clustered "
+        f"(last clustered {run['created_at']}). Each cluster shows the pages nearest its centre first."
+    )
+    c1, c2, c3 = st.columns(3)
+    c1.button(f"Noise / outliers ({plural(noise.pages if noise else 0, 'page')})", key="open-noise", on_click=open_cluster,
+              args=(browse.NOISE,), disabled=noise is None)
+    c2.button(f"Not yet clustered ({plural(unclustered, 'page')})", key="open-unclustered", on_click=open_cluster,
+              args=(UNCLUSTERED,), disabled=unclustered == 0)
+    with c3:
+        recluster_button(col, counts["pages"], key="clusters-recluster")
+    n_pages = max(1, -(-len(real) // CLUSTERS_PER_PAGE))
+    page = st.pagination(n_pages, key="clusters-page") if n_pages > 1 else 1
+    for r in real[(page - 1) * CLUSTERS_PER_PAGE : page * CLUSTERS_PER_PAGE]:
+        with st.container(border=True):
+            head, button = st.columns([5, 1])
+            head.subheader(r.name)
+            head.caption(f"cluster {r.cluster} · {plural(r.pages, 'page')} · {plural(r.documents, 'document')} · e.g. {', '.join(r.examples)}")
+            button.button("Open", key=f"open-{r.cluster}", on_click=open_cluster, args=(r.cluster,), type="primary",
+                          help=f"Page through all {r.pages} pages of {r.name}")
+            reps = members(root, version, r.cluster).head(REPRESENTATIVES)
+            cells = st.columns(REPRESENTATIVES)
+            for cell, row in zip(cells, reps.itertuples(index=False)):
+                jpeg = col.thumbnail(int(row.page_id))
+                if jpeg:
+                    cell.image(jpeg, caption=f"{row.file} · p.{row.page}", width="stretch")
+
+
+def view_cluster_detail(col: Collection, root: str, version: tuple, table, opened) -> None:
+    st.button("← All clusters", on_click=close_cluster, key="close-cluster")
+    cid = None if opened == UNCLUSTERED else int(opened)
+    if cid is None:
+        st.header("Not yet clustered")
+        st.caption("Pages added since the last clustering run. Re-cluster to place them.")
+    elif cid < 0:
+        st.header("Noise / outliers")
+        st.caption("Pages HDBSCAN did not put in any cluster: one-offs, or too few of their kind yet.")
+    try:
+        rows = members(root, version, cid)
+    except CollectionError:
+        st.warning(f"Cluster {cid} no longer exists (the collection was re-clustered).")
+        close_cluster()
+        return
+    if cid is not None and cid >= 0:
+        name = browse.cluster_label(cid, rows["cluster_name"].iloc[0])
+        st.header(name)
+        with st.form(f"rename-form-{cid}", border=False):
+            left, right = st.columns([4, 1], vertical_alignment="bottom")
+            new_name = left.text_input("Cluster name", value=name, key=f"rename-{cid}-{version}", max_chars=120)
+            if right.form_submit_button("Rename"):
+                try:
+                    col.rename_cluster(cid, new_name)
+                    st.session_state["rename_message"] = f"Cluster {cid} is now called {new_name.strip()!r}."
+                    st.rerun()
+                except CollectionError as exc:
+                    st.error(str(exc))
+        msg = st.session_state.pop("rename_message", None)
+        if msg:
+            st.success(msg)
+    total = len(rows)
+    if total == 0:
+        st.info("No pages here.")
+        return
+    n_pages = max(1, -(-total // MEMBERS_PER_PAGE))
+    page = st.pagination(n_pages, key=f"members-page-{opened}") if n_pages > 1 else 1
+    chunk, _ = browse.page_slice(rows, page, MEMBERS_PER_PAGE)
+    first = (page - 1) * MEMBERS_PER_PAGE
+    order = "nearest the cluster centre first" if cid is not None and cid >= 0 else "in file order"
+    st.caption(f"Pages {first + 1}–{first + len(chunk)} of {total}, {order}.")
+
+    def caption(row) -> str:
+        sim = "" if row.similarity != row.similarity else f" · {row.similarity:.2f}"  # NaN check
+        return f"{row.file} · p.{row.page}{sim}"
+
+    thumbnail_grid(col, chunk, key=f"members-{opened}", caption=caption)
+
+
+def view_map(col: Collection, table) -> None:
+    st.header("Map")
+    df = table[table["cluster"].notna()].copy()
+    if df.empty:
+        st.info("Nothing to map yet: the map is the stored 2-D UMAP embedding of the last clustering run.")
+        return
+    fig = browse.map_figure(df, webgl_above=WEBGL_ABOVE)
+    render = "webgl" if len(df) > WEBGL_ABOVE else "svg"
+    df["file"] = [Path(p).name for p in df["path"]]
+    df["group"] = [browse.cluster_label(c, n) for c, n in zip(df["cluster"], df["cluster_name"])]
+    unclustered = int(table["cluster"].isna().sum())
+    st.caption(
+        f"{len(df)} pages ({render.upper()}), coloured by cluster, noise in grey"
+        + (f"; {plural(unclustered, 'newer page')} not on the map until you re-cluster" if unclustered else "")
+        + ". Click a point or draw a lasso/box to select pages."
+    )
+    event = st.plotly_chart(fig, key="map", on_select="rerun", selection_mode=("points", "box", "lasso"))
+    on_map = set(df["page_id"].tolist())
+    ids = [i for i in browse.selection_page_ids(event.selection.points if event else []) if i in on_map]
+    if not ids:
+        return
+    st.subheader(f"{len(ids)} page{'s' if len(ids) != 1 else ''} selected")
+    chosen = df.set_index("page_id").loc[ids].reset_index()
+    thumbnail_grid(col, chosen.head(MEMBERS_PER_PAGE), key="map-sel",
+                   caption=lambda r: f"{r.file} · p.{r.page} · {r.group}")
+    if len(ids) > MEMBERS_PER_PAGE:
+        st.dataframe(chosen[["page_id", "file", "page", "group"]], hide_index=True)
+
+
+def view_similar(col: Collection, root: str, version: tuple, table) -> None:
+    st.header("Similar documents")
+    if table.empty:
+        st.info("The collection is empty: add some scans first.")
+        return
+    left, right = st.columns([3, 2])
+    source = left.radio("Search with", ["A page in the collection", "A scan from this computer (not stored)"],
+                        key="query_source", horizontal=True)
+    k = right.slider("Neighbours", min_value=1, max_value=50, value=8, key="k")
+    if source == "A page in the collection":
+        ids = table["page_id"].tolist()
+        if st.session_state.get("query_page") not in ids:
+            st.session_state["query_page"] = ids[0]
+        if len(ids) <= 5000:
+            labels = {int(r.page_id): f"{Path(r.path).name} · p.{r.page} (page {r.page_id})" for r in table.itertuples(index=False)}
+            st.selectbox("Page", ids, key="query_page", format_func=lambda i: labels.get(i, str(i)))
+        else:
+            st.number_input("Page id", min_value=int(min(ids)), max_value=int(max(ids)), step=1, key="query_page")
+        pid = int(st.session_state["query_page"])
+        rec = col.pages([pid])[0]
+        left, right = st.columns([1, 5])
+        jpeg = col.thumbnail(pid)
+        if jpeg:
+            left.image(jpeg, width="stretch")
+        right.markdown(f"**Query:** {Path(rec.path).name}, page {rec.page_no} — {browse.cluster_label(rec.cluster, rec.cluster_name)}")
+        result = page_neighbours(root, version, pid, k)
+        show_results(col, result, query_page=pid)
+        return
+    up = st.file_uploader("A scan to search with (embedded, not stored)", type=UPLOAD_TYPES, key="query_upload",
+                          max_upload_size=MAX_UPLOAD_MB)
+    if up is None:
+        st.caption("The scan is embedded with the collection's model and compared with every stored page; it is not added.")
+        return
+    cache_key = (up.file_id, k, version)
+    cached = st.session_state.get("query_upload_result")
+    if cached and cached[0] == cache_key:
+        result = cached[1]
+    else:
+        name = browse.sanitise_name(up.name)
+        with tempfile.TemporaryDirectory(prefix="docsort-query-") as tmp, st.spinner(f"Embedding {name}..."):
+            path = Path(tmp) / name
+            path.write_bytes(up.getvalue())
+            try:
+                result = search_file(col, path, settings_for(col), k, extractor=extractor_for(col), index=current_index(col))
+            except (PageError, CollectionError, PopplerMissingError) as exc:
+                st.error(f"{name}: {str(exc).replace(str(path), name)}")
+                return
+        st.session_state["query_upload_result"] = (cache_key, result)
+    st.markdown(f"**Query:** {browse.sanitise_name(up.name)} ({result.query_pages} page{'s' if result.query_pages != 1 else ''}, not stored)")
+    show_results(col, result)
+
+
+def show_results(col: Collection, result, query_page: int | None = None) -> None:
+    import pandas as pd
+
+    st.subheader("Most similar pages")
+    for q in range(1, min(result.query_pages, 10) + 1):
+        hits = [h for h in result.pages if h.query_page == q]
+        if result.query_pages > 1:
+            st.markdown(f"**Query page {q}**")
+        rows = [
+            {"page_id": h.page_id, "file": Path(h.path).name, "page": h.page_no, "score": h.score,
+             "cluster": browse.cluster_label(h.cluster, h.cluster_name)}
+            for h in hits
+        ]
+
+        def caption(r) -> str:
+            me = " (this page)" if r.page_id == query_page else ""
+            return f"{r.score:.3f} · {r.file} · p.{r.page} · {r.cluster}{me}"
+
+        thumbnail_grid(col, pd.DataFrame(rows), key=f"hits-{q}", caption=caption)
+    st.subheader("Most similar documents")
+    st.table(pd.DataFrame(
+        [{"rank": d.rank, "similarity": f"{d.score:.3f}", "file": Path(d.path).name, "best page": d.best_page_no,
+          "pages matched": d.pages_matched, "cluster": browse.cluster_label(d.cluster, d.cluster_name)} for d in result.documents]
+    ).set_index("rank"))
+
+
+def view_status(col: Collection, root: str, version: tuple, counts: dict, about: dict) -> None:
+    st.header("Collection")
+    st.caption(f"`{about['collection']}`")
+    show_cluster_message()
+    unclustered = counts["pages"] - counts["clustered_pages"]
+    cols = st.columns(6)
+    for cell, (label, value) in zip(cols, [("Documents", counts["documents"]), ("Pages", counts["pages"]),
+                                           ("Clusters", counts["clusters"]), ("Noise pages", counts["noise_pages"]),
+                                           ("Not yet clustered", unclustered), ("Failed files", counts["failures"])]):
+        cell.metric(label, value)
+    st.subheader("Model")
+    if about.get("backbone"):
+        st.write(
+            f"Backbone **{about['backbone']}**, layer **{about['layer']}** {about.get('layer_output_shape')}, "
+            f"pooling **{about['pooling']}** → {about['dim']}-d vectors. Weights: **{about['weights_source']}** "
+            f"(sha256 `{(about.get('weights_sha256') or '')[:16]}`)."
+        )
+        if about.get("weights_source") == "bundled":
+            st.warning(f"Offline bundled weights in use, not the official ImageNet ones: {about.get('weights_note')}")
+        elif about.get("weights_note"):
+            st.caption(about["weights_note"])
+    else:
+        st.write("No scans yet: the backbone and weights are fixed by the first ingest.")
+    st.subheader("Clustering")
+    run = col.last_cluster_run()
+    if run:
+        st.write(
+            f"Last clustered **{run['created_at']}**: {run['n_pages']} pages → {run['n_clusters']} clusters, "
+            f"{run['n_noise']} noise, in {run['seconds']:.1f} s."
+        )
+        with st.expander("UMAP and HDBSCAN parameters"):
+            st.json(run["settings"])
+    else:
+        st.write("Not clustered yet.")
+    recluster_button(col, counts["pages"], key="status-recluster")
+    failures = col.failures()
+    if failures:
+        with st.expander(f"{len(failures)} files could not be ingested"):
+            st.table([{"file": p, "reason": r, "when": w} for p, r, w in failures[:200]])
+    st.subheader("Export")
+    if counts["pages"]:
+        st.download_button("Download cluster assignments (CSV)", data=assignments_csv(root, version),
+                           file_name="docsort-clusters.csv", mime="text/csv", key="download-csv")
+    st.markdown("**Sort into folders**: copy (never move) each document into `OUT/<cluster name>/`.")
+    default_out = str(col.root.resolve().parent / "docsort-sorted")
+    out = st.text_input("Output folder (on this computer)", value=default_out, key="sort-out")
+    if st.button("Copy documents into folders", key="sort-go", disabled=counts["documents"] == 0):
+        bar = st.progress(0.0, text="Copying...")
+        try:
+            report = browse.sort_into_folders(
+                col, out, table=page_table(root, version),
+                on_progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Copying documents: {d} of {t}"),
+            )
+        except (ValueError, OSError) as exc:
+            st.error(str(exc))
+        else:
+            st.success(
+                f"Copied {report.copied} documents into {len(report.folders)} folders in {report.out_dir} "
+                f"({report.already_there} were already there)."
+            )
+            st.table([{"folder": k, "documents": v} for k, v in sorted(report.folders.items())])
+            if report.missing:
+                st.warning(f"{len(report.missing)} documents were not copied: "
+                           + "; ".join(f"{p}: {r}" for p, r in report.missing[:10]))
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    root_path = default_collection_path().expanduser().resolve()
+    root = str(root_path)
+    try:
+        col = open_collection(root)
+        about = info(col)
+    except CollectionError as exc:
+        st.error(f"Cannot open the collection {root}: {exc}")
+        st.stop()
+    counts = {k: about[k] for k in ("documents", "pages", "clustered_pages", "clusters", "noise_pages", "failures")}
+    version = browse.data_version(col)
+    table = page_table(root, version)
+
+    if "view" not in st.session_state:
+        st.session_state["view"] = "Clusters" if counts["pages"] else "Add scans"
+    st.session_state.setdefault("open_cluster", None)
+    with st.sidebar:
+        st.title("docsort")
+        st.caption("Sort scanned documents by how they look.")
+        st.radio("View", VIEWS, key="view")
+        st.divider()
+        st.caption(f"Collection `{root}`")
+        st.caption(f"{plural(counts['documents'], 'document')} · {plural(counts['pages'], 'page')} · {plural(counts['clusters'], 'cluster')}")
+        if about.get("weights_source") == "bundled":
+            st.caption(":orange[Offline bundled weights in use]")
+
+    view = st.session_state["view"]
+    if view == "Add scans":
+        view_add(col, counts, col.last_cluster_run())
+    elif view == "Clusters":
+        view_clusters(col, root, version, table, counts)
+    elif view == "Map":
+        view_map(col, table)
+    elif view == "Similar documents":
+        view_similar(col, root, version, table)
+    else:
+        view_status(col, root, version, counts, about)
+
+
+main()
