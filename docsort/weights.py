@@ -33,11 +33,12 @@ Every file that docsort knows is checked against the sha256 in :data:`KNOWN_SHA2
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from .pages import sha256_file as file_sha256
 
 __all__ = [
     "WeightsError",
@@ -93,15 +94,6 @@ class ResolvedWeights:
     preprocessing: str
     scope: str
     note: str
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes. Raises ``OSError`` if it cannot be read."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check(path: Path, expected: str | None) -> str:
