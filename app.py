@@ -11,7 +11,9 @@ the TensorFlow feature extractor, the FAISS index, the page table) are cached wi
 existing collection reads the stored 2-D UMAP map and never re-runs UMAP or re-embeds anything;
 the extractor is only built when a scan has to be embedded.
 
-Views (sidebar): Add scans, Clusters, Map, Similar documents, Collection & export.
+Views (sidebar): Add scans, Clusters, Map, Similar documents, Document types, Collection & export.
+Labelling (a cluster, or pages next to any gallery) and the document-type classifier are
+:mod:`docsort.classify`'s.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from docsort import browse
+from docsort import browse, classify
 from docsort.clustering import MIN_PAGES, ClusteringError
 from docsort.pages import PageError, PopplerMissingError
 from docsort.pipeline import cluster, cluster_table, effective_settings, info, make_extractor, search_file, search_page
 from docsort.settings import PipelineError, load_pipeline
 from docsort.storage import Collection, CollectionBusyError, CollectionError, default_collection_path
 
-VIEWS = ["Add scans", "Clusters", "Map", "Similar documents", "Collection & export"]
+VIEWS = ["Add scans", "Clusters", "Map", "Similar documents", "Document types", "Collection & export"]
 UPLOAD_TYPES = ["pdf", "tif", "tiff", "png", "jpg", "jpeg"]
 #: Per-file upload cap, MB; the same as ``server.maxUploadSize`` in .streamlit/config.toml.
 MAX_UPLOAD_MB = 200
@@ -91,6 +93,20 @@ def members(root: str, version: tuple, cluster_id):
 @st.cache_data(show_spinner=False, max_entries=4)
 def assignments_csv(root: str, version: tuple) -> bytes:
     return browse.assignments_csv(open_collection(root))
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def types_table(root: str, version: tuple):
+    """:func:`docsort.classify.type_table` per data version (labels and predictions of every page)."""
+    return classify.type_table(open_collection(root), table=page_table(root, version))
+
+
+@st.cache_data(show_spinner=False, max_entries=3)
+def page_labels(root: str, version: tuple) -> dict[int, str]:
+    """``{page id: document type}`` of the labelled pages."""
+    df = types_table(root, version)
+    df = df[df["label"].notna()]
+    return dict(zip(df["page_id"].astype(int), df["label"]))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -157,11 +173,14 @@ def plural(n: int, word: str) -> str:
 def thumbnail_grid(col: Collection, rows, key: str, caption=None, per_row: int = THUMBS_PER_ROW) -> None:
     """Thumbnails with a caption and a "Similar" button each; ``rows`` has page_id, file, page."""
     rows = list(rows.itertuples(index=False)) if hasattr(rows, "itertuples") else list(rows)
+    labelled = page_labels(str(col.root), browse.data_version(col))
     for start in range(0, len(rows), per_row):
         cells = st.columns(per_row)
         for cell, row in zip(cells, rows[start : start + per_row]):
             with cell:
                 text = caption(row) if caption else f"{row.file} · p.{row.page}"
+                if int(row.page_id) in labelled:
+                    text += f" · [{labelled[int(row.page_id)]}]"
                 jpeg = col.thumbnail(int(row.page_id))
                 if jpeg:
                     st.image(jpeg, caption=text, width="stretch")
@@ -169,6 +188,42 @@ def thumbnail_grid(col: Collection, rows, key: str, caption=None, per_row: int =
                     st.caption(f"(no thumbnail) {text}")
                 st.button("Similar", key=f"{key}-sim-{row.page_id}", on_click=show_similar, args=(int(row.page_id),),
                           help="Show the pages and documents most like this page")
+
+
+def _label_message(kind: str, text: str) -> None:
+    st.session_state["label_message"] = (kind, text)
+
+
+def show_label_message() -> None:
+    msg = st.session_state.pop("label_message", None)
+    if msg:
+        getattr(st, msg[0])(msg[1])
+
+
+def label_form(col: Collection, rows, key: str) -> None:
+    """A form next to a gallery: pick some of its pages (``rows`` has page_id, file, page) and give
+    them a document type (:func:`docsort.classify.label_pages`, recorded as labelled by ``ui``)."""
+    rows = list(rows.itertuples(index=False)) if hasattr(rows, "itertuples") else list(rows)
+    if not rows:
+        return
+    names = {int(r.page_id): f"{r.file} · p.{r.page}" for r in rows}
+    known = list(classify.label_counts(col))
+    with st.form(f"label-form-{key}", border=True):
+        left, mid, right = st.columns([3, 2, 1], vertical_alignment="bottom")
+        chosen = left.multiselect("Label pages", list(names), format_func=lambda i: names.get(i, str(i)),
+                                  key=f"label-pages-{key}", placeholder="Pick pages shown here")
+        doc_type = mid.text_input("as document type", key=f"label-type-{key}", max_chars=classify.MAX_TYPE_LEN,
+                                  placeholder=", ".join(known[:3]) or "e.g. invoice",
+                                  help="Existing types: " + (", ".join(known) or "none yet"))
+        if right.form_submit_button("Label"):
+            try:
+                n = classify.label_pages(col, chosen, doc_type, who="ui")
+            except (ValueError, CollectionError) as exc:
+                _label_message("error", str(exc))
+            else:
+                name = classify.normalise_type(doc_type, classify.label_counts(col))
+                _label_message("success", f"Labelled {plural(n, 'page')} as {name!r}.")
+            st.rerun()
 
 
 def run_clustering(col: Collection, n_pages: int) -> None:
@@ -244,7 +299,7 @@ def view_add(col: Collection, counts: dict, last_run) -> None:
     recluster = st.checkbox(
         "Cluster the collection after adding", value=last_run is None, key=f"recluster-{gen}",
         help="Clustering runs UMAP + HDBSCAN over every page; on a large collection that takes minutes, "
-        "so after the first time it is your call (pages added later show under 'Not yet clustered').",
+        "so after the first time it is your call (pages added later are placed provisionally and show under 'Added since the last clustering').",
     )
     n = len(files or [])
     label = f"Add {n} file{'s' if n != 1 else ''} to the collection" if n else "Add files to the collection"
@@ -324,7 +379,7 @@ def view_clusters(col: Collection, root: str, version: tuple, table, counts: dic
         return
     st.header("Clusters")
     show_cluster_message()
-    unclustered = int(table["cluster"].isna().sum())
+    unclustered = int(browse.added_since_clustering(table).sum())
     rows = clusters_summary(root, version)
     real = [r for r in rows if r.cluster >= 0]
     noise = next((r for r in rows if r.cluster < 0), None)
@@ -335,13 +390,13 @@ def view_clusters(col: Collection, root: str, version: tuple, table, counts: dic
         return
     st.write(
         f"**{plural(len(real), 'cluster')}**, {plural(noise.pages if noise else 0, 'noise page')}, "
-        f"{plural(unclustered, 'page')} not yet clustered "
+        f"{plural(unclustered, 'page')} added since the last clustering "
         f"(last clustered {run['created_at']}). Each cluster shows the pages nearest its centre first."
     )
     c1, c2, c3 = st.columns(3)
     c1.button(f"Noise / outliers ({plural(noise.pages if noise else 0, 'page')})", key="open-noise", on_click=open_cluster,
               args=(browse.NOISE,), disabled=noise is None)
-    c2.button(f"Not yet clustered ({plural(unclustered, 'page')})", key="open-unclustered", on_click=open_cluster,
+    c2.button(f"Added since the last clustering ({plural(unclustered, 'page')})", key="open-unclustered", on_click=open_cluster,
               args=(UNCLUSTERED,), disabled=unclustered == 0)
     with c3:
         recluster_button(col, counts["pages"], key="clusters-recluster")
@@ -366,8 +421,9 @@ def view_cluster_detail(col: Collection, root: str, version: tuple, table, opene
     st.button("← All clusters", on_click=close_cluster, key="close-cluster")
     cid = None if opened == UNCLUSTERED else int(opened)
     if cid is None:
-        st.header("Not yet clustered")
-        st.caption("Pages added since the last clustering run. Re-cluster to place them.")
+        st.header("Added since the last clustering")
+        st.caption("Pages added after the last clustering run. Those the stored UMAP + HDBSCAN models could "
+                   "place are shown in their nearest cluster as provisional members; re-cluster to settle them.")
     elif cid < 0:
         st.header("Noise / outliers")
         st.caption("Pages HDBSCAN did not put in any cluster: one-offs, or too few of their kind yet.")
@@ -393,6 +449,21 @@ def view_cluster_detail(col: Collection, root: str, version: tuple, table, opene
         msg = st.session_state.pop("rename_message", None)
         if msg:
             st.success(msg)
+        with st.form(f"label-cluster-form-{cid}", border=False):
+            left, right = st.columns([4, 1], vertical_alignment="bottom")
+            doc_type = left.text_input("Document type of every page in this cluster", key=f"label-cluster-{cid}",
+                                       max_chars=classify.MAX_TYPE_LEN, placeholder="e.g. court filing",
+                                       help="Labels every current page of the cluster; pages you labelled one by one keep their label.")
+            if right.form_submit_button("Label cluster"):
+                try:
+                    res = classify.label_cluster(col, cid, doc_type, who="ui")
+                except (ValueError, CollectionError) as exc:
+                    _label_message("error", str(exc))
+                else:
+                    _label_message("success", f"Labelled {plural(res.labelled, 'page')} of {name} as {res.doc_type!r}"
+                                   + (f"; {plural(res.kept, 'page')} kept their own label." if res.kept else "."))
+                st.rerun()
+    show_label_message()
     total = len(rows)
     if total == 0:
         st.info("No pages here.")
@@ -409,6 +480,7 @@ def view_cluster_detail(col: Collection, root: str, version: tuple, table, opene
         return f"{row.file} · p.{row.page}{sim}"
 
     thumbnail_grid(col, chunk, key=f"members-{opened}", caption=caption)
+    label_form(col, chunk, key=f"members-{opened}")
 
 
 def view_map(col: Collection, table) -> None:
@@ -421,7 +493,7 @@ def view_map(col: Collection, table) -> None:
     render = "webgl" if len(df) > WEBGL_ABOVE else "svg"
     df["file"] = [Path(p).name for p in df["path"]]
     df["group"] = [browse.cluster_label(c, n) for c, n in zip(df["cluster"], df["cluster_name"])]
-    unclustered = int(table["cluster"].isna().sum())
+    unclustered = int(browse.added_since_clustering(table).sum())
     st.caption(
         f"{len(df)} pages ({render.upper()}), coloured by cluster, noise in grey"
         + (f"; {plural(unclustered, 'newer page')} not on the map until you re-cluster" if unclustered else "")
@@ -442,6 +514,7 @@ def view_map(col: Collection, table) -> None:
 
 def view_similar(col: Collection, root: str, version: tuple, table) -> None:
     st.header("Similar documents")
+    show_label_message()
     if table.empty:
         st.info("The collection is empty: add some scans first.")
         return
@@ -511,11 +584,127 @@ def show_results(col: Collection, result, query_page: int | None = None) -> None
             return f"{r.score:.3f} · {r.file} · p.{r.page} · {r.cluster}{me}"
 
         thumbnail_grid(col, pd.DataFrame(rows), key=f"hits-{q}", caption=caption)
+        if query_page is not None:
+            label_form(col, pd.DataFrame(rows), key=f"hits-{q}")
     st.subheader("Most similar documents")
     st.table(pd.DataFrame(
         [{"rank": d.rank, "similarity": f"{d.score:.3f}", "file": Path(d.path).name, "best page": d.best_page_no,
           "pages matched": d.pages_matched, "cluster": browse.cluster_label(d.cluster, d.cluster_name)} for d in result.documents]
     ).set_index("rank"))
+
+
+def view_types(col: Collection, root: str, version: tuple, counts: dict) -> None:
+    """Labels, the classifier with its cross-validated accuracy, predictions, unsure pages, and the
+    pages to label next (:mod:`docsort.classify`)."""
+    import pandas as pd
+
+    st.header("Document types")
+    show_label_message()
+    msg = st.session_state.pop("classify_message", None)
+    if msg:
+        getattr(st, msg[0])(msg[1])
+    if counts["pages"] == 0:
+        st.info("The collection is empty: add some scans first.")
+        return
+    settings = settings_for(col).classifier
+    table = types_table(root, version)
+    label_n = classify.label_counts(col)
+    clf = classify.load_classifier(col)
+    current = classify.is_current(clf, col, settings)
+    st.write(
+        "Name a few pages or whole clusters (**Label** next to any gallery, or **Label cluster** in a cluster), "
+        "then train: a logistic regression on the stored feature vectors sorts every other page into those types, "
+        "with a probability, and sends pages that fit none to **unsure**."
+    )
+    cols = st.columns(4)
+    cols[0].metric("Labelled pages", sum(label_n.values()))
+    cols[1].metric("Types", len(label_n))
+    cols[2].metric("CV accuracy", "-" if clf is None or clf.cv.accuracy is None else f"{clf.cv.accuracy:.2f}")
+    cols[3].metric("Unsure pages", int((table["decision"] == "unsure").sum()))
+    if clf is not None:
+        st.caption(f"Classifier {clf.version}, trained {clf.trained_at} on {plural(clf.n_labels, 'labelled page')}. "
+                   f"Cross-validated accuracy: {clf.cv.describe()}. Probabilities: {clf.calibration}.")
+        if not current:
+            st.warning("The labels changed since the classifier was trained: train again to use them.")
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    threshold = left.slider("Unsure below probability", 0.0, 1.0, float(settings.threshold), 0.05, key="type-threshold",
+                            help="A page whose best type has a lower probability goes to 'unsure'.")
+    if right.button("Train and classify", type="primary", key="train-classify", disabled=len(label_n) < 2,
+                    help="Needs labelled pages of at least two types"):
+        try:
+            with st.spinner("Training and classifying..."):
+                rep = classify.classify_collection(col, settings, threshold=threshold, lock_timeout_s=30)
+        except (CollectionError, ValueError) as exc:
+            st.session_state["classify_message"] = ("error", str(exc))
+        else:
+            st.session_state["classify_message"] = (
+                "success",
+                f"{'Trained' if rep.retrained else 'Used'} classifier {rep.classifier.version}; classified "
+                f"{plural(rep.classified, 'page')}, {rep.unsure} unsure. Cross-validated accuracy: {rep.classifier.cv.describe()}.",
+            )
+        st.rerun()
+    if len(label_n) < 2:
+        st.info("Label pages of at least two document types to train a classifier.")
+    rows = classify.type_summary(col, clf, table=table)
+    if rows:
+        st.subheader("Types")
+        st.table(pd.DataFrame([
+            {"type": r.doc_type, "pages": r.pages, "labelled": r.labelled, "predicted": r.predicted, "unsure": r.unsure,
+             "CV accuracy": "-" if r.cv_accuracy is None else f"{r.cv_accuracy:.2f}"} for r in rows
+        ]).set_index("type"))
+
+    def caption(r) -> str:
+        if r.predicted is None:
+            return f"{r.file} · p.{r.page}"
+        return f"{r.file} · p.{r.page} · {r.predicted} {r.type_probability:.2f}"
+
+    unsure = table[table["decision"] == "unsure"].sort_values("type_probability")
+    if len(unsure):
+        st.subheader(f"Unsure ({plural(len(unsure), 'page')})")
+        st.caption("Pages that fit no type well enough: their best guess and its probability.")
+        thumbnail_grid(col, unsure.head(MEMBERS_PER_PAGE), key="unsure", caption=caption)
+    suggested = classify.suggestions(col, n=THUMBS_PER_ROW * 2, table=table)
+    st.subheader("Label these next")
+    if suggested.empty:
+        st.caption("Nothing to suggest: every page is labelled, or every cluster has a labelled page.")
+    else:
+        st.caption("The pages whose label would help most: the least confident predictions first (uncertainty sampling, "
+                   "Lewis & Gale 1994), or before any classifier, the most typical page of each unlabelled cluster.")
+        thumbnail_grid(col, suggested, key="suggest", caption=caption)
+        label_form(col, suggested, key="suggest")
+    predicted = table[table["decision"] == "predicted"]
+    if len(predicted):
+        with st.expander(f"Predictions ({plural(len(predicted), 'page')})"):
+            st.dataframe(predicted[["page_id", "file", "page", "predicted", "type_probability", "model_version"]]
+                         .rename(columns={"type_probability": "probability"}), hide_index=True)
+    labelled = table[table["label"].notna()]
+    if len(labelled):
+        with st.expander(f"Labels ({plural(len(labelled), 'page')})"):
+            st.dataframe(labelled[["page_id", "file", "page", "label", "label_source", "labelled_by", "labelled_at"]], hide_index=True)
+            st.download_button("Download labels (CSV)", data=classify.labels_csv(col), file_name="docsort-labels.csv",
+                               mime="text/csv", key="download-labels")
+            names = {int(r.page_id): f"{r.file} · p.{r.page} · {r.label}" for r in labelled.itertuples(index=False)}
+            with st.form("unlabel-form", border=False):
+                gone = st.multiselect("Remove labels", list(names), format_func=lambda i: names.get(i, str(i)), key="unlabel-pages")
+                if st.form_submit_button("Remove labels"):
+                    n = classify.unlabel(col, gone)
+                    _label_message("success", f"Removed {plural(n, 'label')}.")
+                    st.rerun()
+    st.subheader("Sort into folders by type")
+    st.markdown("Copy (never move) each document into `OUT/<type>/` (pages that fit no type: `OUT/unsure/`), "
+                f"with `{classify.DECISIONS_CSV}` listing each decision and its probability.")
+    out = st.text_input("Output folder (on this computer)", value=str(col.root.resolve().parent / "docsort-by-type"), key="type-sort-out")
+    if st.button("Copy documents into type folders", key="type-sort-go", disabled=len(label_n) < 2,
+                 help="Classifies first (retraining if the labels changed), at the threshold above"):
+        try:
+            classify.classify_collection(col, settings, threshold=threshold, lock_timeout_s=30)
+            report = classify.sort_by_type(col, out)
+        except (ValueError, OSError, CollectionError) as exc:
+            st.error(str(exc))
+        else:
+            st.success(f"Copied {report.copied} documents into {len(report.folders)} folders in {report.out_dir} "
+                       f"({report.already_there} were already there).")
+            st.table([{"folder": k, "documents": v} for k, v in sorted(report.folders.items())])
 
 
 def view_status(col: Collection, root: str, version: tuple, counts: dict, about: dict) -> None:
@@ -624,6 +813,8 @@ def main() -> None:
         view_map(col, table)
     elif view == "Similar documents":
         view_similar(col, root, version, table)
+    elif view == "Document types":
+        view_types(col, root, version, counts)
     else:
         view_status(col, root, version, counts, about)
 

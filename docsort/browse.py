@@ -34,6 +34,7 @@ from .storage import Collection, CollectionError, atomic_write_bytes
 
 __all__ = [
     "NOISE",
+    "added_since_clustering",
     "UPLOADS_DIR",
     "UPLOAD_EXTENSIONS",
     "DEFAULT_MAX_UPLOAD_BYTES",
@@ -110,9 +111,19 @@ def cluster_label(cluster: int | None, name: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def added_since_clustering(table):
+    """Boolean mask over ``Collection.page_table()`` rows: pages added after the last clustering
+    run, i.e. not clustered at all or only placed provisionally (``membership == "provisional"``,
+    UMAP ``transform`` + ``hdbscan.approximate_predict`` at ingest) until the next re-cluster."""
+    mask = table["cluster"].isna()
+    if "membership" in table.columns:
+        mask = mask | (table["membership"] == "provisional")
+    return mask
+
+
 def _members(table, cluster: int | None):
     if cluster is None:
-        return table[table["cluster"].isna()]
+        return table[added_since_clustering(table)]
     return table[table["cluster"].notna() & (table["cluster"].fillna(-2) == int(cluster))]
 
 
@@ -127,7 +138,7 @@ def cluster_pages(collection: Collection, cluster: int | None, *, table=None):
     Args:
         collection: an open collection.
         cluster: cluster id (>= 0), :data:`NOISE` (-1), or ``None`` for pages added after the last
-            clustering run.
+            clustering run (unclustered or provisional, see :func:`added_since_clustering`).
         table: ``collection.page_table()`` if the caller already has it (read otherwise).
 
     Returns:
@@ -311,6 +322,7 @@ def sort_into_folders(
     *,
     table=None,
     on_progress: Callable[[int, int], None] | None = None,
+    folder_of: dict[int, str] | None = None,
 ) -> SortReport:
     """Copy (never move) every document into ``out_dir/<cluster name>/<file name>``.
 
@@ -328,6 +340,9 @@ def sort_into_folders(
         out_dir: the output folder; created if missing. It must not be inside the collection.
         table: ``collection.page_table()`` if already read.
         on_progress: called with ``(documents_done, documents_total)`` after each document.
+        folder_of: ``{document_id: folder name}`` to sort by something other than clusters
+            (:func:`docsort.classify.sort_by_type` sorts by document type); names must already be
+            safe (e.g. from :func:`folder_names`). Documents missing from it are not copied.
 
     Returns:
         A :class:`SortReport`.
@@ -345,11 +360,14 @@ def sort_into_folders(
     docs = document_assignments(collection, table=table)
     names = {None if c is None or _isna(c) else int(c): n for c, n in zip(docs["cluster"], docs["cluster_name"])}
     folders = folder_names(names)
+    if folder_of is not None:
+        docs = docs[docs["document_id"].isin(list(folder_of))]
     report = SortReport(out_dir=out)
     total = len(docs)
     for i, row in enumerate(docs.itertuples(index=False)):
         cid = None if _isna(row.cluster) else int(row.cluster)
-        folder = out / folders[cid]
+        fname = folders[cid] if folder_of is None else folder_of[int(row.document_id)]
+        folder = out / fname
         src = None
         for candidate in collection.document_paths(int(row.document_id)) or [row.path]:
             p = Path(candidate)
@@ -373,7 +391,7 @@ def sort_into_folders(
                     alt = None
                 if alt is None:
                     report.already_there += 1
-                    report.folders[folders[cid]] = report.folders.get(folders[cid], 0) + 1
+                    report.folders[fname] = report.folders.get(fname, 0) + 1
                     if on_progress:
                         on_progress(i + 1, total)
                     continue
@@ -387,7 +405,7 @@ def sort_into_folders(
                 Path(tmp).unlink(missing_ok=True)
                 raise
             report.copied += 1
-            report.folders[folders[cid]] = report.folders.get(folders[cid], 0) + 1
+            report.folders[fname] = report.folders.get(fname, 0) + 1
         if on_progress:
             on_progress(i + 1, total)
     return report

@@ -1,4 +1,5 @@
-"""The ``docsort`` command line (Typer): ingest, cluster, search, info, export, rename, ui.
+"""The ``docsort`` command line (Typer): ingest, cluster, search, info, export, rename, label, labels,
+classify, sort-by-type, evaluate, ui.
 
 Every command takes ``--collection PATH`` (env ``DOCSORT_COLLECTION``, default
 ``./docsort-collection``) and ``--pipeline NAME|PATH`` (default ``default``). Exit codes: 0 success,
@@ -110,6 +111,9 @@ def ingest(
     )
     if report.index:
         out.print(f"index: {report.index}", highlight=False)
+    if report.provisional_pages:
+        out.print(f"{report.provisional_pages} new pages given a provisional cluster by the last clustering's models "
+                  "(`docsort cluster` re-clusters everything)", highlight=False)
     out.print(f"weights: {report.weights_note}", highlight=False)
     if report.failures:
         raise typer.Exit(1)
@@ -120,6 +124,11 @@ def cluster(
     collection: CollectionOpt = DEFAULT_COLLECTION,
     pipeline: PipelineOpt = None,
     lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another process is writing.")] = 600.0,
+    reassign_noise: Annotated[
+        Optional[float],
+        typer.Option(min=0.0, max=1.0, help="Give noise pages the cluster whose soft-clustering membership reaches this "
+                     "(0 = off); reported as 'reassigned'. [default: the pipeline's hdbscan.reassign_noise_threshold]"),
+    ] = None,
 ) -> None:
     """UMAP + HDBSCAN over the collection; prints a cluster summary table."""
     from .clustering import ClusteringError
@@ -129,10 +138,16 @@ def cluster(
     col = _open(collection)
     try:
         settings = effective_settings(col, requested, explicit=explicit)
+        if reassign_noise is not None:
+            settings = settings.model_copy(update={"hdbscan": settings.hdbscan.model_copy(update={"reassign_noise_threshold": reassign_noise})})
         with err.status("clustering (UMAP + HDBSCAN)..."):
             result = run_cluster(col, settings, lock_timeout_s=lock_timeout)
+        threshold = settings.hdbscan.reassign_noise_threshold
         out.print(
-            f"{result.n_clusters} clusters, {result.n_noise} of {len(result.labels)} pages noise "
+            f"{result.n_clusters} clusters: {result.n_members} pages confident members, "
+            f"{result.n_reassigned} reassigned from noise "
+            + (f"(soft membership >= {threshold:g})" if threshold > 0 else "(reassignment off)")
+            + f"; {result.n_noise} of {len(result.labels)} pages noise "
             f"({100 * result.n_noise / len(result.labels):.0f}%), {result.seconds:.1f} s "
             f"(UMAP n_components={result.params['umap']['n_components']}, "
             f"HDBSCAN min_cluster_size={result.params['hdbscan']['min_cluster_size']}, "
@@ -152,10 +167,16 @@ def _print_clusters(col) -> None:
     from .pipeline import cluster_table
 
     table = Table(title="clusters")
-    for name, justify in (("cluster", "right"), ("name", "left"), ("pages", "right"), ("documents", "right"), ("examples", "left")):
+    rows = cluster_table(col)
+    # Confident members, reassigned and provisional pages get columns of their own when there are any.
+    extra = [k for k in ("reassigned", "provisional") if any(getattr(r, k) for r in rows)]
+    columns = [("cluster", "right"), ("name", "left"), ("pages", "right")]
+    columns += [("members", "right")] + [(k, "right") for k in extra] if extra else []
+    for name, justify in columns + [("documents", "right"), ("examples", "left")]:
         table.add_column(name, justify=justify)
-    for row in cluster_table(col):
-        table.add_row(str(row.cluster), row.name, str(row.pages), str(row.documents), ", ".join(row.examples))
+    for row in rows:
+        counts = [str(row.members)] + [str(getattr(row, k)) for k in extra] if extra else []
+        table.add_row(str(row.cluster), row.name, str(row.pages), *counts, str(row.documents), ", ".join(row.examples))
     out.print(table)
 
 
@@ -270,6 +291,248 @@ def rename(
     finally:
         col.close()
     out.print(f"cluster {cluster_id} is now {name!r}", highlight=False)
+
+
+@app.command()
+def label(
+    page_ids: Annotated[Optional[list[int]], typer.Argument(metavar="[PAGE_ID]...", help="Stored page ids (see `docsort search`, `docsort export`).")] = None,
+    doc_type: Annotated[Optional[str], typer.Option("--type", "-t", help="Document type to give, e.g. 'invoice'.")] = None,
+    cluster_id: Annotated[Optional[int], typer.Option("--cluster", help="Label every current page of this cluster.")] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the labels of PAGE_IDs.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="With --cluster: also relabel pages labelled one by one.")] = False,
+    collection: CollectionOpt = DEFAULT_COLLECTION,
+) -> None:
+    """Give pages or a whole cluster a document type (stored with who and when), or remove labels."""
+    from . import classify
+    from .storage import CollectionError
+
+    page_ids = page_ids or []
+    if remove:
+        if doc_type is not None or cluster_id is not None or not page_ids:
+            raise _fail("--remove takes page ids only: docsort label --remove PAGE_ID...", 2)
+    elif doc_type is None or (cluster_id is None) == (not page_ids):
+        raise _fail("give --type T and either page ids or --cluster ID", 2)
+    col = _open(collection)
+    try:
+        if remove:
+            n = classify.unlabel(col, page_ids)
+            msg = f"removed {n} label{'s' if n != 1 else ''}"
+        elif cluster_id is not None:
+            res = classify.label_cluster(col, cluster_id, doc_type, overwrite_page_labels=overwrite)
+            msg = f"labelled {res.labelled} pages of cluster {cluster_id} as {res.doc_type!r}" + (
+                f"; {res.kept} kept their own page label (--overwrite to relabel them)" if res.kept else "")
+        else:
+            n = classify.label_pages(col, page_ids, doc_type)
+            msg = f"labelled {n} page{'s' if n != 1 else ''} as {classify.normalise_type(doc_type, classify.label_counts(col))!r}"
+        counts = classify.label_counts(col)
+    except (CollectionError, ValueError) as exc:
+        raise _fail(str(exc), 2) from exc
+    finally:
+        col.close()
+    out.print(msg, highlight=False)
+    out.print(f"{sum(counts.values())} labelled pages, {len(counts)} types"
+              + ("; `docsort classify` retrains the classifier on them" if len(counts) >= 2 else ""), highlight=False)
+
+
+@app.command()
+def labels(
+    export_path: Annotated[Optional[Path], typer.Option("--export", help="Write every label to this .csv file.")] = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many labels.", min=0)] = 50,
+    collection: CollectionOpt = DEFAULT_COLLECTION,
+) -> None:
+    """List the labels (page, type, source, who, when) and the number of pages per type."""
+    from . import classify
+
+    col = _open(collection)
+    try:
+        df = classify.labels(col)
+        counts = classify.label_counts(col)
+        if export_path is not None:
+            try:
+                n = classify.export_labels(col, export_path)
+            except (ValueError, OSError) as exc:
+                raise _fail(str(exc), 2) from exc
+            out.print(f"wrote {n} labels to {export_path}", highlight=False)
+    finally:
+        col.close()
+    table = Table(title="labels")
+    for c in ("page id", "file", "page", "type", "source", "who", "when"):
+        table.add_column(c)
+    for r in df.head(limit).itertuples(index=False):
+        src = r.source if r.source == "page" else f"cluster {r.cluster}"
+        table.add_row(str(r.page_id), Path(r.path).name, str(r.page), r.type, src, r.who, r.at)
+    out.print(table)
+    if len(df) > limit:
+        out.print(f"... {len(df) - limit} more (--export FILE.csv for all)", highlight=False)
+    out.print("types: " + (", ".join(f"{t} ({n})" for t, n in counts.items()) or "none"), highlight=False)
+
+
+def _classifier_settings(col, pipeline: str | None):
+    from . import classify
+
+    requested, explicit = _pipeline(pipeline)
+    return classify.classifier_settings(col, requested if explicit else None)
+
+
+def _run_classify(col, settings, threshold, lock_timeout):
+    from . import classify
+
+    with err.status("training and classifying..."):
+        return classify.classify_collection(col, settings, threshold=threshold, lock_timeout_s=lock_timeout,
+                                            log=lambda m: err.print(m, highlight=False))
+
+
+@app.command()
+def classify(
+    threshold: Annotated[Optional[float], typer.Option(help="Below this probability a page is 'unsure'. [default: the pipeline's, 0.6]", min=0.0, max=1.0)] = None,
+    collection: CollectionOpt = DEFAULT_COLLECTION,
+    pipeline: PipelineOpt = None,
+    lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another process is writing.")] = 600.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Train the document-type classifier on the labels (when they changed) and type every unlabelled page."""
+    from dataclasses import asdict
+
+    from . import classify as cl
+    from .storage import CollectionError
+
+    col = _open(collection)
+    try:
+        settings = _classifier_settings(col, pipeline)
+        report = _run_classify(col, settings, threshold, lock_timeout)
+        rows = cl.type_summary(col, report.classifier)
+    except _environment_errors() as exc:
+        raise _fail(str(exc), 3) from exc
+    except (CollectionError, ValueError) as exc:
+        raise _fail(str(exc), 2) from exc
+    finally:
+        col.close()
+    clf = report.classifier
+    if as_json:
+        out.print_json(json.dumps({
+            "classifier": cl.describe(clf), "retrained": report.retrained, "classified": report.classified,
+            "unsure": report.unsure, "threshold": report.threshold,
+            "types": [{**asdict(r), "pages": r.pages} for r in rows],
+        }))
+        return
+    table = Table(title=f"document types (classifier {clf.version}, threshold {report.threshold:.2f})")
+    for name, justify in (("type", "left"), ("pages", "right"), ("labelled", "right"), ("predicted", "right"),
+                          ("unsure", "right"), ("CV accuracy", "right")):
+        table.add_column(name, justify=justify)
+    for r in rows:
+        table.add_row(r.doc_type, str(r.pages), str(r.labelled), str(r.predicted), str(r.unsure),
+                      "-" if r.cv_accuracy is None else f"{r.cv_accuracy:.2f}")
+    out.print(table)
+    out.print(f"classified {report.classified} unlabelled pages, {report.unsure} unsure; "
+              f"cross-validated accuracy: {clf.cv.describe()}", highlight=False)
+    out.print(f"probabilities: {clf.calibration}", highlight=False)
+
+
+@app.command("sort-by-type")
+def sort_by_type(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder (documents are copied, never moved).")],
+    threshold: Annotated[Optional[float], typer.Option(help="Below this probability a page is 'unsure'. [default: the pipeline's]", min=0.0, max=1.0)] = None,
+    collection: CollectionOpt = DEFAULT_COLLECTION,
+    pipeline: PipelineOpt = None,
+    lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another process is writing.")] = 600.0,
+) -> None:
+    """Classify, then copy every document into OUT/<type>/ (unsure ones into OUT/unsure/), with OUT/docsort-types.csv."""
+    from . import classify as cl
+    from .storage import CollectionError
+
+    col = _open(collection)
+    try:
+        settings = _classifier_settings(col, pipeline)
+        _run_classify(col, settings, threshold, lock_timeout)
+        report = cl.sort_by_type(col, out_dir)
+    except _environment_errors() as exc:
+        raise _fail(str(exc), 3) from exc
+    except (CollectionError, ValueError, OSError) as exc:
+        raise _fail(str(exc), 2) from exc
+    finally:
+        col.close()
+    out.print(f"copied {report.copied} documents into {len(report.folders)} folders in {report.out_dir} "
+              f"({report.already_there} already there); decisions in {report.out_dir / cl.DECISIONS_CSV}", highlight=False)
+    for folder, n in sorted(report.folders.items()):
+        out.print(f"  {folder}/: {n}", highlight=False)
+    for path, reason in report.missing:
+        err.print(f"not copied: {path}: {reason}", highlight=False)
+    if report.missing:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    labels_csv: Annotated[Path, typer.Option("--labels", help="labels.csv: file,page,category (files relative to its folder).")],
+    k: Annotated[list[str], typer.Option("-k", help="Neighbour counts for kNN precision@k: -k 1 -k 5 or -k 1,5,10.")] = ["1", "5", "10"],  # noqa: B006
+    collection: CollectionOpt = DEFAULT_COLLECTION,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the full evaluation to this JSON file.")] = None,
+) -> None:
+    """Measure the collection against labels: kNN precision@k, ARI/NMI of the clusters, noise, purity, confusion."""
+    from .evaluate import LabelsError, evaluate as run_evaluate
+
+    try:
+        ks = sorted({int(v) for item in k for v in str(item).split(",") if v.strip()})
+    except ValueError:
+        raise _fail(f"-k takes integers, got {k}", 2) from None
+    if not ks or min(ks) < 1:
+        raise _fail("-k values must be at least 1", 2)
+    col = _open(collection)
+    try:
+        result = run_evaluate(col, labels_csv, ks)
+    except LabelsError as exc:
+        raise _fail(str(exc), 2) from exc
+    finally:
+        col.close()
+    _print_evaluation(result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        out.print(f"wrote {json_out}", highlight=False)
+
+
+def _print_evaluation(r) -> None:
+    def f(v, fmt=".3f"):
+        return "-" if v is None else format(v, fmt)
+
+    feats = r.features
+    summary = Table(title=f"evaluation against {r.labels_file}", show_header=False)
+    summary.add_row("pages", f"{r.labelled_pages} labelled of {r.pages_in_collection} ({r.unlabelled_pages} without a label, ignored)")
+    summary.add_row("features", f"{feats.get('pooling')} pooling, {feats.get('dim')}-d, input {feats.get('input_size')} "
+                    f"{feats.get('input_mode') or 'squash'}, {feats.get('weights')} weights")
+    for kk in r.k:
+        summary.add_row(f"kNN precision@{kk}", f"{f(r.knn_precision[kk])} (other documents only: {f(r.knn_precision_other_documents.get(kk))})")
+    if r.clustered_pages:
+        summary.add_row("clusters", f"{r.n_clusters} over {r.clustered_pages} labelled pages")
+        summary.add_row("noise", f"{f(r.noise_share, '.1%')} of labelled pages")
+        summary.add_row("ARI / NMI", f"{f(r.ari)} / {f(r.nmi)} (noise pages as singletons)")
+        summary.add_row("ARI / NMI clustered", f"{f(r.ari_clustered)} / {f(r.nmi_clustered)} (pages in a cluster only)")
+        summary.add_row("purity", f(r.purity))
+    else:
+        summary.add_row("clusters", "none stored: run `docsort cluster` for ARI, NMI, noise and purity")
+    out.print(summary)
+    per = Table(title="per category")
+    for name in ("category", "pages", *(f"kNN@{kk}" for kk in r.k), "noise", "top cluster", "share", "its purity"):
+        per.add_column(name, justify="left" if name == "category" else "right", no_wrap=name == "category")
+    for c in r.per_category:
+        per.add_row(c.category, str(c.pages), *(f(c.knn[kk]) for kk in r.k), f(c.noise_share, ".0%"),
+                    "-" if c.top_cluster is None else str(c.top_cluster), f(c.top_cluster_share, ".0%"), f(c.top_cluster_purity, ".0%"))
+    out.print(per)
+    if r.confusion:
+        cols = r.confusion["clusters"]
+        conf = Table(title="confusion (rows: categories, columns: clusters, -1 = noise)")
+        conf.add_column("category")
+        for c in cols:
+            conf.add_column(str(c), justify="right")
+        for cat, row in zip(r.confusion["categories"], r.confusion["matrix"]):
+            conf.add_row(cat, *(str(v) if v else "." for v in row))
+        out.print(conf)
+    if r.missing_labels:
+        err.print(f"{len(r.missing_labels)} labels match no stored page:", highlight=False)
+        for m in r.missing_labels[:20]:
+            err.print(f"  {m.file} page {m.page} ({m.category}): {m.reason}", highlight=False)
+        if len(r.missing_labels) > 20:
+            err.print(f"  ... {len(r.missing_labels) - 20} more (see --json)", highlight=False)
 
 
 @app.command()

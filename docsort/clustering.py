@@ -1,4 +1,5 @@
-"""The *clusters* stage: UMAP to a few dimensions, then HDBSCAN.
+"""The *clusters* stage: UMAP to a few dimensions, then HDBSCAN; soft reassignment of noise,
+provisional placement of new pages, and cluster ids that stay stable across re-clustering.
 
 HDBSCAN on the raw 288-d vectors is slow and finds little (measured here: 151 s and 0 clusters on
 20k points); the UMAP docs ("Using UMAP for Clustering") show UMAP first lifting the share of
@@ -7,12 +8,25 @@ clustered MNIST points from 17% to 99%. So vectors are reduced with UMAP (cosine
 ``n_components`` dimensions, clustered with HDBSCAN (``prediction_data=True`` so new pages can later
 be placed with ``hdbscan.approximate_predict``), and separately embedded in 2-D for the map.
 
-Noise (label -1) is kept and counted, never hidden.
+Every page gets a *membership*:
+
+* ``member``: HDBSCAN put it in a cluster (a confident member);
+* ``noise``: HDBSCAN left it out (label -1), kept and counted, never hidden;
+* ``reassigned``: HDBSCAN called it noise, but its soft-clustering membership
+  (``hdbscan.all_points_membership_vectors``, the hdbscan docs' "Soft Clustering for HDBSCAN*")
+  for one cluster reached ``HdbscanSettings.reassign_noise_threshold`` (off by default; see
+  :func:`reassign_noise`), so it was given that cluster;
+* ``provisional``: a page ingested after the last clustering, placed by the stored models without
+  a re-fit (:func:`predict_clusters`); the next full clustering replaces it.
+
+Cluster ids survive re-clustering: :func:`match_cluster_ids` maps the new clusters to the previous
+ids by member overlap (Hungarian assignment), so names given by users follow their clusters.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,10 +35,23 @@ import numpy as np
 
 from .settings import HdbscanSettings, UmapSettings
 
-__all__ = ["ClusteringError", "ClusterResult", "auto_min_cluster_size", "cluster_vectors", "document_clusters"]
+__all__ = [
+    "ClusteringError",
+    "ClusterResult",
+    "MEMBERSHIPS",
+    "auto_min_cluster_size",
+    "cluster_vectors",
+    "reassign_noise",
+    "match_cluster_ids",
+    "predict_clusters",
+    "document_clusters",
+]
 
 #: Fewer pages than this cannot be clustered meaningfully.
 MIN_PAGES = 5
+
+#: The values of a page's membership (see the module docstring).
+MEMBERSHIPS = ("member", "reassigned", "noise", "provisional")
 
 
 class ClusteringError(RuntimeError):
@@ -36,14 +63,20 @@ class ClusterResult:
     """Output of :func:`cluster_vectors`.
 
     Attributes:
-        labels: int64 (n,), cluster per page, -1 = noise.
-        probabilities: float32 (n,), HDBSCAN membership strength in [0, 1] (0 for noise).
+        labels: int64 (n,), cluster per page, -1 = noise, after soft reassignment. HDBSCAN's own
+            labels (0..k-1) from :func:`cluster_vectors`; :func:`docsort.pipeline.cluster` replaces
+            them with the stored, stable ids (:func:`match_cluster_ids`).
+        probabilities: float32 (n,) in [0, 1]: HDBSCAN's membership strength (``probabilities_``,
+            0 for noise) for members, the soft-clustering membership for reassigned pages.
+        membership: str (n,), ``"member"``, ``"reassigned"`` or ``"noise"`` per page.
         embedding: float32 (n, n_components), the UMAP embedding HDBSCAN clustered.
         embedding_2d: float32 (n, 2), the UMAP map coordinates.
         params: the parameters actually used (after automatic choices and clamping).
         seconds: wall time, seconds.
         models: the fitted ``umap.UMAP`` (n_components), ``umap.UMAP`` (2-D) and
             ``hdbscan.HDBSCAN`` objects, for ``transform`` / ``approximate_predict`` later.
+        notes: things the caller should tell the user (e.g. soft reassignment skipped).
+        label_map: ``{HDBSCAN label: stored id}`` once ids are matched (empty before).
     """
 
     labels: np.ndarray
@@ -53,14 +86,33 @@ class ClusterResult:
     params: dict
     seconds: float
     models: dict = field(default_factory=dict, repr=False)
+    membership: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+    label_map: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.membership is None:
+            self.membership = np.where(np.asarray(self.labels) < 0, "noise", "member")
 
     @property
     def n_clusters(self) -> int:
+        """Number of clusters (noise excluded)."""
         return len(set(self.labels.tolist()) - {-1})
 
     @property
     def n_noise(self) -> int:
+        """Pages left as noise after soft reassignment."""
         return int((self.labels < 0).sum())
+
+    @property
+    def n_reassigned(self) -> int:
+        """Pages HDBSCAN called noise that soft clustering gave a cluster."""
+        return int((self.membership == "reassigned").sum())
+
+    @property
+    def n_members(self) -> int:
+        """Confident members: pages HDBSCAN itself put in a cluster."""
+        return int((self.membership == "member").sum())
 
 
 def auto_min_cluster_size(n_pages: int) -> int:
@@ -72,15 +124,18 @@ def auto_min_cluster_size(n_pages: int) -> int:
 
 
 def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_settings: HdbscanSettings) -> ClusterResult:
-    """Cluster unit-norm page vectors with UMAP + HDBSCAN.
+    """Cluster unit-norm page vectors with UMAP + HDBSCAN, then (optionally) reassign noise.
 
     Args:
         vectors: float32 (n, D), n >= :data:`MIN_PAGES`.
-        umap_settings, hdbscan_settings: parameters; ``0`` for HDBSCAN sizes means automatic.
+        umap_settings, hdbscan_settings: parameters; ``0`` for HDBSCAN sizes means automatic;
+            ``hdbscan_settings.reassign_noise_threshold > 0`` turns on :func:`reassign_noise`.
 
     Returns:
-        A :class:`ClusterResult`. Same vectors and settings give the same labels and coordinates
-        (UMAP ``random_state`` fixed; HDBSCAN is deterministic).
+        A :class:`ClusterResult`. Same vectors (same order) and settings give the same labels,
+        memberships and coordinates: UMAP's ``random_state`` is fixed, which also makes it run
+        single-threaded (umap-learn docs, "Reproducibility"); HDBSCAN and the soft clustering are
+        deterministic.
 
     Raises:
         ClusteringError: fewer than :data:`MIN_PAGES` vectors.
@@ -113,19 +168,197 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
         prediction_data=True,
     )
     labels = clusterer.fit_predict(embedding).astype(np.int64)
+    probabilities = np.asarray(clusterer.probabilities_, np.float32)
+    membership = np.where(labels < 0, "noise", "member")
+    notes: list[str] = []
+    threshold = hdbscan_settings.reassign_noise_threshold
+    if threshold > 0 and (labels < 0).any():
+        try:
+            labels, membership, probabilities = reassign_noise(clusterer, labels, probabilities, threshold)
+        except ClusteringError as exc:
+            notes.append(f"noise not reassigned: {exc}")
     params = {
         "umap": {**umap_settings.model_dump(), "n_neighbors": n_neighbors, "n_components": n_components},
         "hdbscan": {**hdbscan_settings.model_dump(), "min_cluster_size": mcs, "min_samples": ms},
     }
     return ClusterResult(
         labels=labels,
-        probabilities=np.asarray(clusterer.probabilities_, np.float32),
+        probabilities=probabilities,
         embedding=embedding,
         embedding_2d=embedding_2d,
         params=params,
         seconds=time.perf_counter() - t0,
         models={"umap": reducer, "umap_2d": mapper, "hdbscan": clusterer},
+        membership=membership,
+        notes=notes,
     )
+
+
+def reassign_noise(
+    clusterer, labels: np.ndarray, probabilities: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Give HDBSCAN's noise pages the cluster their soft-clustering membership favours.
+
+    Soft clustering (hdbscan docs, "Soft Clustering for HDBSCAN*";
+    ``hdbscan.all_points_membership_vectors``) gives every point a vector of membership
+    probabilities, one per cluster, combining its distance to each cluster's exemplars with how
+    long it stays in each cluster's branch of the condensed tree, scaled by the probability that
+    it belongs to any cluster at all (so a row sums to at most 1). A noise point whose largest
+    entry is ``>= threshold`` is reassigned to that cluster, as BERTopic's
+    ``reduce_outliers(strategy="probabilities")`` does for topics; confident members are never
+    changed. Measured on sample_docs (issue #5), reassignment mostly moved noise pages into
+    clusters of another kind, so :class:`~docsort.settings.HdbscanSettings` keeps it off by default.
+
+    Args:
+        clusterer: a fitted ``hdbscan.HDBSCAN`` with ``prediction_data=True``.
+        labels: int (n,), HDBSCAN's labels (-1 noise), in the clusterer's training order.
+        probabilities: float (n,), HDBSCAN's membership strengths.
+        threshold: in (0, 1]; the smallest soft membership that reassigns a noise point.
+
+    Returns:
+        ``(labels, membership, probabilities)``: int64 (n,) with reassigned points labelled;
+        str (n,) ``"member"`` / ``"reassigned"`` / ``"noise"``; float32 (n,) with the soft
+        membership of the chosen cluster for reassigned points (others unchanged).
+
+    Raises:
+        ClusteringError: the membership vectors do not line up with the labels (hdbscan ignores
+            ``cluster_selection_epsilon`` in soft clustering, scikit-learn-contrib/hdbscan#446).
+    """
+    import hdbscan
+
+    labels = np.asarray(labels, np.int64).copy()
+    probabilities = np.asarray(probabilities, np.float32).copy()
+    membership = np.where(labels < 0, "noise", "member").astype("<U11")
+    k = int(labels.max()) + 1
+    if k <= 0:
+        return labels, membership, probabilities
+    soft = np.asarray(hdbscan.all_points_membership_vectors(clusterer), np.float64)
+    if soft.ndim != 2 or soft.shape != (len(labels), k):
+        raise ClusteringError(
+            f"soft membership vectors have shape {soft.shape}, expected ({len(labels)}, {k}) "
+            "(hdbscan issue #446: soft clustering ignores cluster_selection_epsilon)"
+        )
+    best = soft.argmax(axis=1)
+    strength = soft[np.arange(len(labels)), best]
+    move = (labels < 0) & (strength >= threshold)
+    labels[move] = best[move]
+    membership[move] = "reassigned"
+    probabilities[move] = strength[move].astype(np.float32)
+    return labels, membership, probabilities
+
+
+def match_cluster_ids(old: np.ndarray, new: np.ndarray, next_id: int) -> tuple[np.ndarray, dict[int, int]]:
+    """Give the clusters of a new clustering the ids of the previous one they overlap most.
+
+    An overlap matrix counts, for every (new cluster, old cluster) pair, the pages in both. The
+    Hungarian method (Kuhn 1955, "The Hungarian method for the assignment problem", Naval Research
+    Logistics Quarterly 2:83-97; ``scipy.optimize.linear_sum_assignment``) pairs new with old
+    clusters one-to-one so that the total overlap is largest. A pair is kept only when its overlap
+    is more than half of the old cluster's pages or more than half of the new cluster's previously
+    assigned pages (old noise included), so a new cluster that merely brushes an old one does not
+    inherit its id (or its user-given name). New clusters left unpaired get fresh ids
+    ``next_id, next_id + 1, ...`` in the order of their HDBSCAN labels; ids of old clusters left
+    unpaired are retired, never reused.
+
+    Args:
+        old: int (n,), the previous stored id of each page: >= 0 a cluster, -1 noise, -2 (or any
+            value < -1) a page that had no assignment (ingested since).
+        new: int (n,), the new HDBSCAN labels of the same pages, -1 noise.
+        next_id: the smallest id never used in this collection.
+
+    Returns:
+        ``(ids, mapping)``: int64 (n,) stored ids (-1 stays noise) and ``{new label: stored id}``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    old = np.asarray(old, np.int64)
+    new = np.asarray(new, np.int64)
+    new_ids = np.unique(new[new >= 0])
+    old_ids = np.unique(old[old >= 0])
+    mapping: dict[int, int] = {}
+    if len(new_ids) and len(old_ids):
+        both = (new >= 0) & (old >= 0)
+        ni = np.searchsorted(new_ids, new[both])
+        oi = np.searchsorted(old_ids, old[both])
+        overlap = np.zeros((len(new_ids), len(old_ids)), np.int64)
+        np.add.at(overlap, (ni, oi), 1)
+        old_size = np.array([(old == o).sum() for o in old_ids])
+        new_seen = np.array([((new == c) & (old >= -1)).sum() for c in new_ids])
+        rows, cols = linear_sum_assignment(overlap, maximize=True)
+        for r, c in zip(rows, cols):
+            o = overlap[r, c]
+            if o > 0 and (2 * o > old_size[c] or 2 * o > new_seen[r]):
+                mapping[int(new_ids[r])] = int(old_ids[c])
+    fresh = max(int(next_id), int(old_ids.max()) + 1 if len(old_ids) else 0)
+    for c in new_ids:
+        if int(c) not in mapping:
+            mapping[int(c)] = fresh
+            fresh += 1
+    ids = np.array([mapping[int(c)] if c >= 0 else -1 for c in new], np.int64)
+    return ids, mapping
+
+
+def predict_clusters(models: dict, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Place new pages with the models of the last clustering, without re-fitting.
+
+    Each page is embedded with the stored UMAP's ``transform`` and given a cluster by
+    ``hdbscan.approximate_predict`` (hdbscan docs, "Predicting clusters for new points"), which
+    places a point where it would join the condensed tree. With UMAP's tight clusters
+    (``min_dist=0``) that leaves most transformed pages as noise (measured in issue #5: 75-100% of
+    the pages added to a clustered half of sample_docs), so a page it leaves out falls back to its
+    ``k`` nearest training points in the same UMAP space (``k`` = HDBSCAN's
+    ``min_cluster_size``): when more than half of them are members of one cluster, the page joins
+    it. Map coordinates come from the stored 2-D UMAP's ``transform``. UMAP's ``transform`` is
+    deterministic for a fixed ``random_state``.
+
+    Args:
+        models: the dict stored in ``clustering.joblib``: ``umap``, ``umap_2d``, ``hdbscan``
+            (fitted), optionally ``label_map`` (``{HDBSCAN label: stored id}``, identity if absent).
+        vectors: float32 (m, D), the new pages' vectors (D as the clustered ones).
+
+    Returns:
+        ``(ids, strengths, embedding_2d, how)``: int64 (m,) stored cluster ids (-1 noise); float32
+        (m,) in [0, 1], ``approximate_predict``'s strength or, for the fallback, the share of the
+        ``k`` neighbours in the chosen cluster; float32 (m, 2) map coordinates; str (m,)
+        ``"approximate_predict"``, ``"neighbours"`` or ``"noise"``.
+
+    Raises:
+        ValueError: ``vectors`` do not have the dimension the models were fitted on.
+    """
+    import hdbscan
+
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    m = len(vectors)
+    if m == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 2), np.float32), np.zeros(0, "<U19")
+    reducer, mapper, clusterer = models["umap"], models["umap_2d"], models["hdbscan"]
+    fitted = getattr(reducer, "_raw_data", None)
+    if fitted is not None and fitted.shape[1] != vectors.shape[1]:
+        raise ValueError(f"vectors have {vectors.shape[1]} dimensions, the clustering models were fitted on {fitted.shape[1]}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value 1 overridden.*")
+        emb = np.asarray(reducer.transform(vectors), np.float64)
+        xy = np.asarray(mapper.transform(vectors), np.float32)
+        labels, strengths = hdbscan.approximate_predict(clusterer, emb)
+    labels = np.asarray(labels, np.int64)
+    strengths = np.asarray(strengths, np.float32)
+    how = np.where(labels >= 0, "approximate_predict", "noise").astype("<U19")
+    train_labels = np.asarray(clusterer.labels_, np.int64)
+    k = min(int(clusterer.min_cluster_size), len(train_labels))
+    out = np.flatnonzero(labels < 0)
+    if len(out) and (train_labels >= 0).any():
+        # The KD-tree over the training embedding that approximate_predict itself queries.
+        _, near = clusterer.prediction_data_.tree.query(emb[out], k=k)
+        for i, row in zip(out, np.asarray(near).reshape(len(out), k)):
+            votes = train_labels[row]
+            votes = np.bincount(votes[votes >= 0]) if (votes >= 0).any() else np.zeros(0, np.int64)
+            if len(votes) and 2 * votes.max() > k:
+                labels[i] = int(votes.argmax())
+                strengths[i] = votes.max() / k
+                how[i] = "neighbours"
+    label_map = models.get("label_map") or {}
+    ids = np.array([label_map.get(int(c), int(c)) if c >= 0 else -1 for c in labels], np.int64)
+    return ids, strengths, xy, how
 
 
 def document_clusters(document_ids: np.ndarray, labels: np.ndarray) -> dict[int, int]:

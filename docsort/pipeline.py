@@ -19,13 +19,15 @@ import sys
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .clustering import ClusterResult, cluster_vectors, document_clusters
+from . import classify
+from .clustering import ClusterResult, cluster_vectors, document_clusters, match_cluster_ids, predict_clusters
 from .features import FeatureExtractor
 from .index import search_index, sync_index
 from .pages import (
@@ -56,6 +58,7 @@ __all__ = [
     "ingest",
     "cluster",
     "cluster_table",
+    "assign_provisional",
     "search_file",
     "search_page",
     "info",
@@ -66,6 +69,9 @@ __all__ = [
 #: Fields of the features description that must match for vectors to be comparable.
 _PINNED_FEATURE_KEYS = ("backbone", "layer", "pooling", "dim", "input_size", "channels_in", "preprocessing")
 
+#: Feature settings free to differ between ingests: weights are compared by sha256 instead,
+#: and batch size and precision do not change what a vector means.
+_FEATURE_KEYS_NOT_IN_VECTORS = {"weights", "weights_sha256", "batch_size", "precision"}
 #: Render settings that do not change the vectors (free to differ between ingests).
 _RENDER_KEYS_NOT_IN_VECTORS = ("pdf_chunk_pages", "workers", "thumbnail_px")
 
@@ -121,8 +127,8 @@ def effective_settings(
     pinned_weights = recorded["source"] if recorded["source"] in ("imagenet", "bundled", "random") else recorded["spec"]
     pinned = pinned.with_overrides(weights=pinned_weights)
     if explicit:
-        a = requested.features.model_dump(exclude={"weights", "weights_sha256", "batch_size"})
-        b = pinned.features.model_dump(exclude={"weights", "weights_sha256", "batch_size"})
+        a = requested.features.model_dump(exclude=_FEATURE_KEYS_NOT_IN_VECTORS)
+        b = pinned.features.model_dump(exclude=_FEATURE_KEYS_NOT_IN_VECTORS)
         diffs = [f"features.{k}: collection {b[k]!r}, requested {a[k]!r}" for k in a if a[k] != b[k]]
         ra, rb = requested.render.model_dump(), pinned.render.model_dump()
         diffs += [f"render.{k}: collection {rb[k]!r}, requested {ra[k]!r}" for k in ra if ra[k] != rb[k] and k not in _RENDER_KEYS_NOT_IN_VECTORS]
@@ -132,7 +138,8 @@ def effective_settings(
                 + "\n  ".join(diffs)
                 + "\nUse a new --collection for these settings."
             )
-        pinned = pinned.model_copy(update={"index": requested.index, "umap": requested.umap, "hdbscan": requested.hdbscan, "name": requested.name})
+        pinned = pinned.model_copy(update={"index": requested.index, "umap": requested.umap, "hdbscan": requested.hdbscan,
+                                           "classifier": requested.classifier, "name": requested.name})
     if weights is not None:
         pinned = pinned.with_overrides(weights=weights)
     return pinned
@@ -184,6 +191,8 @@ class IngestReport:
             (rasterize + resize + thumbnail, summed over worker processes, so it can exceed the
             wall time), ``model`` (forward pass and pooling), ``database``, ``index``, and
             ``pipeline_wall`` (the whole render/embed/store loop).
+        provisional_pages: pages without a cluster given a provisional one by the stored models of
+            the last clustering (:func:`assign_provisional`; 0 when never clustered).
     """
 
     documents_added: int = 0
@@ -196,6 +205,7 @@ class IngestReport:
     weights_note: str = ""
     index: str = ""
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    provisional_pages: int = 0
 
     @property
     def pages_per_s(self) -> float:
@@ -363,7 +373,7 @@ def ingest(
         workers = settings.render.workers or os.cpu_count() or 1
         t_wait = time.perf_counter()
         try:
-            for doc, pages, error, seconds, last_chunk in _render_stream(tasks, settings.render, extractor.input_size, workers):
+            for doc, pages, error, seconds, last_chunk in _render_stream(tasks, settings.render, extractor.input_size, workers, log):
                 stages["render"] += seconds
                 if doc.failed:
                     continue
@@ -389,25 +399,53 @@ def ingest(
             _, info_ = sync_index(collection, settings.index)
             stages["index"] += time.perf_counter() - t
             report.index = f"{info_.kind}, {info_.ntotal} vectors ({info_.action})"
+        classify.after_ingest(collection, settings, log=log)  # document types for new pages; no-op without a classifier
+        report.provisional_pages = assign_provisional(collection, log=log)  # issue 5: clusters for new pages, no re-fit
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _render_stream(tasks, render, input_size, workers: int):
+@contextmanager
+def _without_main_module():
+    """Hide the caller's ``__main__`` while worker processes are started.
+
+    ``spawn`` makes each new process re-run the parent's main script (as ``__mp_main__``) so that
+    functions defined there can be unpickled. Rendering workers only need :mod:`docsort.pages`,
+    and re-running a user's script that calls docsort without an ``if __name__ == "__main__":``
+    guard would make every worker load TensorFlow and start an ingest of its own (Python docs,
+    multiprocessing, "Safe importing of main module"). A bare stand-in module is put in place
+    for the moment the processes are started.
+    """
+    import types
+
+    real = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = real
+
+
+def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr):
     """Yield ``(doc, pages, error, seconds, last_chunk)`` for each task, in task order.
 
     With ``workers > 1`` the chunks are rendered by a pool of ``spawn``-ed worker processes
     (no TensorFlow in them), at most ``2 * workers`` chunks in flight, so rasterization overlaps
-    the forward pass in this process and memory stays flat whatever the corpus size.
+    the forward pass in this process and memory stays flat whatever the corpus size. A worker
+    that dies fails only its chunk's document; if a fresh pool cannot finish a single chunk,
+    the rest is rendered in this process.
     """
+    import multiprocessing
+
     last_of = {}
     for i, (doc, _, _) in enumerate(tasks):
         last_of[id(doc)] = i
+    if multiprocessing.parent_process() is not None:
+        workers = 1  # never start a pool from inside a worker process
     if workers <= 1 or len(tasks) <= 1:
         for i, (doc, first, last) in enumerate(tasks):
             yield (doc, *render_for_network(doc.src, render, input_size, first, last), last_of[id(doc)] == i)
         return
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
@@ -416,12 +454,18 @@ def _render_stream(tasks, render, input_size, workers: int):
                                    initializer=exit_with_parent, initargs=(os.getpid(),))
 
     pool = new_pool()
+    pool_done = 0  # chunks finished by the current pool
+    in_process = False
     pending: deque = deque()
     next_task = 0
 
     def submit(i):
         doc, first, last = tasks[i]
-        pending.append((i, pool.submit(render_for_network, doc.src, render, input_size, first, last)))
+        if in_process:
+            pending.append((i, None))
+            return
+        with _without_main_module():  # worker processes start inside submit()
+            pending.append((i, pool.submit(render_for_network, doc.src, render, input_size, first, last)))
 
     try:
         while next_task < min(len(tasks), 2 * workers):
@@ -429,17 +473,24 @@ def _render_stream(tasks, render, input_size, workers: int):
             next_task += 1
         while pending:
             i, fut = pending.popleft()
-            doc = tasks[i][0]
+            doc, first, last = tasks[i]
             try:
-                result = fut.result()
+                result = render_for_network(doc.src, render, input_size, first, last) if fut is None else fut.result()
+                pool_done += fut is not None
             except BrokenProcessPool:
-                # A worker died (out of memory, a crash in a decoder): fail this chunk's document,
-                # start a fresh pool and resubmit what was in flight.
-                result = ([], PageError(f"{doc.src.path}: rendering worker crashed"), 0.0)
                 pool.shutdown(wait=False, cancel_futures=True)
-                pool = new_pool()
                 inflight = [j for j, _ in pending]
                 pending.clear()
+                if pool_done == 0:
+                    # The pool never worked (workers cannot start here): render in this process.
+                    log("warning: rasterization worker processes failed; rendering in this process instead")
+                    in_process = True
+                    result = render_for_network(doc.src, render, input_size, first, last)
+                else:
+                    # A worker died (out of memory, a crash in a decoder): fail this chunk's
+                    # document, start a fresh pool and resubmit what was in flight.
+                    result = ([], PageError(f"{doc.src.path}: rendering worker crashed", doc.src.path), 0.0)
+                    pool, pool_done = new_pool(), 0
                 for j in inflight:
                     submit(j)
             if next_task < len(tasks):
@@ -496,7 +547,10 @@ class ClusterRow:
 
     Attributes:
         cluster: id (-1 = noise); name: user-given or default name; pages, documents: counts
-        (documents by majority of their pages); examples: up to three file names.
+        (documents by majority of their pages); examples: up to three file names;
+        members, reassigned, provisional: how many of ``pages`` are confident HDBSCAN members,
+        noise pages reassigned by soft clustering, and pages placed since the last clustering
+        (see :mod:`docsort.clustering`); for the noise row, ``members`` counts clustering noise.
     """
 
     cluster: int
@@ -504,36 +558,96 @@ class ClusterRow:
     pages: int
     documents: int
     examples: list[str]
+    members: int = 0
+    reassigned: int = 0
+    provisional: int = 0
 
 
 def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _stderr, lock_timeout_s: float = 600.0) -> ClusterResult:
     """Run UMAP + HDBSCAN over every stored page and store labels, 2-D map and fitted models.
 
+    Noise is reassigned by soft clustering when ``settings.hdbscan.reassign_noise_threshold > 0``
+    (:func:`~docsort.clustering.reassign_noise`). Cluster ids are matched to the stored ones by
+    member overlap (:func:`~docsort.clustering.match_cluster_ids`, Hungarian assignment), so ids
+    and user-given names survive a re-clustering; provisional assignments are replaced. The models
+    file is written before the database, both tagged with one ``models_token``, so a crash between
+    the two leaves models that :func:`assign_provisional` refuses to use rather than misreads.
+
     Returns:
-        The :class:`~docsort.clustering.ClusterResult`.
+        The :class:`~docsort.clustering.ClusterResult`, its ``labels`` the stored ids and
+        ``label_map`` ``{HDBSCAN label: stored id}``.
 
     Raises:
         ClusteringError: too few pages; CollectionBusyError: another writer holds the lock.
     """
     import io
+    import uuid
 
     import joblib
 
     with collection.write_lock(lock_timeout_s, on_wait=log):
         ids, vecs = collection.vectors()
         result = cluster_vectors(vecs, settings.umap, settings.hdbscan)
-        collection.store_clustering(ids, result.labels, result.probabilities, result.embedding_2d, result.params, result.seconds)
+        for note in result.notes:
+            log(note)
+        old_ids, old_clusters, _ = collection.cluster_assignments()
+        old = np.full(len(ids), -2, np.int64)
+        pos = np.searchsorted(ids, old_ids)
+        known = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == old_ids)
+        old[pos[known]] = old_clusters[known]
+        result.labels, result.label_map = match_cluster_ids(old, result.labels, collection.next_cluster_id())
+        token = uuid.uuid4().hex
         buf = io.BytesIO()
-        joblib.dump({"page_ids": ids, **result.models, "params": result.params}, buf)
+        joblib.dump({"page_ids": ids, **result.models, "params": result.params, "label_map": result.label_map,
+                     "models_token": token}, buf)
         atomic_write_bytes(collection.root / Collection.MODELS, buf.getvalue())
+        collection.store_clustering(ids, result.labels, result.probabilities, result.embedding_2d,
+                                    {**result.params, "models_token": token}, result.seconds, membership=result.membership)
         manifest = collection.manifest() or {}
         manifest["clustering"] = {**result.params, "libraries": library_versions()}
         collection.write_manifest(manifest)
     return result
 
 
+def assign_provisional(collection: Collection, *, log: Log = _stderr) -> int:
+    """Give pages ingested since the last clustering a provisional cluster, without a re-fit.
+
+    Loads the models of the last :func:`cluster` (``clustering.joblib``) and places every page
+    that has no assignment with :func:`~docsort.clustering.predict_clusters` (stored UMAP
+    ``transform`` + ``hdbscan.approximate_predict``, nearest-neighbour fallback; 2-D UMAP
+    ``transform`` for the map); stored with membership ``provisional`` until the next
+    :func:`cluster` replaces them. The caller must hold the collection's write lock
+    (:func:`ingest` calls this at its end).
+
+    Returns:
+        The number of pages given a provisional assignment (noise included); 0 when the collection
+        was never clustered, every page has an assignment, or the models file is missing,
+        unreadable or not the one of the stored clustering (said in ``log``: run ``docsort
+        cluster``).
+    """
+    import joblib
+
+    pending = collection.unclustered_page_ids()
+    run = collection.last_cluster_run()
+    if len(pending) == 0 or run is None:
+        return 0
+    path = collection.root / Collection.MODELS
+    try:
+        models = joblib.load(path)
+    except Exception as exc:  # missing, truncated, or pickled by incompatible library versions
+        log(f"{len(pending)} new pages not given a cluster: cannot read {path} ({exc}); run `docsort cluster`")
+        return 0
+    if models.get("models_token") != run["settings"].get("models_token"):
+        log(f"{len(pending)} new pages not given a cluster: {path} is not the model of the stored clustering; run `docsort cluster`")
+        return 0
+    page_ids, vecs = collection.vectors(pending)
+    clusters, strengths, xy, _ = predict_clusters(models, vecs)
+    return collection.store_provisional(page_ids, clusters, strengths, xy)
+
+
 def cluster_table(collection: Collection) -> list[ClusterRow]:
-    """Summary of the stored clustering: one :class:`ClusterRow` per cluster, largest first, noise last."""
+    """Summary of the stored clustering: one :class:`ClusterRow` per cluster, largest first, noise
+    last, with the confident members, reassigned and provisional pages of each counted apart."""
     df = collection.page_table()
     df = df[df["cluster"].notna()]
     if df.empty:
@@ -543,6 +657,7 @@ def cluster_table(collection: Collection) -> list[ClusterRow]:
     for cid, group in df.groupby("cluster"):
         cid = int(cid)
         examples = list(dict.fromkeys(Path(p).name for p in group["path"]))[:3]
+        kinds = group["membership"].value_counts()
         rows.append(
             ClusterRow(
                 cluster=cid,
@@ -550,6 +665,9 @@ def cluster_table(collection: Collection) -> list[ClusterRow]:
                 pages=len(group),
                 documents=sum(1 for c in doc_cluster.values() if c == cid),
                 examples=examples,
+                members=int(kinds.get("member", 0) + kinds.get("noise", 0)),
+                reassigned=int(kinds.get("reassigned", 0)),
+                provisional=int(kinds.get("provisional", 0)),
             )
         )
     rows.sort(key=lambda r: (r.cluster < 0, -r.pages, r.cluster))
@@ -712,7 +830,7 @@ def export_pages(collection: Collection, out: str | Path, *, vectors: bool = Fal
     """Write one row per page to ``.parquet`` or ``.csv``.
 
     Columns: path, page, sha256, cluster, cluster_name, document_cluster, umap_x, umap_y, page_id,
-    document_id; with ``vectors`` also ``vector`` (a list of D float32, Parquet) or ``f0..f{D-1}``
+    document_id, membership (``member`` | ``reassigned`` | ``noise`` | ``provisional``); with ``vectors`` also ``vector`` (a list of D float32, Parquet) or ``f0..f{D-1}``
     columns (CSV).
 
     Returns:
@@ -730,7 +848,8 @@ def export_pages(collection: Collection, out: str | Path, *, vectors: bool = Fal
     clustered = df[df["cluster"].notna()]
     doc_cluster = document_clusters(clustered["document_id"].to_numpy(), clustered["cluster"].to_numpy(dtype=np.int64)) if len(clustered) else {}
     df["document_cluster"] = df["document_id"].map(doc_cluster).astype("Int64")
-    cols = ["path", "page", "sha256", "cluster", "cluster_name", "document_cluster", "umap_x", "umap_y", "page_id", "document_id"]
+    cols = ["path", "page", "sha256", "cluster", "cluster_name", "document_cluster", "umap_x", "umap_y", "page_id", "document_id",
+            "membership"]
     df = df[cols]
     if vectors:
         ids, vecs = collection.vectors()

@@ -2,8 +2,9 @@
 
 A *pipeline* is a TOML file (see ``pipelines/default.toml`` in the repository) that only
 parameterises the stages in this package: rasterization resolution, backbone and layer, weights,
-pooling, batch size, index type, UMAP and HDBSCAN parameters. It is validated on load with
-pydantic, so a typo in a key or a value of the wrong type is a clear error naming the file.
+pooling, batch size, index type, UMAP and HDBSCAN parameters, and the document-type classifier.
+It is validated on load with pydantic, so a typo in a key or a value of the wrong type is a clear
+error naming the file.
 
 ``load_pipeline("default")`` returns the built-in defaults when no ``default.toml`` is found, so
 an installed docsort works outside the source checkout.
@@ -24,6 +25,7 @@ __all__ = [
     "IndexSettings",
     "UmapSettings",
     "HdbscanSettings",
+    "ClassifierSettings",
     "PipelineSettings",
     "PipelineError",
     "load_pipeline",
@@ -79,8 +81,16 @@ class FeatureSettings(_Strict):
             recorded in the manifest).
         input_size: network input, pixels, (height, width). InceptionV3's native size is 299.
         pooling: name of the pooling of the feature map, see :data:`docsort.features.POOLINGS`.
+            ``topk`` (each channel's top 3 % of the 35x35 cells averaged) was chosen on the labelled
+            development corpus (benchmarks/RESULTS.md, "Sorting quality (issue 5)"): kNN@5 0.884 vs
+            0.774 for the seed's ``gap``, ARI 0.69 vs 0.44, and unlike ``gmp`` it does not fall apart
+            when pages carry specks. Collections keep the pooling they were built with.
         batch_size: pages per forward pass.
         seed: seed for ``random`` weights.
+        precision: compute dtype of the backbone. ``auto`` = Keras ``mixed_bfloat16`` when a GPU
+            is visible, float32 on CPU (bit-reproducible vectors). ``bfloat16`` on a CPU with
+            AVX512-BF16 (oneDNN) ran the backbone 1.6x faster here (24.5 vs 15.3 img/s, same run);
+            its vectors differ from float32 ones by ~1e-2 relative, still comparable.
     """
 
     backbone: str = "inception_v3"
@@ -88,9 +98,10 @@ class FeatureSettings(_Strict):
     weights: str = "auto"
     weights_sha256: str | None = None
     input_size: tuple[int, int] = (299, 299)
-    pooling: str = "gap"
+    pooling: str = "topk"
     batch_size: int = Field(32, ge=1, le=4096)
     seed: int = 0
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
     @field_validator("input_size")
     @classmethod
@@ -141,12 +152,51 @@ class HdbscanSettings(_Strict):
     ``max(3, round(sqrt(n_pages) / 2))`` (3 at 36 pages, 16 at 1,000, 71 at 20,000).
     ``min_samples = 0`` means ``max(1, min_cluster_size // 2)``; HDBSCAN's own default
     (equal to ``min_cluster_size``) marks far more points as noise.
+
+    ``reassign_noise_threshold``: 0 (default) leaves HDBSCAN's noise alone; a value in (0, 1]
+    gives a noise page the cluster whose soft-clustering membership
+    (``hdbscan.all_points_membership_vectors``) is largest when that membership reaches the
+    threshold; such pages are stored as ``reassigned``, apart from confident members
+    (:func:`docsort.clustering.reassign_noise`). Off by default because on sample_docs it moved
+    noise pages mostly into clusters of other kinds (issue #5). ``docsort cluster
+    --reassign-noise`` overrides it.
     """
 
     min_cluster_size: int = Field(0, ge=0)
     min_samples: int = Field(0, ge=0)
     cluster_selection_method: Literal["eom", "leaf"] = "eom"
     cluster_selection_epsilon: float = Field(0.0, ge=0.0)
+    reassign_noise_threshold: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class ClassifierSettings(_Strict):
+    """The document-type classifier on frozen features (the *labels/classifier* stage,
+    :mod:`docsort.classify`).
+
+    Attributes:
+        threshold: a page whose probability for its best type is below this (0..1) is routed to
+            "unsure" instead of that type. ``docsort classify --threshold`` overrides it.
+        C: inverse L2 regularisation strength of the logistic regression (scikit-learn's
+            ``LogisticRegression(C=...)``, default 1.0), fitted on standardised vectors.
+        calibrate_min_per_type: post-hoc calibration (temperature scaling, Guo et al. 2017, with
+            scikit-learn's ``CalibratedClassifierCV(method="temperature")``) once every type has at
+            least this many labelled pages; below it the logistic regression's own probabilities
+            (fitted by log-loss, so already close to calibrated: Niculescu-Mizil & Caruana 2005).
+            Measured on the development corpus (245 pages, 13 types, 30-50 draws, ``gap`` pooling):
+            with 3, 10 and 15 labels per type temperature scaling left the expected calibration
+            error worse or even (0.17 vs 0.07, 0.05 vs 0.05, 0.07 vs 0.04) and now and then
+            flattened every probability below the threshold; at 20 it was even (0.036 vs 0.037).
+            With ``topk`` pooling: even at 3 (0.10 vs 0.11), unstable at 10 (0.06 +- 0.14 vs
+            0.05 +- 0.01). Hence 20 (``benchmarks/few_shot.py --compare-calibration``).
+        reject_unlike: also route a page to "unsure" when it is less like the nearest labelled page
+            of its best type than labelled pages of different types typically are like each other
+            (a nearest-neighbour rejection rule for types the labels do not cover).
+    """
+
+    threshold: float = Field(0.6, ge=0.0, le=1.0)
+    C: float = Field(1.0, gt=0.0)
+    calibrate_min_per_type: int = Field(20, ge=2)
+    reject_unlike: bool = True
 
 
 class PipelineSettings(_Strict):
@@ -164,6 +214,7 @@ class PipelineSettings(_Strict):
     index: IndexSettings = IndexSettings()
     umap: UmapSettings = UmapSettings()
     hdbscan: HdbscanSettings = HdbscanSettings()
+    classifier: ClassifierSettings = ClassifierSettings()
 
     def with_overrides(self, **features: object) -> "PipelineSettings":
         """Return a copy with some ``features`` settings replaced (e.g. ``weights="random"``).

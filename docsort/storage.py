@@ -8,6 +8,7 @@ A collection is a directory::
     manifest.json    how the collection was built: backbone, layer, pooling, weights sha256,
                      input size, preprocessing, render settings, pipeline, library versions, seeds
     clustering.joblib  the fitted UMAP + HDBSCAN models of the last clustering run
+    classifier.joblib  the document-type classifier trained on the page labels (docsort.classify)
     .lock            the writers' lock (filelock)
 
 SQLite is the single source of truth and every document is stored in one transaction with all
@@ -39,7 +40,9 @@ __all__ = [
     "default_collection_path",
 ]
 
-SCHEMA_VERSION = 1
+#: 2: page_clusters.membership, cluster_runs.n_reassigned, meta next_cluster_id (issue #5);
+#: a schema-1 database is migrated when opened (:meth:`Collection._migrate`).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -77,7 +80,8 @@ CREATE TABLE IF NOT EXISTS page_clusters(
     probability REAL NOT NULL,
     umap_x REAL NOT NULL,
     umap_y REAL NOT NULL,
-    run_id INTEGER NOT NULL
+    run_id INTEGER NOT NULL,
+    membership TEXT NOT NULL DEFAULT 'member'
 );
 CREATE TABLE IF NOT EXISTS clusters(
     id INTEGER PRIMARY KEY,
@@ -91,9 +95,29 @@ CREATE TABLE IF NOT EXISTS cluster_runs(
     n_pages INTEGER NOT NULL,
     n_clusters INTEGER NOT NULL,
     n_noise INTEGER NOT NULL,
-    seconds REAL NOT NULL
+    seconds REAL NOT NULL,
+    n_reassigned INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS failures(path TEXT PRIMARY KEY, reason TEXT NOT NULL, at TEXT NOT NULL);
+-- docsort.classify: document types given by a user (one per page) and the classifier's predictions.
+CREATE TABLE IF NOT EXISTS page_labels(
+    page_id INTEGER PRIMARY KEY REFERENCES pages(id),
+    type TEXT NOT NULL,
+    source TEXT NOT NULL CHECK(source IN ('page', 'cluster')),
+    cluster INTEGER,
+    who TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS page_predictions(
+    page_id INTEGER PRIMARY KEY REFERENCES pages(id),
+    type TEXT NOT NULL,
+    probability REAL NOT NULL,
+    similarity REAL,
+    unsure INTEGER NOT NULL,
+    threshold REAL NOT NULL,
+    model_version TEXT NOT NULL,
+    at TEXT NOT NULL
+);
 """
 
 
@@ -183,6 +207,7 @@ class Collection:
     INDEX = "index.faiss"
     MANIFEST = "manifest.json"
     MODELS = "clustering.joblib"
+    CLASSIFIER = "classifier.joblib"
     LOCK = ".lock"
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = False):
@@ -206,10 +231,40 @@ class Collection:
             if stmt.strip():
                 self._conn.execute(stmt)
         row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            self._conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise CollectionError(f"{self.root}: collection schema {row[0]} is newer than this docsort")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a database of an older schema up to :data:`SCHEMA_VERSION`, in one transaction.
+
+        Schema 1 -> 2 (issue #5): ``page_clusters.membership`` (``'member'``, or ``'noise'`` for
+        the rows with cluster -1) and ``cluster_runs.n_reassigned`` (0) are added with
+        ``ALTER TABLE ... ADD COLUMN``, each only when ``PRAGMA table_info`` lacks it, so two
+        processes opening the same old collection at once both succeed. Existing cluster ids are
+        kept; the next fresh id is derived from them (:meth:`next_cluster_id`).
+        """
+
+        def missing(c) -> dict[str, bool]:
+            pc = {r[1] for r in c.execute("PRAGMA table_info(page_clusters)")}
+            runs = {r[1] for r in c.execute("PRAGMA table_info(cluster_runs)")}
+            return {"membership": "membership" not in pc, "n_reassigned": "n_reassigned" not in runs}
+
+        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is not None and int(row[0]) >= SCHEMA_VERSION and not any(missing(self._conn).values()):
+            return
+        with self.transaction() as c:
+            todo = missing(c)
+            if todo["membership"]:
+                c.execute("ALTER TABLE page_clusters ADD COLUMN membership TEXT NOT NULL DEFAULT 'member'")
+                c.execute("UPDATE page_clusters SET membership = 'noise' WHERE cluster < 0")
+            if todo["n_reassigned"]:
+                c.execute("ALTER TABLE cluster_runs ADD COLUMN n_reassigned INTEGER NOT NULL DEFAULT 0")
+            c.execute(
+                "INSERT INTO meta VALUES('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value "
+                "WHERE CAST(meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                (str(SCHEMA_VERSION),),
+            )
 
     # -- plumbing --------------------------------------------------------------------------
     def close(self) -> None:
@@ -267,12 +322,17 @@ class Collection:
     def _remove_stale_temp_files(self) -> None:
         """Delete the temp files of a writer killed mid-write (``atomic_write_bytes`` writes
         ``.NAME.XXXX`` next to ``NAME``, then renames it); only lock holders write these files."""
-        for name in (self.INDEX, self.MANIFEST, self.MODELS):
+        for name in (self.INDEX, self.MANIFEST, self.MODELS, self.CLASSIFIER):
             for tmp in self.root.glob(f".{name}.*"):
                 try:
                     tmp.unlink()
                 except OSError:
                     pass
+
+    def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Run one read statement and return all its rows (for stage modules that own tables,
+        such as :mod:`docsort.classify`; writes go through :meth:`transaction`)."""
+        return self._conn.execute(sql, tuple(params)).fetchall()
 
     # -- manifest --------------------------------------------------------------------------
     @property
@@ -374,7 +434,8 @@ class Collection:
         return [tuple(r) for r in self._conn.execute("SELECT path, reason, at FROM failures ORDER BY path")]
 
     def counts(self) -> dict[str, int]:
-        """Numbers of documents, pages, clusters (excluding noise), noise pages, failures."""
+        """Numbers of documents, pages, clustered pages, clusters (excluding noise), noise pages
+        (provisional noise included), pages reassigned from noise, provisional pages, failures."""
         q = lambda sql: int(self._conn.execute(sql).fetchone()[0])  # noqa: E731
         return {
             "documents": q("SELECT COUNT(*) FROM documents"),
@@ -382,6 +443,8 @@ class Collection:
             "clustered_pages": q("SELECT COUNT(*) FROM page_clusters"),
             "clusters": q("SELECT COUNT(DISTINCT cluster) FROM page_clusters WHERE cluster >= 0"),
             "noise_pages": q("SELECT COUNT(*) FROM page_clusters WHERE cluster < 0"),
+            "reassigned_pages": q("SELECT COUNT(*) FROM page_clusters WHERE membership = 'reassigned'"),
+            "provisional_pages": q("SELECT COUNT(*) FROM page_clusters WHERE membership = 'provisional'"),
             "failures": q("SELECT COUNT(*) FROM failures"),
         }
 
@@ -450,7 +513,9 @@ class Collection:
         """One row per page as a ``pandas.DataFrame``.
 
         Columns: page_id, document_id, path, page, sha256, format, width_px, height_px, cluster
-        (Int64, -1 noise, <NA> before clustering), cluster_name, probability, umap_x, umap_y.
+        (Int64, -1 noise, <NA> before clustering), cluster_name, probability, umap_x, umap_y,
+        membership (``member`` | ``reassigned`` | ``noise`` | ``provisional``, None before
+        clustering; see :mod:`docsort.clustering`).
         """
         import pandas as pd
 
@@ -458,7 +523,8 @@ class Collection:
             SELECT p.id AS page_id, p.document_id, d.path, p.page_no AS page, d.sha256, d.format,
                    p.width_px, p.height_px, pc.cluster, pc.probability, pc.umap_x, pc.umap_y,
                    COALESCE(c.name, CASE WHEN pc.cluster < 0 THEN 'noise' WHEN pc.cluster IS NULL THEN NULL
-                                         ELSE 'cluster ' || pc.cluster END) AS cluster_name
+                                         ELSE 'cluster ' || pc.cluster END) AS cluster_name,
+                   pc.membership
             FROM pages p JOIN documents d ON d.id = p.document_id
             LEFT JOIN page_clusters pc ON pc.page_id = p.id
             LEFT JOIN clusters c ON c.id = pc.cluster
@@ -484,21 +550,40 @@ class Collection:
         embedding_2d: np.ndarray,
         settings: dict,
         seconds: float,
+        membership: np.ndarray | None = None,
     ) -> int:
-        """Replace all cluster assignments in one transaction; keep user-given cluster names.
+        """Replace all cluster assignments (provisional ones included) in one transaction.
+
+        Cluster ids are stored as given: :func:`docsort.pipeline.cluster` has already matched them
+        to the previous run's (:func:`docsort.clustering.match_cluster_ids`). Names in
+        ``clusters`` stay with their id (user-given names survive; an id no longer used keeps its
+        row and is never handed out again, see :meth:`next_cluster_id`).
 
         Args:
-            page_ids: int64 (n,); labels: int (n,), -1 = noise; probabilities: float (n,) HDBSCAN
+            page_ids: int64 (n,); labels: int (n,), -1 = noise; probabilities: float (n,)
             membership strength in [0, 1]; embedding_2d: float (n, 2) UMAP map coordinates;
-            settings: the UMAP/HDBSCAN parameters used; seconds: wall time of the run.
+            settings: the UMAP/HDBSCAN parameters used; seconds: wall time of the run;
+            membership: str (n,) ``member`` | ``reassigned`` | ``noise`` (default: from labels).
 
         Returns:
             The run id.
+
+        Raises:
+            ValueError: arrays of different lengths or an unknown membership value.
         """
         labels = np.asarray(labels, dtype=np.int64)
+        if membership is None:
+            membership = np.where(labels < 0, "noise", "member")
+        membership = np.asarray(membership).astype(str)
+        if not (len(page_ids) == len(labels) == len(probabilities) == len(embedding_2d) == len(membership)):
+            raise ValueError("page_ids, labels, probabilities, embedding_2d and membership differ in length")
+        unknown = set(membership.tolist()) - {"member", "reassigned", "noise"}
+        if unknown:
+            raise ValueError(f"unknown membership values {sorted(unknown)}")
         with self.transaction() as c:
             cur = c.execute(
-                "INSERT INTO cluster_runs(created_at, settings, n_pages, n_clusters, n_noise, seconds) VALUES(?,?,?,?,?,?)",
+                "INSERT INTO cluster_runs(created_at, settings, n_pages, n_clusters, n_noise, seconds, n_reassigned) "
+                "VALUES(?,?,?,?,?,?,?)",
                 (
                     _now(),
                     json.dumps(settings, sort_keys=True, default=str),
@@ -506,28 +591,105 @@ class Collection:
                     len(set(labels.tolist()) - {-1}),
                     int((labels < 0).sum()),
                     float(seconds),
+                    int((membership == "reassigned").sum()),
                 ),
             )
             run_id = int(cur.lastrowid)
             c.execute("DELETE FROM page_clusters")
             c.executemany(
-                "INSERT INTO page_clusters VALUES(?,?,?,?,?,?)",
+                "INSERT INTO page_clusters(page_id, cluster, probability, umap_x, umap_y, run_id, membership) VALUES(?,?,?,?,?,?,?)",
                 [
-                    (int(pid), int(lab), float(prob), float(xy[0]), float(xy[1]), run_id)
-                    for pid, lab, prob, xy in zip(page_ids, labels, probabilities, embedding_2d)
+                    (int(pid), int(lab), float(prob), float(xy[0]), float(xy[1]), run_id, str(mem))
+                    for pid, lab, prob, xy, mem in zip(page_ids, labels, probabilities, embedding_2d, membership)
                 ],
             )
             c.execute("DELETE FROM clusters WHERE user_named = 0")
+            if len(labels) and labels.max() >= 0:
+                self._raise_next_cluster_id(c, int(labels.max()) + 1)
         return run_id
 
-    def last_cluster_run(self) -> dict | None:
-        """The latest clustering run: id, created_at, settings, counts, seconds; or ``None``."""
+    def _raise_next_cluster_id(self, c: sqlite3.Connection, at_least: int) -> None:
+        c.execute(
+            "INSERT INTO meta VALUES('next_cluster_id', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value "
+            "WHERE CAST(meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+            (str(int(at_least)),),
+        )
+
+    def next_cluster_id(self) -> int:
+        """The smallest cluster id never used in this collection (fresh ids start here).
+
+        The larger of ``meta.next_cluster_id`` (raised by every :meth:`store_clustering`) and one
+        more than any id in ``page_clusters`` or ``clusters`` (for collections clustered before
+        schema 2); 0 for a collection never clustered.
+        """
         row = self._conn.execute(
-            "SELECT id, created_at, settings, n_pages, n_clusters, n_noise, seconds FROM cluster_runs ORDER BY id DESC LIMIT 1"
+            "SELECT MAX(COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key='next_cluster_id'), 0), "
+            "COALESCE((SELECT MAX(cluster) + 1 FROM page_clusters), 0), COALESCE((SELECT MAX(id) + 1 FROM clusters), 0))"
+        ).fetchone()
+        return int(row[0])
+
+    def cluster_assignments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The stored assignment of every clustered page, ascending page id.
+
+        Returns:
+            ``(page_ids, clusters, membership)``: int64 (n,), int64 (n,) (-1 noise), str (n,).
+        """
+        rows = self._conn.execute("SELECT page_id, cluster, membership FROM page_clusters ORDER BY page_id").fetchall()
+        ids = np.array([r[0] for r in rows], np.int64)
+        clusters = np.array([r[1] for r in rows], np.int64)
+        return ids, clusters, np.array([r[2] for r in rows], dtype=object).astype(str)
+
+    def unclustered_page_ids(self) -> np.ndarray:
+        """Pages with no cluster assignment (ingested since the last clustering), int64, ascending."""
+        rows = self._conn.execute(
+            "SELECT id FROM pages WHERE id NOT IN (SELECT page_id FROM page_clusters) ORDER BY id"
+        ).fetchall()
+        return np.array([r[0] for r in rows], np.int64)
+
+    def store_provisional(
+        self, page_ids: np.ndarray, clusters: np.ndarray, probabilities: np.ndarray, embedding_2d: np.ndarray
+    ) -> int:
+        """Store provisional assignments (membership ``provisional``) of pages ingested after the
+        last clustering, under that run's id, in one transaction; the next full clustering
+        replaces them.
+
+        Args:
+            page_ids: int64 (m,), pages without an assignment; clusters: int (m,) stored ids, -1
+            noise; probabilities: float (m,) in [0, 1]; embedding_2d: float (m, 2) map coordinates.
+
+        Returns:
+            The number of pages stored.
+
+        Raises:
+            CollectionError: the collection has never been clustered.
+            ValueError: arrays of different lengths.
+        """
+        if not (len(page_ids) == len(clusters) == len(probabilities) == len(embedding_2d)):
+            raise ValueError("page_ids, clusters, probabilities and embedding_2d differ in length")
+        run = self.last_cluster_run()
+        if run is None:
+            raise CollectionError(f"{self.root} has not been clustered yet")
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT OR REPLACE INTO page_clusters(page_id, cluster, probability, umap_x, umap_y, run_id, membership) "
+                "VALUES(?,?,?,?,?,?,'provisional')",
+                [
+                    (int(pid), int(lab), float(prob), float(xy[0]), float(xy[1]), int(run["id"]))
+                    for pid, lab, prob, xy in zip(page_ids, clusters, probabilities, embedding_2d)
+                ],
+            )
+        return len(page_ids)
+
+    def last_cluster_run(self) -> dict | None:
+        """The latest clustering run: id, created_at, settings, counts (n_pages, n_clusters, n_noise
+        after reassignment, n_reassigned), seconds; or ``None``."""
+        row = self._conn.execute(
+            "SELECT id, created_at, settings, n_pages, n_clusters, n_noise, seconds, n_reassigned "
+            "FROM cluster_runs ORDER BY id DESC LIMIT 1"
         ).fetchone()
         if row is None:
             return None
-        keys = ("id", "created_at", "settings", "n_pages", "n_clusters", "n_noise", "seconds")
+        keys = ("id", "created_at", "settings", "n_pages", "n_clusters", "n_noise", "seconds", "n_reassigned")
         out = dict(zip(keys, row))
         out["settings"] = json.loads(out["settings"])
         return out

@@ -183,10 +183,10 @@ def test_add_scans_ingests_uploads_and_reports_each_file(collection_copy, monkey
     at.button(key="upload-sim-0").click().run()
     assert at.session_state["view"] == "Similar documents" and int(at.session_state["query_page"]) == new_page
     assert _captions(at)[1].endswith("(this page)")
-    # New pages are listed as not yet clustered.
+    # New pages are listed as added since the last clustering (placed provisionally).
     at = _view(at, "Clusters")
     at.button(key="open-unclustered").click().run()
-    assert [h.value for h in at.header] == ["Not yet clustered"] and _captions(at) == ["scan_.jpg · p.1"]
+    assert [h.value for h in at.header] == ["Added since the last clustering"] and _captions(at) == ["scan_.jpg · p.1"]
 
 
 def test_empty_collection_starts_on_add_scans(tmp_path, monkeypatch):

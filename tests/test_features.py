@@ -26,10 +26,13 @@ def test_mixed1_is_mixed_5c_35x35x288(extractor):
     assert fmap.shape == (2, 35, 35, 288) and fmap.dtype == np.float32
     assert extractor.description["layer"] == "mixed1"
     assert extractor.description["layer_output_shape"] == [35, 35, 288]
-    # The pooled vector is the global average of that map, L2-normalised.
-    gap = fmap.mean(axis=(1, 2))
-    gap /= np.linalg.norm(gap, axis=1, keepdims=True)
-    np.testing.assert_allclose(extractor.embed(batch), gap, atol=1e-5)
+    # The default pooling (topk) is, per channel, the mean of the 37 largest of the 35x35 cells
+    # (3 %), L2-normalised: recomputed here with numpy.
+    assert extractor.description["pooling"] == "topk"
+    cells = np.sort(fmap.reshape(2, 35 * 35, 288), axis=1)[:, -37:, :]
+    topk = cells.mean(axis=1)
+    topk /= np.linalg.norm(topk, axis=1, keepdims=True)
+    np.testing.assert_allclose(extractor.embed(batch), topk, atol=1e-5)
 
 
 def test_vectors_are_unit_float32_and_identical_for_identical_input(extractor, settings):
@@ -55,6 +58,29 @@ def test_every_pooling_gives_its_documented_dimension(pooling):
     v = ex.embed(_sample_batch(2))
     assert v.shape == (2, pooled_dim(pooling, 288))
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+
+
+def test_topk_pooling_sits_between_average_and_max_and_shrugs_off_a_speck(extractor):
+    """topk on a real page's Mixed_5c map: k=1 is max pooling, k=all cells is average pooling,
+    and one hot cell (a speck) moves max pooling by its full height but topk by 1/37 of it."""
+    from keras import ops
+
+    from docsort.features import TOPK_FRACTION, _topk
+
+    fmap = extractor.feature_map(_sample_batch(1))  # (1, 35, 35, 288)
+    topk = ops.convert_to_numpy(_topk(fmap))
+    gap, gmp = fmap.mean(axis=(1, 2)), fmap.max(axis=(1, 2))
+    assert topk.shape == (1, 288)
+    assert np.all(topk <= gmp + 1e-6) and np.all(topk >= gap - 1e-6) and np.any(topk < gmp - 1e-3)
+    np.testing.assert_allclose(ops.convert_to_numpy(_topk(fmap, 1e-9)), gmp, rtol=1e-6)  # k = 1
+    np.testing.assert_allclose(ops.convert_to_numpy(_topk(fmap, 1.0)), gap, rtol=1e-5)  # k = 35*35
+    assert round(TOPK_FRACTION * 35 * 35) == 37
+    speck = fmap.copy()
+    spike = 10 * float(gmp.max())
+    speck[0, 17, 17, :] = spike  # one cell lights up in every channel
+    moved_max = float(np.abs(speck.max(axis=(1, 2)) - gmp).max())
+    moved_topk = float(np.abs(ops.convert_to_numpy(_topk(speck)) - topk).max())
+    assert moved_max > 0.8 * spike and moved_topk <= spike / 37 + 1e-4
 
 
 def test_unknown_pooling_and_layer_are_refused():
