@@ -214,14 +214,23 @@ def search(
     for c in ("query page", "rank", "score", "page id", "file", "page", "cluster"):
         table.add_column(c)
     for h in result.pages:
-        table.add_row(str(h.query_page), str(h.rank), f"{h.score:.3f}", str(h.page_id), h.path, str(h.page_no), _cluster_label(h.cluster, h.cluster_name))
+        table.add_row(str(h.query_page), str(h.rank), f"{h.score:.3f}", str(h.page_id), _shown_path(h.path), str(h.page_no), _cluster_label(h.cluster, h.cluster_name))
     out.print(table)
     table = Table(title="documents")
     for c in ("rank", "score", "file", "best page", "cluster"):
         table.add_column(c)
     for h in result.documents:
-        table.add_row(str(h.rank), f"{h.score:.3f}", h.path, str(h.best_page_no), _cluster_label(h.cluster, h.cluster_name))
+        table.add_row(str(h.rank), f"{h.score:.3f}", _shown_path(h.path), str(h.best_page_no), _cluster_label(h.cluster, h.cluster_name))
     out.print(table)
+
+
+def _shown_path(path: str) -> str:
+    """A stored (absolute) path as the user would type it: relative to the current folder when
+    under it, so tables stay readable in an 80-column terminal."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def _cluster_label(cid, name) -> str:
