@@ -14,22 +14,8 @@ from docsort import browse, classify
 from docsort.pipeline import cluster_table
 from docsort.storage import Collection
 
-from .conftest import REPO, sample_labels
-from .test_app import _captions, _view
-
-APP = str(REPO / "app.py")
-
-
-@pytest.fixture
-def app(collection_copy, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("DOCSORT_COLLECTION", str(collection_copy))
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
+from .conftest import sample_labels
+from .test_app import APP, _captions, _view, app  # noqa: F401  (app: the shared AppTest fixture)
 
 def _submit(at, label):
     next(b for b in at.get("form_submit_button") if b.label == label).click().run()
