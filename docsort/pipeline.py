@@ -111,8 +111,8 @@ def effective_settings(
 
     A new collection takes ``requested`` (with ``weights`` if given). An existing one keeps the
     render and feature settings of its manifest (its weights pinned to the resolved source, so an
-    ``auto`` collection built with the bundled weights stays on them); index, UMAP and HDBSCAN
-    settings come from ``requested`` when the user chose a pipeline (``explicit``), else from the
+    ``auto`` collection built with the bundled weights stays on them); index, UMAP, HDBSCAN,
+    classifier, OCR and text settings come from ``requested`` when the user chose a pipeline (``explicit``), else from the
     manifest.
 
     Raises:
@@ -139,7 +139,8 @@ def effective_settings(
                 + "\nUse a new --collection for these settings."
             )
         pinned = pinned.model_copy(update={"index": requested.index, "umap": requested.umap, "hdbscan": requested.hdbscan,
-                                           "classifier": requested.classifier, "name": requested.name})
+                                           "classifier": requested.classifier, "ocr": requested.ocr, "text": requested.text,
+                                           "name": requested.name})
     if weights is not None:
         pinned = pinned.with_overrides(weights=weights)
     return pinned

@@ -26,6 +26,8 @@ __all__ = [
     "UmapSettings",
     "HdbscanSettings",
     "ClassifierSettings",
+    "OcrSettings",
+    "TextSettings",
     "PipelineSettings",
     "PipelineError",
     "load_pipeline",
@@ -199,6 +201,71 @@ class ClassifierSettings(_Strict):
     reject_unlike: bool = True
 
 
+class OcrSettings(_Strict):
+    """Optical character recognition with Tesseract (the *text* stage, :mod:`docsort.ocr`).
+
+    OCR costs about 1-2 s per page per core here (shared/README.md: tesseract 5.3, 150 dpi page,
+    ``--psm 3``: about 2 s), 30-60x the visual path, so it never runs inside the embedding loop:
+    ``docsort ingest`` stores and indexes the visual vectors first and OCR runs after it
+    (``enabled`` or ``--ocr``), or later with ``docsort ocr`` (resumable back-fill).
+
+    Attributes:
+        enabled: ``docsort ingest`` runs OCR on the new pages after embedding them.
+        lang: Tesseract language(s), ``+``-joined (``"eng"``, ``"eng+fra"``); each needs its
+            ``tesseract-ocr-LANG`` package (Debian).
+        dpi: resolution PDF pages are rendered at for OCR, dots per inch. Tesseract's docs
+            ("Improving the quality of the output") recommend at least 300 dpi; scans arrive at
+            150-300 dpi.
+        max_long_side_px: image files are OCR'd at their own resolution, downscaled only when
+            their longer side exceeds this many pixels (upscaling did not help, see
+            ``benchmarks/RESULTS.md``).
+        psm: Tesseract page segmentation mode (``--psm``; 3 = fully automatic, its default).
+        workers: OCR worker processes; 0 = one per CPU core. Each runs Tesseract single-threaded
+            (``OMP_THREAD_LIMIT=1``), which is fastest per core for many pages.
+        timeout_s: give up on one page after this many seconds (recorded as an OCR error).
+    """
+
+    enabled: bool = False
+    lang: str = Field("eng", pattern=r"^[A-Za-z_]+(\+[A-Za-z_]+)*$")
+    dpi: int = Field(200, ge=70, le=600)
+    max_long_side_px: int = Field(4000, ge=500)
+    psm: int = Field(3, ge=0, le=13)
+    workers: int = Field(0, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+
+
+class TextSettings(_Strict):
+    """Text features from the OCR text, and their fusion with the visual vectors
+    (:mod:`docsort.text`).
+
+    Attributes:
+        method: ``"lsa"``: TF-IDF + truncated SVD (latent semantic analysis, Deerwester et al.
+            1990; scikit-learn ``TfidfVectorizer`` + ``TruncatedSVD``), fitted on the collection's
+            own text, no extra dependency. ``"minilm"``: the all-MiniLM-L6-v2 sentence embedding
+            (Reimers & Gurevych 2019) from the optional extra ``docsort[minilm]``.
+            ``"hub:HANDLE"``: a TF Hub text-embedding model (Universal Sentence Encoder, nnlm)
+            by URL (online) or local path.
+        lsa_components: dimensions of the LSA vectors (fewer when the collection is small).
+        min_df, max_df: TF-IDF vocabulary bounds (scikit-learn meaning: a word in fewer than
+            ``min_df`` pages, or in more than the fraction ``max_df`` of them, is ignored).
+        min_words: a page with fewer OCR words than this has no usable text: its fused vector is
+            its visual vector alone.
+        fusion_weight: weight w of the text part in the fused page vector
+            ``[sqrt(1-w) * visual, sqrt(w) * text]`` (both L2-normalised; then the cosine of
+            two pages with text is ``(1-w) cos_visual + w cos_text``); 0 = visual only. Chosen by
+            measurement on the development corpus (``benchmarks/text_study.py``).
+        keywords: words per default cluster name (class-based TF-IDF, as BERTopic names topics).
+    """
+
+    method: str = Field("lsa", pattern=r"^(lsa|minilm|hub:.+)$")
+    lsa_components: int = Field(128, ge=2)
+    min_df: int = Field(2, ge=1)
+    max_df: float = Field(0.5, gt=0.0, le=1.0)
+    min_words: int = Field(5, ge=1)
+    fusion_weight: float = Field(0.5, ge=0.0, le=1.0)
+    keywords: int = Field(3, ge=1, le=10)
+
+
 class PipelineSettings(_Strict):
     """A whole pipeline: the settings of every stage plus its name.
 
@@ -215,6 +282,8 @@ class PipelineSettings(_Strict):
     umap: UmapSettings = UmapSettings()
     hdbscan: HdbscanSettings = HdbscanSettings()
     classifier: ClassifierSettings = ClassifierSettings()
+    ocr: OcrSettings = OcrSettings()
+    text: TextSettings = TextSettings()
 
     def with_overrides(self, **features: object) -> "PipelineSettings":
         """Return a copy with some ``features`` settings replaced (e.g. ``weights="random"``).

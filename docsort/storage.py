@@ -41,8 +41,9 @@ __all__ = [
 ]
 
 #: 2: page_clusters.membership, cluster_runs.n_reassigned, meta next_cluster_id (issue #5);
-#: a schema-1 database is migrated when opened (:meth:`Collection._migrate`).
-SCHEMA_VERSION = 2
+#: 3: page_text and its FTS5 index page_text_fts (OCR, issue #6; new tables only).
+#: An older database is migrated when opened (:meth:`Collection._migrate`).
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -118,7 +119,35 @@ CREATE TABLE IF NOT EXISTS page_predictions(
     model_version TEXT NOT NULL,
     at TEXT NOT NULL
 );
+-- docsort.ocr: the OCR text of a page (one row per page once OCR ran on it, failed or not).
+CREATE TABLE IF NOT EXISTS page_text(
+    page_id INTEGER PRIMARY KEY REFERENCES pages(id),
+    text TEXT NOT NULL,
+    confidence REAL,
+    n_words INTEGER NOT NULL,
+    lang TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    long_side_px INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    error TEXT,
+    at TEXT NOT NULL
+);
 """
+
+#: Full-text index over ``page_text.text`` (SQLite FTS5 external-content table, kept in step by
+#: triggers; SQLite docs "FTS5", section 4.4.3 "External Content Tables"). Statements contain
+#: ``;`` inside ``BEGIN ... END``, so they are run one by one, not split.
+_FTS_SCHEMA = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS page_text_fts USING fts5(text, content='page_text', content_rowid='page_id', "
+    "tokenize='porter unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER IF NOT EXISTS page_text_ai AFTER INSERT ON page_text BEGIN "
+    "INSERT INTO page_text_fts(rowid, text) VALUES (new.page_id, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS page_text_ad AFTER DELETE ON page_text BEGIN "
+    "INSERT INTO page_text_fts(page_text_fts, rowid, text) VALUES ('delete', old.page_id, old.text); END",
+    "CREATE TRIGGER IF NOT EXISTS page_text_au AFTER UPDATE ON page_text BEGIN "
+    "INSERT INTO page_text_fts(page_text_fts, rowid, text) VALUES ('delete', old.page_id, old.text); "
+    "INSERT INTO page_text_fts(rowid, text) VALUES (new.page_id, new.text); END",
+)
 
 
 class CollectionError(RuntimeError):
@@ -227,7 +256,7 @@ class Collection:
             _retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"), timeout_s=60)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
-        for stmt in _SCHEMA.strip().split(";"):
+        for stmt in [*_SCHEMA.strip().split(";"), *_FTS_SCHEMA]:
             if stmt.strip():
                 self._conn.execute(stmt)
         row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -238,6 +267,8 @@ class Collection:
     def _migrate(self) -> None:
         """Bring a database of an older schema up to :data:`SCHEMA_VERSION`, in one transaction.
 
+        Schema 2 -> 3 (issue #6) only adds tables (``page_text``, ``page_text_fts``), created by
+        ``CREATE ... IF NOT EXISTS`` when the database is opened; the version is then raised.
         Schema 1 -> 2 (issue #5): ``page_clusters.membership`` (``'member'``, or ``'noise'`` for
         the rows with cluster -1) and ``cluster_runs.n_reassigned`` (0) are added with
         ``ALTER TABLE ... ADD COLUMN``, each only when ``PRAGMA table_info`` lacks it, so two
@@ -714,3 +745,146 @@ class Collection:
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, user_named=1",
                 (int(cluster_id), name),
             )
+
+    def set_default_cluster_names(self, names: dict[int, str]) -> int:
+        """Store default (not user-given) cluster names, e.g. keywords from the clusters' OCR text.
+
+        A cluster a user has named keeps its name; :meth:`store_clustering` drops default names
+        (they describe the previous run's members), so call this after it.
+
+        Args:
+            names: ``{cluster id: name}``; empty names are skipped.
+
+        Returns:
+            The number of names stored.
+        """
+        rows = [(int(cid), str(name).strip()) for cid, name in names.items() if int(cid) >= 0 and str(name).strip()]
+        with self.transaction() as c:
+            for cid, name in rows:
+                c.execute(
+                    "INSERT INTO clusters(id, name, user_named) VALUES(?, ?, 0) "
+                    "ON CONFLICT(id) DO UPDATE SET name=excluded.name WHERE clusters.user_named = 0",
+                    (cid, name),
+                )
+        return len(rows)
+
+    # -- OCR text --------------------------------------------------------------------------
+    def pages_needing_text(self, lang: str, *, retry_failed: bool = False, page_ids: Iterable[int] | None = None) -> list[tuple[int, int, int]]:
+        """Pages that have no OCR text in ``lang`` yet, ordered by document and page number.
+
+        A page OCR'd in another language (``eng`` vs ``eng+fra``) counts as needing text; a page
+        whose OCR failed (``error`` set) is left out unless ``retry_failed``.
+
+        Args:
+            lang: the tesseract language string (``"eng"``, ``"eng+fra"``).
+            retry_failed: include pages whose last OCR failed.
+            page_ids: restrict to these pages (default: all pages).
+
+        Returns:
+            ``[(page_id, document_id, page_no), ...]`` (page_no 1-based).
+        """
+        sql = (
+            "SELECT p.id, p.document_id, p.page_no FROM pages p LEFT JOIN page_text t ON t.page_id = p.id "
+            "WHERE (t.page_id IS NULL OR t.lang != ?" + (" OR t.error IS NOT NULL)" if retry_failed else ")")
+        )
+        rows = [tuple(r) for r in self._conn.execute(sql + " ORDER BY p.document_id, p.page_no", (lang,))]
+        if page_ids is not None:
+            wanted = {int(i) for i in page_ids}
+            rows = [r for r in rows if r[0] in wanted]
+        return rows
+
+    def document_record(self, document_id: int) -> dict:
+        """A stored document: ``{"id", "sha256", "path", "format", "size_bytes", "n_pages", "paths"}``,
+        ``paths`` every path it was seen under (first-seen first).
+
+        Raises:
+            CollectionError: no such document.
+        """
+        row = self._conn.execute(
+            "SELECT id, sha256, path, format, size_bytes, n_pages FROM documents WHERE id=?", (int(document_id),)
+        ).fetchone()
+        if row is None:
+            raise CollectionError(f"no document with id {document_id} in {self.root}")
+        out = dict(zip(("id", "sha256", "path", "format", "size_bytes", "n_pages"), row))
+        out["paths"] = self.document_paths(document_id) or [out["path"]]
+        return out
+
+    def store_page_texts(self, rows: Iterable[dict]) -> int:
+        """Store (or replace) the OCR text of pages, all in one transaction.
+
+        Args:
+            rows: dicts with ``page_id``, ``text`` (str, "" when none), ``confidence`` (mean word
+                confidence 0-100 as tesseract reports it, or None when no words), ``n_words``,
+                ``lang``, ``engine`` (e.g. ``"tesseract 5.3.0"``), ``long_side_px`` (the OCR
+                image's longer side, pixels), ``seconds`` (OCR wall time), and optionally
+                ``error`` (why OCR failed; the text is then "").
+
+        Returns:
+            The number of rows written. The FTS5 index follows by trigger.
+        """
+        vals = [
+            (int(r["page_id"]), str(r.get("text") or ""), None if r.get("confidence") is None else float(r["confidence"]),
+             int(r.get("n_words") or 0), str(r["lang"]), str(r["engine"]), int(r["long_side_px"]), float(r.get("seconds") or 0.0),
+             r.get("error"), _now())
+            for r in rows
+        ]
+        if not vals:
+            return 0
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO page_text(page_id, text, confidence, n_words, lang, engine, long_side_px, seconds, error, at) "
+                "VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT(page_id) DO UPDATE SET text=excluded.text, "
+                "confidence=excluded.confidence, n_words=excluded.n_words, lang=excluded.lang, engine=excluded.engine, "
+                "long_side_px=excluded.long_side_px, seconds=excluded.seconds, error=excluded.error, at=excluded.at",
+                vals,
+            )
+        return len(vals)
+
+    def page_texts(self, page_ids: Iterable[int] | None = None) -> dict[int, dict]:
+        """Stored OCR results: ``{page_id: {"text", "confidence", "n_words", "lang", "engine",
+        "long_side_px", "seconds", "error", "at"}}``; pages never OCR'd are absent."""
+        sql = "SELECT page_id, text, confidence, n_words, lang, engine, long_side_px, seconds, error, at FROM page_text"
+        keys = ("text", "confidence", "n_words", "lang", "engine", "long_side_px", "seconds", "error", "at")
+        if page_ids is None:
+            return {r[0]: dict(zip(keys, r[1:])) for r in self._conn.execute(sql)}
+        wanted = [int(i) for i in page_ids]
+        out: dict[int, dict] = {}
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            for r in self._conn.execute(sql + f" WHERE page_id IN ({','.join('?' * len(chunk))})", chunk):
+                out[r[0]] = dict(zip(keys, r[1:]))
+        return out
+
+    def text_counts(self) -> dict[str, int]:
+        """``{"pages_with_text": OCR'd without error, "ocr_failed": OCR errors, "ocr_words": words in all}``."""
+        row = self._conn.execute(
+            "SELECT COALESCE(SUM(error IS NULL), 0), COALESCE(SUM(error IS NOT NULL), 0), COALESCE(SUM(n_words), 0) FROM page_text"
+        ).fetchone()
+        return {"pages_with_text": int(row[0]), "ocr_failed": int(row[1]), "ocr_words": int(row[2])}
+
+    def search_text(self, query: str, limit: int = 20) -> list[tuple[int, float, str]]:
+        """Full-text search over the stored OCR text (SQLite FTS5, BM25 ranking).
+
+        Args:
+            query: FTS5 query syntax (SQLite docs "FTS5", section 3): words are ANDed,
+                ``"exact phrase"``, ``OR``, ``NOT``, ``prefix*``; words are stemmed (porter).
+            limit: most hits returned.
+
+        Returns:
+            ``[(page_id, score, snippet), ...]`` best first; ``score`` is FTS5's ``bm25()``
+            negated, so larger is better; ``snippet`` shows the match in ``[...]``.
+
+        Raises:
+            ValueError: the query is empty or not valid FTS5 syntax (the message says why).
+        """
+        if not query or not query.strip():
+            raise ValueError("empty text query")
+        try:
+            rows = self._conn.execute(
+                "SELECT rowid, -bm25(page_text_fts), snippet(page_text_fts, 0, '[', ']', ' … ', 12) "
+                "FROM page_text_fts WHERE page_text_fts MATCH ? ORDER BY bm25(page_text_fts), rowid LIMIT ?",
+                (query, int(limit)),
+            ).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise ValueError(f"cannot search for {query!r}: {exc} (SQLite FTS5 query syntax)") from exc
+        return [(int(r[0]), float(r[1]), str(r[2])) for r in rows]
