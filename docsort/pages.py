@@ -20,13 +20,14 @@ import shutil
 import stat
 import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from .settings import RenderSettings
+from .settings import OcrSettings, RenderSettings
 
 __all__ = [
     "Page",
@@ -41,9 +42,11 @@ __all__ = [
     "discover_files",
     "count_pages",
     "iter_pages",
+    "iter_ocr_pages",
     "to_network_input",
     "thumbnail_jpeg",
     "require_poppler",
+    "without_main_module",
     "RenderedPage",
     "render_for_network",
 ]
@@ -320,6 +323,108 @@ def _iter_image(src: SourceFile, render: RenderSettings, start: int = 1, stop: i
         raise _image_error(src, exc) from exc
 
 
+def iter_ocr_pages(src: SourceFile, ocr: OcrSettings, first: int = 1, last: int | None = None) -> Iterator[Page]:
+    """Yield the pages of one file as images for OCR (:mod:`docsort.ocr`), one at a time.
+
+    Unlike :func:`iter_pages` (a small picture for the network), OCR needs the text's own
+    resolution: Tesseract reads best with x-heights of 20+ pixels, i.e. about 300 dpi for body
+    text (Tesseract docs, "Improving the quality of the output", section "Rescaling").
+
+    * PDF pages are rendered one page per ``pdftoppm`` call (``pdf2image.convert_from_path``,
+      ``-r ocr.dpi``, ``-gray``, PPM output), so memory stays at one page whatever the range. A
+      page whose longer side would exceed ``ocr.max_long_side_px`` at that resolution (a poster,
+      a 30,000 pt page) is rendered with its longer side at ``max_long_side_px`` instead
+      (``pdftoppm -scale-to``); page sizes come from ``pdfinfo -f FIRST -l LAST``.
+    * Image files (TIFF frames, PNG, JPEG) are read by the same code as :func:`iter_pages`
+      (decompression-bomb guard, EXIF orientation of the first frame, any Pillow mode to 8-bit
+      grey, 16-bit scaled), at their own resolution, downscaled (Lanczos) only when their longer
+      side exceeds ``ocr.max_long_side_px``; never upscaled.
+
+    Args:
+        src: a file from :func:`discover_files` (or rebuilt from a stored document).
+        ocr: ``dpi`` (PDFs, dots per inch) and ``max_long_side_px`` (pixels).
+        first, last: 1-based inclusive page range (default: all pages).
+
+    Yields:
+        :class:`Page` objects in page order, images of mode ``"L"`` (8-bit grey), longer side at
+        most ``ocr.max_long_side_px`` pixels; ``source_size`` is the rendered size (PDF) or the
+        frame's size in the file (images), pixels.
+
+    Raises:
+        PageError: the file is corrupt, encrypted, truncated, a decompression bomb (Pillow's
+            ``MAX_IMAGE_PIXELS``, for PDFs checked against the size it would render at), or
+            otherwise unreadable; the message names the file.
+        PopplerMissingError: a PDF is given and poppler is missing.
+    """
+    # The ingest path's readers take a RenderSettings; this one carries the OCR size limit,
+    # which may exceed the ingest bound (4096 px), hence model_construct (no re-validation:
+    # OcrSettings already validated max_long_side_px).
+    raster = RenderSettings.model_construct(long_side_px=ocr.max_long_side_px, color="gray")
+    if src.format == "pdf":
+        yield from _iter_pdf_for_ocr(src, ocr, raster, first, last)
+    else:
+        yield from _iter_image(src, raster, first, last)
+
+
+def _iter_pdf_for_ocr(
+    src: SourceFile, ocr: OcrSettings, raster: RenderSettings, start: int = 1, stop: int | None = None
+) -> Iterator[Page]:
+    import re
+
+    from pdf2image import convert_from_path, pdfinfo_from_path
+    from pdf2image.exceptions import PDFInfoNotInstalledError
+
+    n = count_pages(src) if stop is None else stop
+    if n < start:
+        return
+    try:
+        info = pdfinfo_from_path(str(src.path), first_page=start, last_page=n)
+    except PDFInfoNotInstalledError as exc:  # pragma: no cover - count_pages or require_poppler says so first
+        raise PopplerMissingError(str(exc)) from exc
+    except Exception as exc:
+        raise PageError(f"{src.path}: {_pdf_reason(exc)}", src.path) from exc
+    sizes: dict[int, tuple[float, float]] = {}
+    for key, value in info.items():
+        m = re.fullmatch(r"Page\s+(\d+)\s+size", key)
+        v = re.match(r"\s*([\d.]+)\s*x\s*([\d.]+)\s*pts", str(value))
+        if m and v:
+            sizes[int(m.group(1))] = (float(v.group(1)), float(v.group(2)))
+    for page_no in range(start, n + 1):
+        w_pt, h_pt = sizes.get(page_no, (0.0, 0.0))
+        scale = ocr.dpi / 72.0
+        if 0 < max(w_pt, h_pt) * scale <= ocr.max_long_side_px:
+            size_args: dict = {"dpi": ocr.dpi}
+        else:  # too large at this dpi, or size unknown: cap the longer side (pdftoppm -scale-to)
+            size_args = {"size": ocr.max_long_side_px}
+            if max(w_pt, h_pt) > 0:
+                scale = ocr.max_long_side_px / max(w_pt, h_pt)
+        pixels = w_pt * h_pt * scale * scale
+        if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+            raise PageError(
+                f"{src.path}: image too large (decompression bomb guard, {Image.MAX_IMAGE_PIXELS} pixels at most): "
+                f"page {page_no} would render at {pixels:.0f} pixels",
+                src.path,
+            )
+        try:
+            images = convert_from_path(
+                str(src.path),
+                first_page=page_no,
+                last_page=page_no,
+                grayscale=True,
+                fmt="ppm",  # raw, no encode/decode round trip
+                thread_count=1,
+                **size_args,
+            )
+        except PDFInfoNotInstalledError as exc:  # pragma: no cover
+            raise PopplerMissingError(str(exc)) from exc
+        except Exception as exc:
+            raise PageError(f"{src.path}: cannot render page {page_no}: {_clean(exc)}", src.path) from exc
+        if len(images) != 1:
+            raise PageError(f"{src.path}: poppler rendered {len(images)} images for page {page_no} (damaged or encrypted PDF)", src.path)
+        im = _normalise_mode(images[0], raster)
+        yield Page(page_no=page_no, image=im, source_size=im.size)
+
+
 def _normalise_mode(im: Image.Image, render: RenderSettings) -> Image.Image:
     """Convert any Pillow mode (1, L, P, RGB, RGBA, CMYK, I;16, ...) to L or RGB and downscale."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -383,6 +488,30 @@ def exit_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="docsort-exit-with-parent", daemon=True).start()
+
+
+@contextmanager
+def without_main_module() -> Iterator[None]:
+    """Hide the caller's ``__main__`` while ``spawn`` worker processes are started.
+
+    ``spawn`` makes each new process re-run the parent's main script (as ``__mp_main__``) so that
+    functions defined there can be unpickled. docsort's workers (rasterization, OCR) only need
+    docsort's own modules, and re-running a user's script that calls docsort without an
+    ``if __name__ == "__main__":`` guard would make every worker run that script (Python docs,
+    multiprocessing, "Safe importing of main module"). A bare stand-in module is put in place for
+    the moment the processes are started. (The same helper as ``docsort.pipeline``'s
+    ``_without_main_module``, here so that :mod:`docsort.ocr` need not import the feature stage
+    and TensorFlow with it.)
+    """
+    import sys
+    import types
+
+    real = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = real
 
 
 def _pdf_reason(exc: BaseException) -> str:
