@@ -1,0 +1,605 @@
+"""The *text* stage: optical character recognition of stored pages with Tesseract.
+
+OCR is slow (about 0.5-2 s per page per core here, 30-60x the visual path), so it never runs
+inside the embedding loop. :func:`backfill` OCRs the stored pages that have no text yet, after
+``docsort ingest`` stored and indexed their vectors (``ingest --ocr``) or later (``docsort ocr``):
+
+* **Resumable.** Pages are OCR'd in chunks of :data:`CHUNK_PAGES` pages of one document by a
+  pool of ``spawn``-ed worker processes, at most ``2 * workers`` chunks in flight; each finished
+  chunk is stored at once in one SQLite transaction (:meth:`Collection.store_page_texts`). A crash,
+  ``SIGKILL`` or Ctrl-C loses at most the chunks in flight, and the next run OCRs only the pages
+  still without text (:meth:`Collection.pages_needing_text`).
+* **One back-fill at a time.** A run holds ``COLLECTION/.ocr.lock`` (filelock) from the moment it
+  picks its pages to the end, so a second one (``docsort ocr`` while ``ingest --ocr`` runs) never
+  OCRs the same pages: it *waits* up to ``lock_timeout_s`` seconds (saying so), then picks the pages
+  still without text, or gives up with :class:`CollectionBusyError`. It does not hold the
+  collection's write lock (``.lock``) while OCR runs, so ingest, clustering and labelling go on;
+  it takes that lock only for the moment it records its settings in ``manifest.json``.
+* **Never from a changed file.** Pages are read again from the document's file: a path is used
+  only if its sha256 equals the stored one (the first matching path of every path the document
+  was seen under). A document with no such file gets an error row per page
+  (``source file not found or changed: PATHS``), reported, and OCR'd by a later
+  ``retry_failed`` run once the file is back.
+* **Per-page errors** (Tesseract's timeout, a Tesseract error, a page that cannot be rendered)
+  become that page's stored ``error``; they never stop the run.
+
+Each worker runs Tesseract single-threaded (``OMP_THREAD_LIMIT=1``): Tesseract's OpenMP threads
+made one page ~5x *slower* on this 2-core machine (0.84 s vs 4.0 s wall for the 150 dpi page
+``sample_docs/ocrmypdf/c03-29.jpg``), and one Tesseract process per core is the parallelism that
+scales (tesseract-ocr/tesseract issues #263, #1081 and #2611, where the maintainers advise
+``OMP_THREAD_LIMIT=1``; ``benchmarks/RESULTS.md``, "OCR (issue 6)").
+
+Sources: Tesseract's manual (``tesseract(1)``: ``--psm``, ``-l``, ``--list-langs``), its TSV
+output (levels 1 page .. 5 word, ``conf`` -1 for non-words), pytesseract's ``image_to_data``
+(runs the ``tesseract`` binary with ``tessedit_create_tsv=1`` and parses the TSV).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytesseract
+from filelock import FileLock, Timeout
+
+from .pages import PageError, PopplerMissingError, SourceFile, exit_with_parent, iter_ocr_pages, sha256_file, without_main_module
+from .settings import OcrSettings, PipelineSettings
+from .storage import Collection, CollectionBusyError
+
+__all__ = [
+    "CHUNK_PAGES",
+    "LOCK",
+    "OcrReport",
+    "TesseractMissingError",
+    "backfill",
+    "ocr_image",
+    "ocr_pages",
+    "ocr_pipeline",
+    "require_tesseract",
+    "with_ocr",
+]
+
+#: Pages of one document per worker task; a finished task is stored in one transaction, so a crash
+#: loses at most ``2 * workers * CHUNK_PAGES`` pages of OCR (~16 pages, ~15 s on 2 cores).
+CHUNK_PAGES = 4
+#: The back-fill lock, in the collection folder.
+LOCK = ".ocr.lock"
+
+_INSTALL = "install it: bash scripts/system-deps.sh, or apt-get install tesseract-ocr tesseract-ocr-eng"
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class TesseractMissingError(RuntimeError):
+    """The ``tesseract`` binary, or the language data asked for, is not installed."""
+
+
+def require_tesseract(lang: str) -> str:
+    """Check that Tesseract and every language of ``lang`` are installed.
+
+    Runs ``tesseract --version`` and ``tesseract --list-langs`` (the command is pytesseract's
+    ``pytesseract.pytesseract.tesseract_cmd``, ``"tesseract"`` on PATH unless set), uncached, so a
+    fix is seen at once.
+
+    Args:
+        lang: Tesseract language(s), ``+``-joined (``"eng"``, ``"eng+fra"``).
+
+    Returns:
+        The engine, e.g. ``"tesseract 5.3.0"`` (the first line of ``tesseract --version``).
+
+    Raises:
+        TesseractMissingError: the binary is missing or does not run (the message says how to
+            install it), or a language is not installed (the message names it, lists the installed
+            ones and names the Debian package ``tesseract-ocr-<lang>``).
+    """
+    cmd = pytesseract.pytesseract.tesseract_cmd
+    try:
+        res = subprocess.run([cmd, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        reason = "not found on PATH" if isinstance(exc, FileNotFoundError) else str(exc)
+        raise TesseractMissingError(f"tesseract is not installed ({cmd!r} {reason}), so pages cannot be OCR'd; {_INSTALL}") from exc
+    lines = [ln.strip() for ln in (res.stdout + "\n" + res.stderr).splitlines() if ln.strip()]
+    if res.returncode != 0 or not lines or not lines[0].lower().startswith("tesseract"):
+        raise TesseractMissingError(f"{cmd} --version failed (exit {res.returncode}): {' '.join(lines[:2])}; {_INSTALL}")
+    engine = lines[0]
+    res = subprocess.run([cmd, "--list-langs"], capture_output=True, text=True, timeout=60)
+    listed = [ln.strip() for ln in (res.stdout or "").splitlines()]
+    installed = [ln for ln in listed if ln and not ln.lower().startswith("list of available languages")]
+    missing = [code for code in lang.split("+") if code not in installed]
+    if missing:
+        packages = " ".join(f"tesseract-ocr-{code.lower().replace('_', '-')}" for code in missing)
+        raise TesseractMissingError(
+            f"tesseract has no language data for {', '.join(missing)} (installed: {', '.join(installed) or 'none'}); "
+            f"install it: apt-get install {packages} (Debian/Ubuntu), or choose --ocr-lang/--lang among the installed ones"
+        )
+    return engine
+
+
+# ---------------------------------------------------------------------------------------------
+# one page, one chunk (run in worker processes)
+# ---------------------------------------------------------------------------------------------
+
+
+def ocr_image(image, ocr: OcrSettings) -> dict:
+    """OCR one page image with Tesseract (``pytesseract.image_to_data``, TSV as a dict).
+
+    Args:
+        image: a Pillow image (mode ``"L"`` from :func:`docsort.pages.iter_ocr_pages`).
+        ocr: ``lang``, ``psm`` (``--psm``) and ``timeout_s`` (seconds for this page).
+
+    Returns:
+        ``{"text", "confidence", "n_words", "long_side_px", "seconds", "error"}``: ``text`` the
+        recognised words, one line of the page per line and a blank line between paragraphs
+        (words grouped by Tesseract's block, paragraph and line numbers); ``confidence`` the mean
+        of the words' confidences (0-100, words with ``conf >= 0``), ``None`` when there are no
+        words; ``n_words`` the words in ``text``; ``long_side_px`` the image's longer side,
+        pixels; ``seconds`` Tesseract's wall time; ``error`` ``None`` or why Tesseract failed
+        (timeout after ``timeout_s``, a Tesseract error, Tesseract missing), then ``text`` is "".
+        Never raises for a Tesseract failure.
+    """
+    t0 = time.perf_counter()
+    out = {"text": "", "confidence": None, "n_words": 0, "long_side_px": int(max(image.size)), "seconds": 0.0, "error": None}
+    try:
+        data = pytesseract.image_to_data(
+            image, lang=ocr.lang, config=f"--psm {ocr.psm}", timeout=ocr.timeout_s, output_type=pytesseract.Output.DICT
+        )
+    except pytesseract.TesseractNotFoundError:
+        out["error"] = f"tesseract not found ({pytesseract.pytesseract.tesseract_cmd!r}); {_INSTALL}"
+    except pytesseract.TesseractError as exc:
+        out["error"] = f"tesseract failed (exit {exc.status}): {exc.message or 'no message'}"
+    except RuntimeError as exc:  # pytesseract's timeout: RuntimeError("Tesseract process timeout")
+        out["error"] = f"tesseract timed out after {ocr.timeout_s:g} s" if "timeout" in str(exc).lower() else f"tesseract failed: {exc}"
+    except Exception as exc:  # e.g. the temp image file pytesseract writes cannot be written
+        out["error"] = f"OCR failed: {type(exc).__name__}: {exc}"
+    else:
+        lines: dict[tuple, list[str]] = {}
+        confs: list[float] = []
+        for i, level in enumerate(data.get("level", [])):
+            word = str(data["text"][i]).strip()
+            if int(level) != 5 or not word:
+                continue
+            key = (data["page_num"][i], data["block_num"][i], data["par_num"][i], data["line_num"][i])
+            lines.setdefault(key, []).append(word)
+            conf = float(data["conf"][i])
+            if conf >= 0:
+                confs.append(conf)
+        text, paragraph = [], None
+        for key, words in lines.items():
+            if paragraph is not None and key[:3] != paragraph:
+                text.append("")
+            text.append(" ".join(words))
+            paragraph = key[:3]
+        out["text"] = "\n".join(text)
+        out["n_words"] = sum(len(w) for w in lines.values())
+        out["confidence"] = sum(confs) / len(confs) if confs else None
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def ocr_pages(src: SourceFile, pages: list[tuple[int, int]], ocr: OcrSettings, engine: str) -> list[dict]:
+    """OCR some pages of one document: the unit of work of an OCR worker process.
+
+    A plain function of picklable arguments. Pages are read with
+    :func:`docsort.pages.iter_ocr_pages` (one run of consecutive page numbers at a time) and
+    OCR'd by :func:`ocr_image`. It never raises for a bad page or file: a page that cannot be
+    rendered, or that Tesseract fails on, comes back with ``error`` set.
+
+    Args:
+        src: the document's file (its sha256 already checked by the caller).
+        pages: ``[(page_id, page_no), ...]``, page_no 1-based.
+        ocr: the OCR settings; engine: e.g. ``"tesseract 5.3.0"`` (stored with each row).
+
+    Returns:
+        One row per page, in page order, as :meth:`Collection.store_page_texts` takes them:
+        ``page_id``, ``page_no``, ``text``, ``confidence``, ``n_words``, ``lang``, ``engine``,
+        ``long_side_px``, ``seconds`` (render + OCR wall time of that page), ``error``.
+    """
+    ids = {int(no): int(pid) for pid, no in pages}
+    rows: list[dict] = []
+    numbers = sorted(ids)
+    runs: list[tuple[int, int]] = []
+    for no in numbers:
+        if runs and no == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], no)
+        else:
+            runs.append((no, no))
+    for first, last in runs:
+        t = time.perf_counter()
+        done = set()
+        try:
+            for page in iter_ocr_pages(src, ocr, first, last):
+                if page.page_no not in ids:
+                    continue
+                render_s = time.perf_counter() - t
+                result = ocr_image(page.image, ocr)
+                result["seconds"] += render_s
+                rows.append({"page_id": ids[page.page_no], "page_no": page.page_no, "lang": ocr.lang, "engine": engine, **result})
+                done.add(page.page_no)
+                t = time.perf_counter()
+        except (PageError, PopplerMissingError) as exc:
+            reason = str(exc) if str(src.path) in str(exc) else f"{src.path}: {exc}"
+            for no in range(first, last + 1):
+                if no not in done:
+                    rows.append(_error_row(ids[no], no, ocr.lang, engine, reason, time.perf_counter() - t))
+                    t = time.perf_counter()
+        else:
+            for no in range(first, last + 1):  # fewer frames than stored pages: the file is not what it was
+                if no not in done:
+                    rows.append(_error_row(ids[no], no, ocr.lang, engine, f"{src.path}: page {no} not found in the file", 0.0))
+    return rows
+
+
+def _error_row(page_id: int, page_no: int, lang: str, engine: str, error: str, seconds: float) -> dict:
+    return {"page_id": page_id, "page_no": page_no, "text": "", "confidence": None, "n_words": 0, "lang": lang,
+            "engine": engine, "long_side_px": 0, "seconds": seconds, "error": error}
+
+
+def _init_worker(parent_pid: int) -> None:
+    """Initializer of OCR worker processes: Tesseract single-threaded, exit with the parent."""
+    os.environ["OMP_THREAD_LIMIT"] = "1"
+    exit_with_parent(parent_pid)
+
+
+@contextmanager
+def _single_threaded() -> Iterator[None]:
+    """``OMP_THREAD_LIMIT=1`` for the Tesseract processes started meanwhile in this process
+    (pytesseract passes ``os.environ`` to them), restored afterwards."""
+    old = os.environ.get("OMP_THREAD_LIMIT")
+    os.environ["OMP_THREAD_LIMIT"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("OMP_THREAD_LIMIT", None)
+        else:
+            os.environ["OMP_THREAD_LIMIT"] = old
+
+
+# ---------------------------------------------------------------------------------------------
+# back-fill
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OcrReport:
+    """What one OCR back-fill did.
+
+    Attributes:
+        pages_done: pages OCR'd and stored without error (pages with no words included).
+        pages_failed: pages stored with an error (file missing or changed, render error, timeout).
+        words: words recognised in ``pages_done``.
+        mean_confidence: mean word confidence over all those words (0-100; each page's mean
+            weighted by its words), ``None`` when no words.
+        seconds: wall time of the run, seconds; pages_per_s: (pages_done + pages_failed) / seconds.
+        engine: e.g. ``"tesseract 5.3.0"``; lang: the Tesseract languages.
+        failures: ``(path, reason)``: one per document whose file is missing or changed, one per
+            page for other errors (reason starts ``page N:``).
+    """
+
+    pages_done: int = 0
+    pages_failed: int = 0
+    words: int = 0
+    mean_confidence: float | None = None
+    seconds: float = 0.0
+    pages_per_s: float = 0.0
+    engine: str = ""
+    lang: str = ""
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def ocr_pipeline(collection: Collection, requested: PipelineSettings, *, explicit: bool = False) -> PipelineSettings:
+    """The pipeline whose ``ocr`` section a back-fill of ``collection`` runs with.
+
+    The rule of :func:`docsort.pipeline.effective_settings` for the OCR section: the explicitly
+    chosen pipeline's (``explicit``), else the one recorded in the collection's manifest, else
+    ``requested``; here without importing the feature stage (TensorFlow takes ~6 s to import).
+    """
+    manifest = collection.manifest()
+    if explicit or manifest is None or "pipeline" not in manifest:
+        return requested
+    return PipelineSettings(**manifest["pipeline"])
+
+
+def with_ocr(settings: PipelineSettings, **changes: object) -> PipelineSettings:
+    """A copy of ``settings`` with some ``ocr`` settings replaced (``lang="eng+fra"``, ``workers=2``),
+    validated; ``None`` values are ignored.
+
+    Raises:
+        pydantic.ValidationError: a value the schema refuses (e.g. ``lang="eng fra"``).
+    """
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        return settings
+    return settings.model_copy(update={"ocr": OcrSettings(**(settings.ocr.model_dump() | changes))})
+
+
+def _lock(collection: Collection, timeout_s: float, log: Log) -> FileLock:
+    lock = FileLock(str(collection.root / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"another OCR run is working on {collection.root} (lock {collection.root / LOCK}); "
+            f"waiting up to {timeout_s:.0f} s, then OCR'ing what it left")
+        try:
+            lock.acquire(timeout=timeout_s)
+        except Timeout as exc:
+            raise CollectionBusyError(
+                f"collection {collection.root} is busy: another OCR run holds {collection.root / LOCK}; "
+                "try again when it has finished (its pages are not OCR'd twice)"
+            ) from exc
+    return lock
+
+
+def _record_settings(collection: Collection, ocr: OcrSettings, engine: str, lock_timeout_s: float, log: Log) -> None:
+    """Record the OCR settings in ``manifest.json`` under ``"ocr"`` (read-modify-write under the
+    collection's write lock, held only for this)."""
+    import importlib.metadata as md
+
+    with collection.write_lock(lock_timeout_s, on_wait=log):
+        manifest = collection.manifest()
+        if manifest is None:
+            return
+        manifest["ocr"] = {
+            "engine": engine,
+            "lang": ocr.lang,
+            "dpi": ocr.dpi,
+            "psm": ocr.psm,
+            "max_long_side_px": ocr.max_long_side_px,
+            "timeout_s": ocr.timeout_s,
+            "pytesseract": md.version("pytesseract"),
+            "updated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        collection.write_manifest(manifest)
+
+
+@dataclass
+class _Task:
+    document_id: int
+    pages: list[tuple[int, int]]  # (page_id, page_no)
+
+
+def _tasks(todo: Iterable[tuple[int, int, int]]) -> list[_Task]:
+    tasks: list[_Task] = []
+    for page_id, doc_id, page_no in todo:
+        if not tasks or tasks[-1].document_id != doc_id or len(tasks[-1].pages) >= CHUNK_PAGES:
+            tasks.append(_Task(doc_id, []))
+        tasks[-1].pages.append((page_id, page_no))
+    return tasks
+
+
+def _find_source(collection: Collection, document_id: int) -> tuple[SourceFile | None, str, list[str]]:
+    """The document's file: the first of its recorded paths whose bytes have the stored sha256.
+
+    Returns:
+        ``(source or None, the document's first path, every recorded path)``.
+    """
+    rec = collection.document_record(document_id)
+    for p in rec["paths"]:
+        path = Path(p)
+        try:
+            if path.is_file() and path.stat().st_size == rec["size_bytes"] and sha256_file(path) == rec["sha256"]:
+                return SourceFile(path=path, format=rec["format"], size_bytes=rec["size_bytes"]), rec["path"], rec["paths"]
+        except OSError:
+            continue
+    return None, rec["path"], rec["paths"]
+
+
+def backfill(
+    collection: Collection,
+    settings: PipelineSettings,
+    *,
+    page_ids: Iterable[int] | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    log: Log = _stderr,
+    on_progress: Callable[[int, int], None] | None = None,
+    lock_timeout_s: float = 600.0,
+) -> OcrReport:
+    """OCR every stored page that has no text in ``settings.ocr.lang`` yet, and store the text.
+
+    See the module docstring for how it resumes, locks and finds files. Pages are OCR'd by
+    ``settings.ocr.workers`` worker processes (0 = one per CPU core; 1, or a single task, runs in
+    this process), each finished chunk stored in its own transaction; the FTS5 index follows by
+    trigger. The settings (lang, dpi, psm, max_long_side_px, timeout, engine version) are recorded
+    in ``manifest.json`` under ``"ocr"``.
+
+    Args:
+        collection: an open collection.
+        settings: the pipeline; only ``settings.ocr`` is used.
+        page_ids: restrict to these pages (default: every page).
+        retry_failed: also redo pages whose last OCR failed.
+        progress: show a tqdm progress bar ("OCR pages") on stderr.
+        log: where failures and waiting notes go.
+        on_progress: called with ``(pages_done, pages_total)`` after each stored chunk.
+        lock_timeout_s: how long to wait for another OCR run (``.ocr.lock``) or, for the manifest
+            update, for another writer (``.lock``), seconds.
+
+    Returns:
+        An :class:`OcrReport`.
+
+    Raises:
+        TesseractMissingError: Tesseract or a language of ``settings.ocr.lang`` is not installed
+            (checked before anything else).
+        CollectionBusyError: another OCR run, or another writer, held its lock for ``lock_timeout_s``.
+        KeyboardInterrupt: passed on; chunks stored before it are kept.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    ocr = settings.ocr
+    engine = require_tesseract(ocr.lang)
+    report = OcrReport(engine=engine, lang=ocr.lang)
+    wanted = None if page_ids is None else [int(i) for i in page_ids]
+    lock = _lock(collection, lock_timeout_s, log)
+    try:
+        todo = collection.pages_needing_text(ocr.lang, retry_failed=retry_failed, page_ids=wanted)
+        if todo:
+            _record_settings(collection, ocr, engine, lock_timeout_s, log)
+            todo = collection.pages_needing_text(ocr.lang, retry_failed=retry_failed, page_ids=wanted)
+        tasks = _tasks(todo)
+        total = len(todo)
+        bar = tqdm(total=total, desc="OCR pages", unit="page", disable=not progress or total == 0, file=sys.stderr)
+        weighted = 0.0
+        done = 0
+        reported: set[int] = set()  # documents whose missing file was reported
+        stream = _ocr_stream(collection, tasks, ocr, engine, log)
+        try:
+            for task, path, rows, missing in stream:
+                collection.store_page_texts(rows)
+                if missing and task.document_id not in reported:
+                    reported.add(task.document_id)
+                    report.failures.append(_log_failure(log, path, str(rows[0]["error"])))
+                for r in rows:
+                    if r.get("error"):
+                        report.pages_failed += 1
+                        if not missing:
+                            report.failures.append(_log_failure(log, path, _page_reason(r, path)))
+                    else:
+                        report.pages_done += 1
+                        report.words += int(r["n_words"])
+                        if r["confidence"] is not None:
+                            weighted += float(r["confidence"]) * int(r["n_words"])
+                done += len(rows)
+                bar.update(len(rows))
+                if on_progress:
+                    on_progress(done, total)
+        finally:
+            stream.close()  # stops the worker pool now, also on Ctrl-C
+            bar.close()
+    finally:
+        lock.release()
+    report.mean_confidence = weighted / report.words if report.words else None
+    report.seconds = time.perf_counter() - t0
+    report.pages_per_s = (report.pages_done + report.pages_failed) / report.seconds if report.seconds > 0 else 0.0
+    return report
+
+
+def _page_reason(row: dict, path: str) -> str:
+    error = str(row["error"])
+    if path and error.startswith(f"{path}: "):
+        error = error[len(path) + 2 :]
+    return f"page {row['page_no']}: {error}"
+
+
+def _log_failure(log: Log, path: str, reason: str) -> tuple[str, str]:
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+    log(f"OCR error: {shown}: {reason}" if shown else f"OCR error: {reason}")
+    return (path, reason)
+
+
+def _ocr_stream(collection: Collection, tasks: list[_Task], ocr: OcrSettings, engine: str, log: Log):
+    """Yield ``(task, path, rows, missing)`` for every task, in the order they finish.
+
+    ``path`` is the file the pages were read from; ``missing`` is true when no recorded path of
+    the document holds its bytes (then ``path`` is its first recorded path and ``rows`` its error
+    rows, made here without a worker). With more than one worker, tasks run in a pool of
+    ``spawn``-ed processes, at most ``2 * workers`` in flight. A worker that dies is replaced; the
+    tasks that were in flight are run again one at a time, so the one that kills a worker is
+    found and stored as failed ("OCR worker crashed") while the others complete. If the first pool
+    cannot finish a single task (workers cannot start here), the rest runs in this process.
+    """
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    cache: dict[int, tuple[SourceFile | None, str, list[str]]] = {}
+
+    def source(task: _Task) -> tuple[SourceFile | None, str, list[str]]:
+        if task.document_id not in cache:
+            cache.clear()  # the tasks of a document are consecutive: one entry is enough
+            cache[task.document_id] = _find_source(collection, task.document_id)
+        return cache[task.document_id]
+
+    def failed(task: _Task, path: str, error: str) -> list[dict]:
+        return [_error_row(pid, no, ocr.lang, engine, error, 0.0) for pid, no in task.pages]
+
+    def run_here(task: _Task):
+        src, first_path, paths = source(task)
+        if src is None:
+            return task, first_path, failed(task, first_path, f"source file not found or changed: {', '.join(paths)}"), True
+        with _single_threaded():
+            try:
+                rows = ocr_pages(src, task.pages, ocr, engine)
+            except Exception as exc:  # ocr_pages catches what it expects; anything else fails the task only
+                rows = failed(task, str(src.path), f"{src.path}: OCR failed: {exc}")
+        return task, str(src.path), rows, False
+
+    workers = ocr.workers or os.cpu_count() or 1
+    if multiprocessing.parent_process() is not None:
+        workers = 1  # never start a pool from inside a worker process
+    if min(workers, len(tasks)) <= 1:
+        for task in tasks:
+            yield run_here(task)
+        return
+    workers = min(workers, len(tasks))
+
+    def new_pool():
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(os.getpid(),))
+
+    queue: deque[int] = deque(range(len(tasks)))
+    suspects: set[int] = set()  # in flight when a worker died: rerun one at a time
+    inflight: dict = {}  # future -> (task index, path)
+    pool = new_pool()
+    ever_worked = False
+    try:
+        while queue or inflight:
+            while queue and len(inflight) < (1 if suspects else 2 * workers):
+                i = queue.popleft()
+                src, _, _ = source(tasks[i])
+                if src is None:
+                    yield run_here(tasks[i])
+                    continue
+                with without_main_module():  # worker processes start inside submit()
+                    inflight[pool.submit(ocr_pages, src, tasks[i].pages, ocr, engine)] = (i, str(src.path))
+            if not inflight:
+                continue
+            finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            broken: list[int] = []
+            for fut in finished:
+                i, path = inflight.pop(fut)
+                try:
+                    rows = fut.result()
+                except BrokenProcessPool:
+                    broken.append(i)
+                    continue
+                except Exception as exc:
+                    rows = failed(tasks[i], path, f"{path}: OCR failed: {exc}")
+                ever_worked = True
+                suspects.discard(i)
+                yield tasks[i], path, rows, False
+            if not broken:
+                continue
+            # A worker died, and every task in flight with the pool.
+            lost = broken + [i for i, _ in inflight.values()]
+            inflight.clear()
+            pool.shutdown(wait=False, cancel_futures=True)
+            if not ever_worked:
+                log("warning: OCR worker processes failed; running OCR in this process instead")
+                for i in sorted(set(lost) | set(queue)):
+                    yield run_here(tasks[i])
+                return
+            if len(lost) == 1:  # it ran alone: it is the task that kills workers
+                i = lost[0]
+                suspects.discard(i)
+                src, first_path, _ = source(tasks[i])
+                path = str(src.path) if src is not None else first_path
+                yield tasks[i], path, failed(tasks[i], path, f"{path}: OCR worker crashed"), False
+            else:
+                suspects.update(lost)
+                queue.extendleft(sorted(lost, reverse=True))
+            pool = new_pool()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
