@@ -1,10 +1,10 @@
-"""The ``docsort`` command line (Typer): ingest, cluster, search, info, export, rename, label, labels,
+"""The ``docsort`` command line (Typer): ingest, ocr, cluster, search, info, export, rename, label, labels,
 classify, sort-by-type, evaluate, ui.
 
 Every command takes ``--collection PATH`` (env ``DOCSORT_COLLECTION``, default
 ``./docsort-collection``) and ``--pipeline NAME|PATH`` (default ``default``). Exit codes: 0 success,
-1 some files failed to ingest, 2 usage or settings error, 3 environment error (poppler missing,
-weights unavailable, collection busy).
+1 some files failed to ingest (or pages to OCR), 2 usage or settings error, 3 environment error
+(poppler or tesseract missing, weights unavailable, collection busy).
 """
 
 from __future__ import annotations
@@ -64,11 +64,41 @@ def _open(collection: Path, create: bool = False):
 
 def _environment_errors():
     from .features import BackboneError
+    from .ocr import TesseractMissingError
     from .pages import PopplerMissingError
     from .storage import CollectionBusyError
     from .weights import WeightsError
 
-    return (PopplerMissingError, WeightsError, BackboneError, CollectionBusyError)
+    return (PopplerMissingError, WeightsError, BackboneError, CollectionBusyError, TesseractMissingError)
+
+
+def _with_ocr(settings, **changes):
+    """``settings`` with some ``ocr`` settings replaced (validated); a bad value exits with code 2."""
+    from pydantic import ValidationError
+
+    from .ocr import with_ocr
+
+    try:
+        return with_ocr(settings, **changes)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first.get("loc") else "?"
+        raise _fail(f"invalid OCR setting {name}={changes.get(name)!r}: {first['msg']}", 2) from exc
+
+
+def _print_ocr(report) -> None:
+    """The summary of an OCR back-fill (:class:`docsort.ocr.OcrReport`); failures on stderr."""
+    conf = "-" if report.mean_confidence is None else f"{report.mean_confidence:.1f}"
+    out.print(
+        f"OCR ({report.engine}, lang {report.lang}): {report.pages_done} pages in {report.seconds:.1f} s "
+        f"({report.pages_per_s:.2f} pages/s), {report.words} words, mean word confidence {conf}; "
+        f"{report.pages_failed} pages failed",
+        highlight=False,
+    )
+    for path, reason in report.failures[:20]:
+        err.print(f"OCR failed: {_shown_path(path)}: {reason}" if path else f"OCR failed: {reason}", highlight=False)
+    if len(report.failures) > 20:
+        err.print(f"... {len(report.failures) - 20} more (`docsort ocr --retry-failed` tries them again)", highlight=False)
 
 
 @app.command()
@@ -82,16 +112,28 @@ def ingest(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another process is writing.")] = 600.0,
+    ocr: Annotated[
+        Optional[bool],
+        typer.Option("--ocr/--no-ocr", help="Then OCR the pages of these files with Tesseract (after they are embedded "
+                     "and indexed). [default: the pipeline's ocr.enabled]"),
+    ] = None,
+    ocr_lang: Annotated[
+        Optional[str],
+        typer.Option(help="Tesseract languages for OCR, +-joined, e.g. eng+fra (each needs tesseract-ocr-LANG); "
+                     "implies --ocr. [default: the pipeline's ocr.lang]"),
+    ] = None,
 ) -> None:
-    """Rasterize, embed and index every new page (PDF, TIFF, PNG, JPEG). Resumable; re-running adds nothing."""
+    """Rasterize, embed and index every new page (PDF, TIFF, PNG, JPEG); with --ocr, then OCR them. Resumable; re-running adds nothing."""
     from .pipeline import effective_settings, ingest as run_ingest
     from .storage import CollectionError
 
     requested, explicit = _pipeline(pipeline)
     col = _open(collection, create=True)
     try:
-        settings = effective_settings(col, requested, explicit=explicit, weights=weights)
-        report = run_ingest(col, paths, settings, progress=progress, lock_timeout_s=lock_timeout)
+        settings = _with_ocr(effective_settings(col, requested, explicit=explicit, weights=weights), lang=ocr_lang)
+        if ocr_lang is not None and ocr is None:
+            ocr = True
+        report = run_ingest(col, paths, settings, progress=progress, lock_timeout_s=lock_timeout, ocr=ocr)
     except _environment_errors() as exc:  # before CollectionError: CollectionBusyError is one
         raise _fail(str(exc), 3) from exc
     except CollectionError as exc:
@@ -115,6 +157,57 @@ def ingest(
         out.print(f"{report.provisional_pages} new pages given a provisional cluster by the last clustering's models "
                   "(`docsort cluster` re-clusters everything)", highlight=False)
     out.print(f"weights: {report.weights_note}", highlight=False)
+    if report.ocr is not None:
+        _print_ocr(report.ocr)
+    if report.failures or (report.ocr is not None and report.ocr.failures):
+        raise typer.Exit(1)
+
+
+@app.command("ocr")
+def ocr_command(
+    collection: CollectionOpt = DEFAULT_COLLECTION,
+    pipeline: PipelineOpt = None,
+    lang: Annotated[
+        Optional[str],
+        typer.Option(help="Tesseract languages, +-joined, e.g. eng+fra (each needs tesseract-ocr-LANG). "
+                     "[default: the pipeline's ocr.lang]"),
+    ] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also redo pages whose OCR failed (e.g. a file that was missing).")] = False,
+    workers: Annotated[
+        Optional[int], typer.Option(min=0, help="OCR worker processes; 0 = one per CPU core. [default: the pipeline's ocr.workers]")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another OCR run (or writer) holds the collection.")] = 600.0,
+) -> None:
+    """OCR (Tesseract) every stored page that has no text yet; resumable, never twice.
+
+    Reads each page again from its file (only if the file's sha256 is unchanged); stores text, word confidence and errors per page; the full-text index follows.
+    """
+    from .ocr import TesseractMissingError, backfill, ocr_pipeline
+    from .pages import PopplerMissingError
+    from .storage import CollectionBusyError, CollectionError
+
+    requested, explicit = _pipeline(pipeline)
+    col = _open(collection)
+    try:
+        settings = _with_ocr(ocr_pipeline(col, requested, explicit=explicit), lang=lang, workers=workers)
+        report = backfill(col, settings, retry_failed=retry_failed, progress=progress, lock_timeout_s=lock_timeout,
+                          log=lambda m: err.print(m, highlight=False))
+        counts = col.text_counts()
+        n_pages = col.counts()["pages"]
+    # Not _environment_errors(): it imports the feature stage (TensorFlow, ~6 s), which OCR never needs.
+    except (TesseractMissingError, PopplerMissingError, CollectionBusyError) as exc:  # before CollectionError
+        raise _fail(str(exc), 3) from exc
+    except CollectionError as exc:
+        raise _fail(str(exc), 2) from exc
+    except KeyboardInterrupt:
+        err.print("interrupted: text stored so far is kept; run the same command again to resume")
+        raise typer.Exit(130)
+    finally:
+        col.close()
+    _print_ocr(report)
+    out.print(f"collection: {counts['pages_with_text']} of {n_pages} pages have OCR text, {counts['ocr_failed']} failed, "
+              f"{counts['ocr_words']} words", highlight=False)
     if report.failures:
         raise typer.Exit(1)
 

@@ -30,6 +30,7 @@ from . import classify
 from .clustering import ClusterResult, cluster_vectors, document_clusters, match_cluster_ids, predict_clusters
 from .features import FeatureExtractor
 from .index import search_index, sync_index
+from .ocr import OcrReport, backfill as ocr_backfill, require_tesseract
 from .pages import (
     NotADocumentError,
     PageError,
@@ -194,6 +195,7 @@ class IngestReport:
             ``pipeline_wall`` (the whole render/embed/store loop).
         provisional_pages: pages without a cluster given a provisional one by the stored models of
             the last clustering (:func:`assign_provisional`; 0 when never clustered).
+        ocr: what the OCR run after the visual ingest did (``ingest(..., ocr=True)``), else ``None``.
     """
 
     documents_added: int = 0
@@ -207,6 +209,7 @@ class IngestReport:
     index: str = ""
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     provisional_pages: int = 0
+    ocr: OcrReport | None = None
 
     @property
     def pages_per_s(self) -> float:
@@ -250,6 +253,7 @@ def ingest(
     log: Log = _stderr,
     lock_timeout_s: float = 600.0,
     on_progress: Callable[[int, int], None] | None = None,
+    ocr: bool | None = None,
 ) -> IngestReport:
     """Rasterize, embed and store every new page under ``paths``, then update the FAISS index.
 
@@ -267,6 +271,11 @@ def ingest(
         log: where per-file errors and notes go.
         lock_timeout_s: how long to wait for another writer, seconds.
         on_progress: called with ``(pages_done, pages_total)`` after each batch (the UI's bar).
+        ocr: OCR the pages of these files after the visual ingest (default ``settings.ocr.enabled``):
+            Tesseract is checked before anything is embedded; once the vectors are stored and
+            indexed and the write lock is released, :func:`docsort.ocr.backfill` OCRs the new pages
+            and the already stored pages of these files still without text (so re-running an
+            interrupted ``ingest --ocr`` finishes the OCR); the result is ``report.ocr``.
 
     Returns:
         An :class:`IngestReport`.
@@ -276,12 +285,17 @@ def ingest(
         CollectionError: the collection's vectors were made with other weights or settings.
         PopplerMissingError: PDFs were found and poppler is not installed.
         WeightsError, BackboneError: the backbone cannot be built.
+        TesseractMissingError: with ``ocr``, Tesseract or a language of ``settings.ocr.lang`` is missing.
     """
     from tqdm import tqdm
 
+    run_ocr = settings.ocr.enabled if ocr is None else ocr
+    if run_ocr:
+        require_tesseract(settings.ocr.lang)
     t0 = time.perf_counter()
     report = IngestReport()
     with collection.write_lock(lock_timeout_s, on_wait=log):
+        known_pages, stored_docs = collection.page_ids(), set()  # for OCR: this ingest's pages
         t = time.perf_counter()
         extractor = extractor or make_extractor(settings)
         report.stage_seconds["model_build"] += time.perf_counter() - t
@@ -310,6 +324,7 @@ def ingest(
             existing = collection.find_document(sha)
             if existing is not None or sha in seen:
                 report.already_stored += 1
+                stored_docs.add(existing)
                 if existing is not None and collection.add_path(existing, str(item.path)):
                     report.new_paths += 1
                 continue
@@ -402,6 +417,11 @@ def ingest(
             report.index = f"{info_.kind}, {info_.ntotal} vectors ({info_.action})"
         classify.after_ingest(collection, settings, log=log)  # document types for new pages; no-op without a classifier
         report.provisional_pages = assign_provisional(collection, log=log)  # issue 5: clusters for new pages, no re-fit
+        if run_ocr:
+            ocr_pages = np.setdiff1d(collection.page_ids(), known_pages).tolist() + [
+                pid for pid, doc, _ in collection.pages_needing_text(settings.ocr.lang) if doc in stored_docs]
+    if run_ocr:  # after the write lock: OCR is slow and must not block other writers
+        report.ocr = ocr_backfill(collection, settings, page_ids=ocr_pages, progress=progress, log=log, lock_timeout_s=lock_timeout_s)
     report.seconds = time.perf_counter() - t0
     return report
 
