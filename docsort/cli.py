@@ -277,22 +277,31 @@ def _print_clusters(col) -> None:
 def search(
     query: Annotated[Optional[Path], typer.Argument(help="A scan to find similar documents for (embedded, not stored).")] = None,
     page: Annotated[Optional[int], typer.Option(help="Search by a stored page id instead of a file.")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help='Full-text search of the OCR text: words (all must occur), "a phrase", OR, NOT, prefix*.')] = None,
+    mode: Annotated[str, typer.Option(help="Similarity by: visual (look), text (OCR words), fused (both), or auto (fused when the collection has OCR text).")] = "auto",
     k: Annotated[int, typer.Option("-k", "--top", help="Neighbours per query page and documents shown.", min=1)] = 5,
     collection: CollectionOpt = DEFAULT_COLLECTION,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
-    """Top-k most similar pages and documents, with cosine scores and cluster ids."""
+    """Top-k most similar pages and documents (cosine scores, clusters), or pages whose OCR text matches --text."""
     from .pages import PageError
     from .pipeline import effective_settings, search_file, search_page
     from .storage import CollectionError
 
-    if (query is None) == (page is None):
-        raise _fail("give either a file to search with or --page ID", 2)
+    if sum(x is not None for x in (query, page, text)) != 1:
+        raise _fail("give one of: a file to search with, --page ID, or --text WORDS", 2)
+    if mode not in ("auto", "visual", "text", "fused"):
+        raise _fail(f"--mode must be auto, visual, text or fused, not {mode!r}", 2)
     col = _open(collection)
     try:
+        if text is not None:
+            return _search_text(col, text, k, as_json)
         settings = effective_settings(col, load_pipeline("default"))
-        result = search_page(col, page, settings, k) if page is not None else search_file(col, query, settings, k)
-    except (PageError, CollectionError) as exc:
+        if page is not None:
+            result = search_page(col, page, settings, k, mode=mode)
+        else:
+            result = search_file(col, query, settings, k, mode=mode, log=lambda m: err.print(m, markup=False, highlight=False))
+    except (PageError, CollectionError, ValueError) as exc:
         raise _fail(str(exc), 2) from exc
     except _environment_errors() as exc:
         raise _fail(str(exc), 3) from exc
@@ -314,6 +323,29 @@ def search(
         table.add_column(c)
     for h in result.documents:
         table.add_row(str(h.rank), f"{h.score:.3f}", _shown_path(h.path), str(h.best_page_no), _cluster_label(h.cluster, h.cluster_name))
+    out.print(table)
+
+
+def _search_text(col, query: str, k: int, as_json: bool) -> None:
+    from .pipeline import search_text
+
+    hits = search_text(col, query, k)
+    if as_json:
+        from dataclasses import asdict
+
+        out.print_json(json.dumps({"query": query, "pages": [asdict(h) for h in hits]}))
+        return
+    if not hits:
+        n = col.text_counts()["pages_with_text"]
+        err.print(f"no page's OCR text matches {query!r} ({n} pages have OCR text" + ("; run `docsort ocr`" if n == 0 else "") + ")",
+                  markup=False, highlight=False)
+        return
+    table = Table(title=f"pages whose text matches {query}")
+    for c in ("rank", "score", "page id", "file", "page", "cluster", "text"):
+        table.add_column(c)
+    for h in hits:
+        table.add_row(str(h.rank), f"{h.score:.2f}", str(h.page_id), _shown_path(h.path), str(h.page_no),
+                      _cluster_label(h.cluster, h.cluster_name), h.snippet.replace("\n", " "))
     out.print(table)
 
 

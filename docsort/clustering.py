@@ -77,6 +77,8 @@ class ClusterResult:
             ``hdbscan.HDBSCAN`` objects, for ``transform`` / ``approximate_predict`` later.
         notes: things the caller should tell the user (e.g. soft reassignment skipped).
         label_map: ``{HDBSCAN label: stored id}`` once ids are matched (empty before).
+        names: ``{stored id: default name}`` from the clusters' OCR keywords, set by
+            :func:`docsort.pipeline.cluster` (empty without OCR text).
     """
 
     labels: np.ndarray
@@ -89,6 +91,7 @@ class ClusterResult:
     membership: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     label_map: dict[int, int] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.membership is None:

@@ -38,6 +38,7 @@ from .pages import (
     count_pages,
     discover_files,
     exit_with_parent,
+    iter_ocr_pages,
     iter_pages,
     render_for_network,
     require_poppler,
@@ -47,6 +48,7 @@ from .pages import (
 )
 from .settings import PipelineSettings
 from .storage import Collection, CollectionError, atomic_write_bytes
+from .text import FEATURE_MODES, TextModel, cluster_keywords, fit_text_model, fuse, keyword_name, usable_text
 
 __all__ = [
     "IngestReport",
@@ -62,6 +64,14 @@ __all__ = [
     "assign_provisional",
     "search_file",
     "search_page",
+    "search_text",
+    "TextHit",
+    "resolve_search_mode",
+    "mode_index",
+    "PageVectors",
+    "page_vectors",
+    "fit_text",
+    "load_text_model",
     "info",
     "export_pages",
     "library_versions",
@@ -558,6 +568,142 @@ def _store(collection: Collection, doc: _Pending, report: IngestReport, log: Log
 
 
 # ---------------------------------------------------------------------------------------------
+# text features and fusion (issue 6)
+# ---------------------------------------------------------------------------------------------
+
+
+def _usable_texts(collection: Collection, settings: PipelineSettings, page_ids=None) -> dict[int, str]:
+    """``{page_id: OCR text}`` of the pages whose text is usable (:func:`docsort.text.usable_text`)."""
+    return {pid: r["text"] for pid, r in collection.page_texts(page_ids).items()
+            if usable_text(r["text"], r["n_words"], r["error"], settings.text, r["confidence"])}
+
+
+def fit_text(collection: Collection, settings: PipelineSettings, *, persist: bool = True, log: Log = _stderr) -> TextModel | None:
+    """Fit the collection's text model on all usable OCR text and (with ``persist``) store it.
+
+    ``persist`` needs the collection's write lock (:func:`cluster` holds it): the model is written
+    atomically to ``text_model.joblib`` and described under ``"text"`` in the manifest (method,
+    settings, pages it was fitted on, vocabulary size, explained variance, token, versions).
+
+    Returns:
+        The model, or ``None`` when the collection has too little text (fewer than 3 pages with
+        at least ``text.min_words`` OCR words); then fusion uses the visual vectors alone.
+
+    Raises:
+        TextModelError: a pretrained method (``minilm``, ``hub:``) cannot be loaded.
+    """
+    import io
+
+    import joblib
+
+    texts = _usable_texts(collection, settings)
+    model = fit_text_model([texts[k] for k in sorted(texts)], settings.text)
+    if model is None:
+        if texts:
+            log(f"only {len(texts)} pages have usable OCR text: text features need at least 3; using visual features")
+        return None
+    _, visual = collection.vectors()
+    model.set_visual_mean(visual.mean(axis=0))
+    if persist:
+        buf = io.BytesIO()
+        joblib.dump(model, buf)
+        atomic_write_bytes(collection.root / Collection.TEXT_MODEL, buf.getvalue())
+        manifest = collection.manifest() or {}
+        manifest["text"] = {**model.info, "settings": settings.text.model_dump(mode="json"), "dim": model.dim,
+                            "pages_fitted": model.n_fitted, "token": model.token}
+        collection.write_manifest(manifest)
+    return model
+
+
+def load_text_model(collection: Collection) -> TextModel | None:
+    """The stored text model (``text_model.joblib``), or ``None`` when there is none or it cannot be
+    read (then :func:`page_vectors` fits one in memory)."""
+    import joblib
+
+    path = collection.root / Collection.TEXT_MODEL
+    if not path.is_file():
+        return None
+    try:
+        model = joblib.load(path)
+    except Exception:  # truncated, or pickled by an incompatible scikit-learn
+        return None
+    return model if isinstance(model, TextModel) else None
+
+
+@dataclass
+class PageVectors:
+    """Page vectors of one kind (visual, text or fused) for search and clustering.
+
+    Attributes:
+        ids: int64 (n,) page ids, ascending unless ``page_ids`` were given.
+        vectors: float32 (n, D), L2-normalised rows (an all-zero row for a page without usable
+            text in ``text`` mode).
+        has_text: bool (n,) whether the page has usable OCR text.
+        mode: what the vectors are: ``visual``, ``text`` or ``fused`` (``fused`` falls back to
+            ``visual`` when there is no text model).
+        text_model: the text model used, or ``None``.
+        fusion_weight: the text weight w of ``fused`` vectors (0 for visual, 1 for text).
+    """
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    has_text: np.ndarray
+    mode: str
+    text_model: TextModel | None = None
+    fusion_weight: float = 0.0
+
+
+def page_vectors(
+    collection: Collection, settings: PipelineSettings, mode: str = "fused", page_ids=None, *, text_model: TextModel | None = None
+) -> PageVectors:
+    """Visual, text or fused vectors of stored pages.
+
+    Args:
+        mode: ``"visual"`` (the stored backbone vectors), ``"text"`` (the text model's vectors of
+            the OCR text) or ``"fused"`` (:func:`docsort.text.fuse` with ``text.fusion_weight``).
+        page_ids: which pages (default all, ascending id).
+        text_model: the model to use; default the stored one, else one fitted in memory.
+
+    Returns:
+        :class:`PageVectors`; ``fused`` without any usable text, or with weight 0, gives the
+        visual vectors (``mode == "visual"``).
+
+    Raises:
+        ValueError: an unknown mode. CollectionError: ``text`` mode and no page has usable text.
+    """
+    if mode not in FEATURE_MODES:
+        raise ValueError(f"unknown feature mode {mode!r}; use one of {', '.join(FEATURE_MODES)}")
+    ids, visual = collection.vectors(page_ids)
+    texts = _usable_texts(collection, settings, None if page_ids is None else ids)
+    has_text = np.array([int(i) in texts for i in ids], dtype=bool)
+    weight = settings.text.fusion_weight
+    if mode == "visual" or (mode == "fused" and weight == 0.0):
+        return PageVectors(ids, visual, has_text, "visual")
+    model = text_model or load_text_model(collection) or fit_text(collection, settings, persist=False, log=lambda m: None)
+    if model is None:
+        if mode == "text":
+            raise CollectionError(f"{collection.root}: no page has usable OCR text (run `docsort ocr`)")
+        return PageVectors(ids, visual, has_text, "visual")
+    text_vecs = np.zeros((len(ids), model.dim), np.float32)
+    if has_text.any():
+        text_vecs[has_text] = model.transform([texts[int(i)] for i in ids[has_text]])
+    if mode == "text":
+        return PageVectors(ids, text_vecs, has_text, "text", model, 1.0)
+    return PageVectors(ids, fuse(visual, text_vecs, weight, model.visual_mean), has_text, "fused", model, weight)
+
+
+def _name_clusters_by_keywords(collection: Collection, settings: PipelineSettings, ids: np.ndarray, labels: np.ndarray) -> dict[int, str]:
+    """Default names from the clusters' OCR text (c-TF-IDF); user-given names are kept."""
+    texts = _usable_texts(collection, settings, ids)
+    if not texts:
+        return {}
+    words = cluster_keywords([texts.get(int(i), "") for i in ids], labels, top_n=settings.text.keywords)
+    names = {cid: keyword_name(w) for cid, w in words.items()}
+    collection.set_default_cluster_names(names)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
 # clustering
 # ---------------------------------------------------------------------------------------------
 
@@ -607,8 +753,19 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
     import joblib
 
     with collection.write_lock(lock_timeout_s, on_wait=log):
-        ids, vecs = collection.vectors()
+        # Text model refitted on all OCR text so far; fused vectors when there is text (issue 6).
+        text_model = fit_text(collection, settings, log=log) if settings.text.fusion_weight > 0 else None
+        if text_model is None:
+            (collection.root / Collection.TEXT_MODEL).unlink(missing_ok=True)
+        pv = page_vectors(collection, settings, "fused", text_model=text_model) if text_model else page_vectors(collection, settings, "visual")
+        ids, vecs = pv.ids, pv.vectors
         result = cluster_vectors(vecs, settings.umap, settings.hdbscan)
+        result.params.update(features=pv.mode, fusion_weight=pv.fusion_weight, pages_with_text=int(pv.has_text.sum()),
+                             text_model_token=text_model.token if text_model else None,
+                             text=settings.text.model_dump(mode="json"))
+        if pv.mode == "fused":
+            log(f"clustering fused visual + text vectors ({int(pv.has_text.sum())} of {len(ids)} pages have OCR text, "
+                f"text weight {pv.fusion_weight})")
         for note in result.notes:
             log(note)
         old_ids, old_clusters, _ = collection.cluster_assignments()
@@ -624,6 +781,7 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
         atomic_write_bytes(collection.root / Collection.MODELS, buf.getvalue())
         collection.store_clustering(ids, result.labels, result.probabilities, result.embedding_2d,
                                     {**result.params, "models_token": token}, result.seconds, membership=result.membership)
+        result.names = _name_clusters_by_keywords(collection, settings, ids, result.labels)
         manifest = collection.manifest() or {}
         manifest["clustering"] = {**result.params, "libraries": library_versions()}
         collection.write_manifest(manifest)
@@ -661,7 +819,17 @@ def assign_provisional(collection: Collection, *, log: Log = _stderr) -> int:
     if models.get("models_token") != run["settings"].get("models_token"):
         log(f"{len(pending)} new pages not given a cluster: {path} is not the model of the stored clustering; run `docsort cluster`")
         return 0
-    page_ids, vecs = collection.vectors(pending)
+    params = run["settings"]
+    if params.get("features", "visual") == "fused":
+        text_model = load_text_model(collection)
+        if text_model is None or text_model.token != params.get("text_model_token"):
+            log(f"{len(pending)} new pages not given a cluster: the text model of the stored clustering is missing; run `docsort cluster`")
+            return 0
+        settings = PipelineSettings(text=params["text"])  # the text settings the clustering ran with
+        pv = page_vectors(collection, settings, "fused", pending, text_model=text_model)
+        page_ids, vecs = pv.ids, pv.vectors
+    else:
+        page_ids, vecs = collection.vectors(pending)
     clusters, strengths, xy, _ = predict_clusters(models, vecs)
     return collection.store_provisional(page_ids, clusters, strengths, xy)
 
@@ -784,17 +952,25 @@ def _search_vectors(collection: Collection, settings: PipelineSettings, queries:
 
 def search_file(
     collection: Collection, path: str | Path, settings: PipelineSettings, k: int = 5, *, extractor: FeatureExtractor | None = None,
-    index=None,
+    index=None, mode: str = "visual", log: Log = _stderr,
 ) -> SearchResult:
     """Neighbours of every page of a file, embedded on the fly and not stored.
 
     Args:
         path: a PDF, TIFF, PNG or JPEG; settings: the collection's (:func:`effective_settings`);
-        k: neighbours per query page and documents returned; extractor: reuse a built one.
+        k: neighbours per query page and documents returned; extractor: reuse a built one;
+        mode: ``visual``, ``text``, ``fused`` or ``auto`` (:func:`resolve_search_mode`); ``text``
+            and ``fused`` OCR the query's pages first (:func:`docsort.ocr.ocr_image`, about 1-2 s
+            a page); ``auto`` falls back to ``visual`` (said in ``log``) when Tesseract is missing.
+        index: an index for that mode (:func:`mode_index`), built when ``None``.
 
     Raises:
-        PageError: the file cannot be read; CollectionError: empty collection or other weights.
+        PageError: the file cannot be read; CollectionError: empty collection or other weights,
+        or ``text`` mode and the query has no usable text; TesseractMissingError: ``text`` or
+        ``fused`` mode without Tesseract.
     """
+    from . import ocr as ocr_stage
+
     found = list(discover_files([path]))
     if len(found) != 1:
         raise PageError(f"{path}: expected one file, found {len(found)}")
@@ -803,21 +979,141 @@ def search_file(
         raise src
     if src.format == "pdf":
         require_poppler()
+    requested, mode = mode, resolve_search_mode(collection, settings, mode)
+    if mode != "visual":
+        try:
+            ocr_stage.require_tesseract(settings.ocr.lang)
+        except ocr_stage.TesseractMissingError as exc:
+            if requested != "auto":
+                raise
+            log(f"searching by look only: {exc}")
+            mode = "visual"
     extractor = extractor or make_extractor(settings)
     _check_extractor(collection, extractor)
     images = [p.image for p in iter_pages(src, settings.render)]
     queries = extractor.embed(np.stack([to_network_input(im, extractor.input_size) for im in images]))
-    return _search_vectors(collection, settings, queries, k, str(path), index)
+    if mode == "visual":
+        return _search_vectors(collection, settings, queries, k, str(path), index)
+    model = load_text_model(collection) or fit_text(collection, settings, persist=False, log=lambda m: None)
+    if model is None:
+        raise CollectionError(f"{collection.root}: no page has usable OCR text (run `docsort ocr`)")
+    results = [ocr_stage.ocr_image(p.image, settings.ocr) for p in iter_ocr_pages(src, settings.ocr)]
+    has = np.array([usable_text(r["text"], r["n_words"], r["error"], settings.text, r["confidence"]) for r in results], dtype=bool)
+    text_vecs = np.zeros((len(results), model.dim), np.float32)
+    if has.any():
+        text_vecs[has] = model.transform([r["text"] for r, h in zip(results, has) if h])
+    if mode == "text":
+        if not has.any():
+            raise CollectionError(f"{path}: no usable text found by OCR to search with")
+        queries = text_vecs[has]
+    else:
+        queries = fuse(queries, text_vecs, settings.text.fusion_weight, model.visual_mean)
+    if index is None:
+        index = mode_index(collection, settings, mode)
+    return _search_vectors(collection, settings, queries, k, f"{path} ({mode})", index)
 
 
-def search_page(collection: Collection, page_id: int, settings: PipelineSettings, k: int = 5, *, index=None) -> SearchResult:
-    """Neighbours of a stored page (its stored vector; the page itself ranks first, score 1.0).
+def search_page(
+    collection: Collection, page_id: int, settings: PipelineSettings, k: int = 5, *, index=None, mode: str = "visual"
+) -> SearchResult:
+    """Neighbours of a stored page (the page itself ranks first, score 1.0).
 
-    ``index``: an already loaded FAISS index holding exactly the stored pages (the UI caches one);
-    read and synced from ``index.faiss`` when ``None``. :func:`search_file` takes it too.
+    ``mode``: ``visual`` (the stored backbone vector, FAISS index ``index.faiss``), ``text`` (its
+    OCR text's vector, among pages with text), ``fused`` (:func:`page_vectors`), or ``auto``
+    (:func:`resolve_search_mode`). ``index``: an already built index for that mode holding
+    exactly the stored pages (the UI caches one; :func:`mode_index` builds it); read and synced
+    from ``index.faiss`` (visual) or built (text, fused) when ``None``. :func:`search_file` takes
+    both too.
+
+    Raises:
+        CollectionError: ``text`` mode and the page has no usable OCR text.
     """
-    _, vec = collection.vectors([page_id])
-    return _search_vectors(collection, settings, vec, k, f"page {page_id}", index)
+    mode = resolve_search_mode(collection, settings, mode)
+    if mode == "visual":
+        _, vec = collection.vectors([page_id])
+        return _search_vectors(collection, settings, vec, k, f"page {page_id}", index)
+    if index is None:
+        index = mode_index(collection, settings, mode)
+    pv = page_vectors(collection, settings, mode, [page_id])
+    if mode == "text" and not pv.has_text[0]:
+        raise CollectionError(f"page {page_id} has no usable OCR text to search by (run `docsort ocr`)")
+    return _search_vectors(collection, settings, pv.vectors, k, f"page {page_id} ({mode})", index)
+
+
+def resolve_search_mode(collection: Collection, settings: PipelineSettings, mode: str) -> str:
+    """``auto`` -> ``fused`` when some page has OCR text and the fusion weight is above 0, else
+    ``visual``; other modes are returned as given.
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    if mode == "auto":
+        has_text = collection.text_counts()["pages_with_text"] > 0
+        return "fused" if has_text and settings.text.fusion_weight > 0 else "visual"
+    if mode not in FEATURE_MODES:
+        raise ValueError(f"unknown search mode {mode!r}; use auto, {', '.join(FEATURE_MODES)}")
+    return mode
+
+
+def mode_index(collection: Collection, settings: PipelineSettings, mode: str):
+    """A FAISS index for searching by ``mode`` vectors (:func:`page_vectors`).
+
+    ``visual``: the collection's persistent index (``index.faiss``, synced, not written).
+    ``text`` and ``fused``: built in memory (exact ``IndexFlatIP`` in an ``IndexIDMap2``, FAISS
+    wiki "Getting started"), over the pages with usable text for ``text``; derived data, since
+    the text model changes whenever :func:`cluster` refits it.
+
+    Returns:
+        A FAISS index whose ids are page ids.
+    """
+    import faiss
+
+    if mode == "visual":
+        return sync_index(collection, settings.index, persist=False)[0]
+    pv = page_vectors(collection, settings, mode)
+    ids, vecs = (pv.ids[pv.has_text], pv.vectors[pv.has_text]) if mode == "text" else (pv.ids, pv.vectors)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vecs.shape[1] if vecs.ndim == 2 and vecs.shape[1] else 1))
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vecs, np.float32), ids.astype(np.int64))
+    return index
+
+
+@dataclass(frozen=True)
+class TextHit:
+    """A page found by full-text search: rank, BM25 score (larger is better), the matching words
+    in context (``snippet``, matches in ``[...]``), and where the page comes from."""
+
+    rank: int
+    score: float
+    page_id: int
+    document_id: int
+    path: str
+    page_no: int
+    cluster: int | None
+    cluster_name: str | None
+    snippet: str
+
+
+def search_text(collection: Collection, query: str, k: int = 20) -> list[TextHit]:
+    """Full-text search over the pages' OCR text (SQLite FTS5; :meth:`Collection.search_text`).
+
+    Args:
+        query: words (all must occur; stemmed), ``"a phrase"``, ``OR``, ``NOT``, ``prefix*``.
+        k: most pages returned.
+
+    Returns:
+        Hits, best BM25 score first; empty when nothing matches.
+
+    Raises:
+        ValueError: an empty query or invalid FTS5 syntax.
+    """
+    rows = collection.search_text(query, k)
+    records = {p.page_id: p for p in collection.pages([r[0] for r in rows])}
+    return [
+        TextHit(i + 1, score, pid, records[pid].document_id, records[pid].path, records[pid].page_no, records[pid].cluster,
+                records[pid].cluster_name, snippet)
+        for i, (pid, score, snippet) in enumerate(rows) if pid in records
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

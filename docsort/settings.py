@@ -245,24 +245,33 @@ class TextSettings(_Strict):
             (Reimers & Gurevych 2019) from the optional extra ``docsort[minilm]``.
             ``"hub:HANDLE"``: a TF Hub text-embedding model (Universal Sentence Encoder, nnlm)
             by URL (online) or local path.
-        lsa_components: dimensions of the LSA vectors (fewer when the collection is small).
+        lsa_components: dimensions of the LSA vectors (fewer when the collection has fewer
+            texts). 32 measured best on the development corpus (180 pages with text: fused
+            kNN@5 0.920 / ARI 0.76 with 32, 0.913 / 0.77 with 16, 0.905 / 0.65 with 128);
+            larger collections with many kinds of text may want more.
         min_df, max_df: TF-IDF vocabulary bounds (scikit-learn meaning: a word in fewer than
             ``min_df`` pages, or in more than the fraction ``max_df`` of them, is ignored).
         min_words: a page with fewer OCR words than this has no usable text: its fused vector is
             its visual vector alone.
+        min_confidence: nor has a page whose mean OCR word confidence (Tesseract's 0-100) is
+            below this: OCR of photographs, maps and music reads shapes as words (sample_docs:
+            confidence 22-48 on those, 78-95 on printed text). On the development corpus 0, 50
+            and 70 gave fused kNN@5 within 0.01 of each other; 50 keeps garbage out of keyword names.
         fusion_weight: weight w of the text part in the fused page vector
-            ``[sqrt(1-w) * visual, sqrt(w) * text]`` (both L2-normalised; then the cosine of
-            two pages with text is ``(1-w) cos_visual + w cos_text``); 0 = visual only. Chosen by
-            measurement on the development corpus (``benchmarks/text_study.py``).
+            ``[sqrt(1-w) * visual, sqrt(w) * text]`` (both L2-normalised, the visual vector
+            centred on the collection mean first; then the cosine of two pages with text is
+            ``(1-w) cos_visual + w cos_text``); 0 = visual only. 0.3 measured best on the
+            development corpus (kNN@5 and ARI; ``benchmarks/text_study.py``, benchmarks/RESULTS.md).
         keywords: words per default cluster name (class-based TF-IDF, as BERTopic names topics).
     """
 
     method: str = Field("lsa", pattern=r"^(lsa|minilm|hub:.+)$")
-    lsa_components: int = Field(128, ge=2)
+    lsa_components: int = Field(32, ge=2)
     min_df: int = Field(2, ge=1)
     max_df: float = Field(0.5, gt=0.0, le=1.0)
     min_words: int = Field(5, ge=1)
-    fusion_weight: float = Field(0.5, ge=0.0, le=1.0)
+    min_confidence: float = Field(50.0, ge=0.0, le=100.0)
+    fusion_weight: float = Field(0.3, ge=0.0, le=1.0)
     keywords: int = Field(3, ge=1, le=10)
 
 

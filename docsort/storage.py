@@ -8,6 +8,7 @@ A collection is a directory::
     manifest.json    how the collection was built: backbone, layer, pooling, weights sha256,
                      input size, preprocessing, render settings, pipeline, library versions, seeds
     clustering.joblib  the fitted UMAP + HDBSCAN models of the last clustering run
+    text_model.joblib  the text model (TF-IDF + LSA) fitted on the pages' OCR text (docsort.text)
     classifier.joblib  the document-type classifier trained on the page labels (docsort.classify)
     .lock            the writers' lock (filelock)
 
@@ -237,6 +238,7 @@ class Collection:
     MANIFEST = "manifest.json"
     MODELS = "clustering.joblib"
     CLASSIFIER = "classifier.joblib"
+    TEXT_MODEL = "text_model.joblib"
     LOCK = ".lock"
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = False):
@@ -353,7 +355,7 @@ class Collection:
     def _remove_stale_temp_files(self) -> None:
         """Delete the temp files of a writer killed mid-write (``atomic_write_bytes`` writes
         ``.NAME.XXXX`` next to ``NAME``, then renames it); only lock holders write these files."""
-        for name in (self.INDEX, self.MANIFEST, self.MODELS, self.CLASSIFIER):
+        for name in (self.INDEX, self.MANIFEST, self.MODELS, self.CLASSIFIER, self.TEXT_MODEL):
             for tmp in self.root.glob(f".{name}.*"):
                 try:
                     tmp.unlink()
