@@ -63,3 +63,18 @@ def collection_copy(sample_collection, tmp_path):
     dst = tmp_path / "collection"
     shutil.copytree(sample_collection, dst, ignore=shutil.ignore_patterns(".lock"))
     return dst
+
+
+@pytest.fixture(scope="session")
+def ocr_collection(tmp_path_factory, sample_collection, settings):
+    """A copy of the sample collection with all 41 pages of sample_docs/ OCR'd (default OCR
+    settings: eng, 200 dpi PDFs, psm 3; ~50 s on 2 cores). Read-only for tests."""
+    from docsort.ocr import backfill
+    from docsort.storage import Collection
+
+    root = tmp_path_factory.mktemp("ocr") / "collection"
+    shutil.copytree(sample_collection, root, ignore=shutil.ignore_patterns(".lock", ".ocr.lock"))
+    with Collection(root) as col:
+        report = backfill(col, settings, progress=False, log=lambda m: None)
+    assert (report.pages_done, report.pages_failed) == (41, 0), report.failures
+    return root
