@@ -1122,7 +1122,8 @@ def search_text(collection: Collection, query: str, k: int = 20) -> list[TextHit
 
 
 def info(collection: Collection) -> dict:
-    """Collection summary: counts, backbone, layer, pooling, weights source and sha256, last run."""
+    """Collection summary: counts, backbone, layer, pooling, weights source and sha256, last run
+    (and whether it clustered visual or fused vectors), OCR text counts, OCR engine and text model."""
     manifest = collection.manifest() or {}
     feats = manifest.get("features", {})
     run = collection.last_cluster_run()
@@ -1140,6 +1141,10 @@ def info(collection: Collection) -> dict:
         "pipeline": manifest.get("pipeline", {}).get("name"),
         "created_at": manifest.get("created_at"),
         "last_clustered": run["created_at"] if run else None,
+        "clustered_by": run["settings"].get("features", "visual") if run else None,
+        **collection.text_counts(),
+        "ocr": (lambda o: f"{o.get('engine')} lang={o.get('lang')} dpi={o.get('dpi')}" if o else None)(manifest.get("ocr")),
+        "text_model": (lambda t: f"{t.get('method')} {t.get('dim')}-d on {t.get('pages_fitted')} pages" if t else None)(manifest.get("text")),
     }
 
 
