@@ -173,3 +173,33 @@ def test_search_a_file_by_text_ocrs_the_query_and_finds_the_same_page_first(ocr_
             assert res.pages[0].path == str(query) and res.pages[0].score == pytest.approx(1.0, abs=1e-3), mode
         assert pipeline.resolve_search_mode(col, settings, "auto") == "fused"
         assert pipeline.resolve_search_mode(col, _with_text(settings, fusion_weight=0.0), "auto") == "visual"
+
+
+def test_a_tf_hub_text_embedding_by_local_path_is_used_and_survives_a_reload(ocr_copy, settings, tmp_path):
+    """text.method = "hub:PATH": a TF2 SavedModel taking a batch of strings (like the Universal
+    Sentence Encoder / nnlm modules). This one hashes words into 64 buckets, as nnlm's hashed
+    token embeddings do, so pages sharing words get similar vectors."""
+    import tensorflow as tf
+
+    class HashedBagOfWords(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, texts):
+            words = tf.strings.split(tf.strings.lower(texts))
+            buckets = tf.strings.to_hash_bucket_fast(words, 64)
+            return tf.reduce_sum(tf.one_hot(buckets, 64), axis=1)  # (n, 64) dense
+
+    handle = tmp_path / "hashed_bow"
+    tf.saved_model.save(HashedBagOfWords(), str(handle))
+    hub_settings = _with_text(settings, method=f"hub:{handle}")
+    with Collection(ocr_copy) as col:
+        pipeline.cluster(col, hub_settings, log=lambda m: None)
+        assert col.last_cluster_run()["settings"]["features"] == "fused"
+        model = pipeline.load_text_model(col)  # unpickled: the SavedModel is loaded again on use
+        assert model.method == f"hub:{handle}" and model.dim == 64 and col.manifest()["text"]["method"] == f"hub:{handle}"
+        ids = _page_ids(col)
+        hits = pipeline.search_page(col, ids[("c03-29.jpg", 1)], hub_settings, 3, mode="text").pages
+        assert hits[0].page_id == ids[("c03-29.jpg", 1)] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(Exception, match="cannot load the TF Hub text model"):
+        from docsort.text import fit_text_model
+
+        fit_text_model(["a b c"] * 3, _with_text(settings, method=f"hub:{tmp_path / 'missing'}").text)
