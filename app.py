@@ -11,14 +11,22 @@ the TensorFlow feature extractor, the FAISS index, the page table) are cached wi
 existing collection reads the stored 2-D UMAP map and never re-runs UMAP or re-embeds anything;
 the extractor is only built when a scan has to be embedded.
 
-Views (sidebar): Add scans, Clusters, Map, Similar documents, Document types, Collection & export.
-Labelling (a cluster, or pages next to any gallery) and the document-type classifier are
-:mod:`docsort.classify`'s.
+Views (sidebar): Add scans, Clusters, Map, Similar documents, Search text, Document types,
+Collection & export. Labelling (a cluster, or pages next to any gallery) and the document-type
+classifier are :mod:`docsort.classify`'s.
+
+Text (issue 6): **Collection & export** (and **Search text** while no page has text) has the button
+that reads the pages' text with Tesseract (:func:`docsort.ocr.backfill`); **Search text** is a
+full-text search over that text (:func:`docsort.pipeline.search_text`); **Similar documents**
+compares pages by look, by text or both (:func:`docsort.pipeline.search_page` ``mode``) and shows
+the query page's OCR text. The in-memory FAISS indexes of the text and fused modes are cached per
+mode and per state of the pages, their OCR text and the text model (which ``cluster`` refits).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import threading
 import time
@@ -28,12 +36,17 @@ import streamlit as st
 
 from docsort import browse, classify
 from docsort.clustering import MIN_PAGES, ClusteringError
+from docsort.ocr import TesseractMissingError, backfill, ocr_pipeline
 from docsort.pages import PageError, PopplerMissingError
-from docsort.pipeline import cluster, cluster_table, effective_settings, info, make_extractor, search_file, search_page
+from docsort.pipeline import (cluster, cluster_table, effective_settings, info, make_extractor, mode_index, resolve_search_mode,
+                              search_file, search_page, search_text)
 from docsort.settings import PipelineError, load_pipeline
 from docsort.storage import Collection, CollectionBusyError, CollectionError, default_collection_path
 
-VIEWS = ["Add scans", "Clusters", "Map", "Similar documents", "Document types", "Collection & export"]
+VIEWS = ["Add scans", "Clusters", "Map", "Similar documents", "Search text", "Document types", "Collection & export"]
+#: The "Compare by" choices of Similar documents -> :func:`docsort.pipeline.search_page` modes.
+SEARCH_MODES = {"By look": "visual", "By text": "text", "Both": "fused"}
+TEXT_HITS = 20
 UPLOAD_TYPES = ["pdf", "tif", "tiff", "png", "jpg", "jpeg"]
 #: Per-file upload cap, MB; the same as ``server.maxUploadSize`` in .streamlit/config.toml.
 MAX_UPLOAD_MB = 200
@@ -109,14 +122,66 @@ def page_labels(root: str, version: tuple) -> dict[int, str]:
     return dict(zip(df["page_id"].astype(int), df["label"]))
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def page_neighbours(root: str, version: tuple, page_id: int, k: int):
+@st.cache_data(show_spinner=False, max_entries=3)
+def text_counts(root: str, version: tuple) -> dict[str, int]:
+    """:meth:`Collection.text_counts` per data version (it reads every page's OCR row)."""
+    return open_collection(root).text_counts()
+
+
+@st.cache_data(show_spinner=False, max_entries=3)
+def auto_search_mode(root: str, version: tuple) -> str:
+    """The default search mode: :func:`docsort.pipeline.resolve_search_mode` of ``auto``."""
     col = open_collection(root)
-    return search_page(col, page_id, settings_for(col), k, index=current_index(col))
+    return resolve_search_mode(col, settings_for(col), "auto")
+
+
+@st.cache_data(show_spinner=False, max_entries=6)
+def pages_needing_text(root: str, version: tuple, lang: str, retry_failed: bool) -> int:
+    """How many pages an OCR back-fill would read (:meth:`Collection.pages_needing_text`)."""
+    return len(open_collection(root).pages_needing_text(lang, retry_failed=retry_failed))
+
+
+@st.cache_resource(show_spinner="Building the search index of the OCR text...", max_entries=4)
+def get_mode_index(root: str, mode: str, text_state: tuple):
+    """The in-memory FAISS index of ``text`` or ``fused`` vectors (:func:`docsort.pipeline.mode_index`),
+    built once per mode and :func:`text_state` (not per data version: labelling a page must not
+    rebuild it)."""
+    col = open_collection(root)
+    return mode_index(col, settings_for(col), mode)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def page_neighbours(root: str, version: tuple, page_id: int, k: int, mode: str = "visual", state: tuple = ()):
+    """:func:`docsort.pipeline.search_page` of a stored page by ``mode`` (``visual``, ``text``,
+    ``fused``); ``state`` is :func:`text_state` for the text and fused modes.
+
+    Raises:
+        CollectionError: ``text`` mode and the page (or every page) has no usable OCR text.
+    """
+    col = open_collection(root)
+    index = current_index(col) if mode == "visual" else get_mode_index(root, mode, state)
+    return search_page(col, page_id, settings_for(col), k, index=index, mode=mode)
 
 
 def settings_for(col: Collection):
+    """The collection's effective pipeline settings (the default pipeline where it records none)."""
     return effective_settings(col, load_pipeline("default"))
+
+
+def ocr_settings_for(col: Collection):
+    """The pipeline whose ``ocr`` section a back-fill runs with (:func:`docsort.ocr.ocr_pipeline`)."""
+    return ocr_pipeline(col, load_pipeline("default"))
+
+
+def text_state(col: Collection, version: tuple, table) -> tuple:
+    """A token of what text and fused vectors depend on: the stored pages (never changed, only
+    added), their OCR text (counts, and when OCR last ran), the stored text model's token and the
+    last clustering run (``docsort cluster`` refits the text model)."""
+    manifest = col.manifest() or {}
+    run = col.last_cluster_run()
+    return (len(table), int(table["page_id"].max()) if len(table) else 0,
+            tuple(sorted(text_counts(str(col.root), version).items())),
+            (manifest.get("ocr") or {}).get("updated_at"), (manifest.get("text") or {}).get("token"), run["id"] if run else None)
 
 
 def extractor_for(col: Collection):
@@ -282,6 +347,156 @@ def recluster_button(col: Collection, n_pages: int, key: str, label: str = "Re-c
 
 
 # ---------------------------------------------------------------------------------------------
+# text (OCR)
+# ---------------------------------------------------------------------------------------------
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=^\"'&])")
+
+
+def md_escape(text: str) -> str:
+    """``text`` shown literally by ``st.markdown`` (OCR text holds ``*``, ``#``, ``$``, ``[...]``):
+    every ASCII punctuation mark that Markdown or Streamlit's extensions read is backslash-escaped,
+    and whitespace runs (newlines included) become one space."""
+    return _MD_SPECIAL.sub(r"\\\1", re.sub(r"\s+", " ", text or ""))
+
+
+def snippet_markdown(snippet: str) -> str:
+    """A full-text hit's snippet (matches in ``[...]``, :func:`docsort.pipeline.search_text`) as
+    Markdown: the matches in bold, everything else literal."""
+    parts = re.split(r"\[([^\[\]]+)\]", snippet)
+    return "".join(f"**{md_escape(p.strip())}**" if i % 2 else md_escape(p) for i, p in enumerate(parts)).strip()
+
+
+def run_ocr(col: Collection, settings, n_pages: int, retry_failed: bool) -> None:
+    """Run :func:`docsort.ocr.backfill` with a progress bar; the outcome goes to session state
+    (``ocr_result``, shown by :func:`show_ocr_result`)."""
+    bar = st.progress(0.0, text=f"Reading the text of {plural(n_pages, 'page')} with Tesseract (OCR)...")
+    note = st.empty()
+
+    def on_progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Reading the text of the pages (OCR): {done} of {total}")
+
+    def on_log(msg: str) -> None:  # waiting for another OCR run, or the warning of a fallback; failures come in the report
+        if not msg.startswith("OCR error:"):
+            note.caption(msg)
+
+    run = col.last_cluster_run()
+    try:
+        report = backfill(col, settings, retry_failed=retry_failed, progress=False, log=on_log,
+                          on_progress=on_progress, lock_timeout_s=30)
+    except (TesseractMissingError, PopplerMissingError, CollectionError) as exc:
+        st.session_state["ocr_result"] = {"error": str(exc)}
+        return
+    bar.progress(1.0, text="Reading the text finished")
+    st.session_state["ocr_result"] = {
+        "done": report.pages_done, "failed": report.pages_failed, "words": report.words,
+        "confidence": report.mean_confidence, "seconds": report.seconds, "pages_per_s": report.pages_per_s,
+        "engine": report.engine, "lang": report.lang, "failures": report.failures[:200],
+        "run_id": run["id"] if run else None,
+    }
+
+
+def show_ocr_result(col: Collection, n_pages: int, key: str) -> None:
+    """The last OCR run of this session, and, until the next clustering, the advice to re-cluster
+    (with the button) so that clusters and their names use the text."""
+    result = st.session_state.get("ocr_result")
+    if not result:
+        return
+    if "error" in result:
+        st.error(result["error"])
+        return
+    conf = "" if result["confidence"] is None else f", mean word confidence {result['confidence']:.0f}"
+    text = (f"Read the text of {plural(result['done'], 'page')} in {result['seconds']:.1f} s "
+            f"({result['pages_per_s']:.2f} pages/s, {result['engine']}, {result['lang']}): "
+            f"{result['words']:,} words{conf}; {result['failed']} failed.")
+    (st.warning if result["failed"] else st.success)(text)
+    if result["failures"]:
+        with st.expander(f"Why OCR failed ({len(result['failures'])})"):
+            st.table([{"file": p, "reason": r} for p, r in result["failures"]])
+    run = col.last_cluster_run()
+    if result["done"] and (run["id"] if run else None) == result["run_id"]:
+        st.info("The clusters do not use this text yet: re-cluster so that pages are grouped by look and text "
+                "together and clusters are named by their words.")
+        recluster_button(col, n_pages, key=f"{key}-recluster", label="Re-cluster with the text")
+
+
+def ocr_section(col: Collection, n_pages: int, key: str, show_result: bool = True) -> None:
+    """How many pages have OCR text, and the button that reads the text of the others
+    (:func:`docsort.ocr.backfill`: Tesseract in worker processes, resumable); then, with
+    ``show_result``, the outcome of the last run (:func:`show_ocr_result`)."""
+    settings = ocr_settings_for(col)
+    lang = settings.ocr.lang
+    root, version = str(col.root), browse.data_version(col)
+    counts = text_counts(root, version)
+    todo = pages_needing_text(root, version, lang, False)
+    st.markdown(f"**{counts['pages_with_text']} of {plural(n_pages, 'page')}** have OCR text "
+                f"({counts['ocr_words']:,} words); {counts['ocr_failed']} failed.")
+    retry = False
+    if counts["ocr_failed"]:
+        retry = st.checkbox(f"Also try again the {plural(counts['ocr_failed'], 'page')} whose OCR failed", key=f"{key}-retry",
+                            help="e.g. after a missing file is back in place, or after a Tesseract time-out")
+    n = pages_needing_text(root, version, lang, True) if retry else todo
+    if n == 0:
+        st.caption("Every page has been read" + (" (tick the box above to try the failed ones again)." if counts["ocr_failed"] else "."))
+    elif st.button(f"Read the text of {plural(n, 'page')} (OCR)", key=key, type="primary",
+                   help=f"Tesseract ({lang}) in one worker process per CPU core, about 1–2 s a page per core. "
+                   "Stopping loses nothing: pages read so far are kept and the next run goes on with the rest."):
+        run_ocr(col, settings, n, retry)
+        st.rerun()
+    if show_result:
+        show_ocr_result(col, n_pages, key)
+
+
+def ocr_text_expander(col: Collection, page_id: int) -> None:
+    """The page's OCR text, collapsed, if it has been read."""
+    rec = col.page_texts([page_id]).get(page_id)
+    if rec is None:
+        return
+    if rec["error"]:
+        st.caption(f"OCR failed on this page: {rec['error']}")
+    elif not rec["text"].strip():
+        st.caption("OCR found no text on this page.")
+    else:
+        conf = "" if rec["confidence"] is None else f", confidence {rec['confidence']:.0f}"
+        with st.expander(f"Text (OCR{conf}, {plural(rec['n_words'], 'word')})"):
+            with st.container(height=420 if rec["n_words"] > 300 else "content", border=False):
+                st.text(rec["text"])
+            st.caption(f"{rec['engine']}, {rec['lang']}, read {rec['at']}")
+
+
+def no_text_reason(col: Collection, page_id: int) -> str:
+    """Why a page cannot be compared by text (:func:`docsort.text.usable_text` said no)."""
+    rec = col.page_texts([page_id]).get(page_id)
+    text = settings_for(col).text
+    if rec is None:
+        return "its text has not been read (OCR) yet"
+    if rec["error"]:
+        return f"its OCR failed ({rec['error']})"
+    if rec["n_words"] < text.min_words:
+        return f"OCR found {plural(rec['n_words'], 'word')} on it (at least {text.min_words} are needed)"
+    conf = rec["confidence"] or 0.0
+    return f"its OCR text is unreliable (mean word confidence {conf:.0f}, below {text.min_confidence:.0f})"
+
+
+def _remember_mode() -> None:
+    st.session_state["search_mode_chosen"] = st.session_state["search_mode"]
+
+
+def search_mode_choice(col: Collection, container=st) -> str:
+    """The "Compare by" radio (by look, by text, both); returns the search mode.
+
+    The default is :func:`docsort.pipeline.resolve_search_mode` of ``auto`` (both once some page has
+    OCR text), until the user picks one; the pick is kept across views."""
+    default = {v: k for k, v in SEARCH_MODES.items()}[auto_search_mode(str(col.root), browse.data_version(col))]
+    st.session_state["search_mode"] = st.session_state.get("search_mode_chosen", default)
+    container.radio("Compare by", list(SEARCH_MODES), key="search_mode", horizontal=True, on_change=_remember_mode,
+                    help="By look: the pages' image features (InceptionV3). By text: the words read by OCR (pages "
+                    "without text are left out). Both: look and text together (pages without text by look).")
+    return SEARCH_MODES[st.session_state["search_mode"]]
+
+
+# ---------------------------------------------------------------------------------------------
 # views
 # ---------------------------------------------------------------------------------------------
 
@@ -308,6 +523,12 @@ def view_add(col: Collection, counts: dict, last_run) -> None:
         st.rerun()
     show_ingest_result()
     show_cluster_message()
+    result = st.session_state.get("ingest_result") or {}
+    if result.get("pages_added"):
+        left, right = st.columns([4, 1], vertical_alignment="center")
+        left.caption("The text of the new pages has not been read yet: read it (OCR) to find them by their words "
+                     "and compare them by text.")
+        right.button("Read their text (OCR)", key="add-go-ocr", on_click=go, args=("Collection & export",))
 
 
 def add_files(col: Collection, files, recluster: bool) -> None:
@@ -512,7 +733,8 @@ def view_map(col: Collection, table) -> None:
         st.dataframe(chosen[["page_id", "file", "page", "group"]], hide_index=True)
 
 
-def view_similar(col: Collection, root: str, version: tuple, table) -> None:
+def view_similar(col: Collection, root: str, version: tuple, table, n_text: int) -> None:
+    """Neighbours of a stored page or of an uploaded scan, by look, by text or both."""
     st.header("Similar documents")
     show_label_message()
     if table.empty:
@@ -522,6 +744,15 @@ def view_similar(col: Collection, root: str, version: tuple, table) -> None:
     source = left.radio("Search with", ["A page in the collection", "A scan from this computer (not stored)"],
                         key="query_source", horizontal=True)
     k = right.slider("Neighbours", min_value=1, max_value=50, value=8, key="k")
+    mode = search_mode_choice(col, left)
+    if mode != "visual" and n_text == 0:
+        if mode == "text":
+            st.info("No page has OCR text yet, so there is nothing to compare by text. Read the text of the pages in "
+                    "**Collection & export** (or run `docsort ocr`), or compare by look.")
+            st.button("Read the text of the pages (OCR)", key="similar-go-ocr", on_click=go, args=("Collection & export",))
+            return
+        st.caption("No page has OCR text yet, so **Both** compares by look only.")
+        mode = "visual"
     if source == "A page in the collection":
         ids = table["page_id"].tolist()
         if st.session_state.get("query_page") not in ids:
@@ -538,37 +769,60 @@ def view_similar(col: Collection, root: str, version: tuple, table) -> None:
         if jpeg:
             left.image(jpeg, width="stretch")
         right.markdown(f"**Query:** {Path(rec.path).name}, page {rec.page_no} — {browse.cluster_label(rec.cluster, rec.cluster_name)}")
-        result = page_neighbours(root, version, pid, k)
-        show_results(col, result, query_page=pid)
+        with right:
+            ocr_text_expander(col, pid)
+        try:
+            result = page_neighbours(root, version, pid, k, mode, () if mode == "visual" else text_state(col, version, table))
+        except CollectionError as exc:
+            if mode != "text":
+                raise
+            st.info(f"{Path(rec.path).name}, page {rec.page_no} cannot be compared by text: {no_text_reason(col, pid)}. "
+                    "Compare it by look or by both instead.")
+            return
+        show_results(col, result, query_page=pid, mode=mode)
         return
     up = st.file_uploader("A scan to search with (embedded, not stored)", type=UPLOAD_TYPES, key="query_upload",
                           max_upload_size=MAX_UPLOAD_MB)
     if up is None:
-        st.caption("The scan is embedded with the collection's model and compared with every stored page; it is not added.")
+        st.caption("The scan is embedded with the collection's model (and its text read by OCR when comparing by text) "
+                   "and compared with every stored page; it is not added.")
         return
-    cache_key = (up.file_id, k, version)
+    cache_key = (up.file_id, k, version, mode)
     cached = st.session_state.get("query_upload_result")
     if cached and cached[0] == cache_key:
         result = cached[1]
     else:
         name = browse.sanitise_name(up.name)
-        with tempfile.TemporaryDirectory(prefix="docsort-query-") as tmp, st.spinner(f"Embedding {name}..."):
+        doing = f"Embedding {name}" + ("" if mode == "visual" else " and reading its text (OCR)")
+        with tempfile.TemporaryDirectory(prefix="docsort-query-") as tmp, st.spinner(f"{doing}..."):
             path = Path(tmp) / name
             path.write_bytes(up.getvalue())
             try:
-                result = search_file(col, path, settings_for(col), k, extractor=extractor_for(col), index=current_index(col))
-            except (PageError, CollectionError, PopplerMissingError) as exc:
+                index = current_index(col) if mode == "visual" else get_mode_index(root, mode, text_state(col, version, table))
+                result = search_file(col, path, settings_for(col), k, extractor=extractor_for(col), index=index,
+                                     mode=mode, log=lambda _m: None)
+            except (PageError, CollectionError, PopplerMissingError, TesseractMissingError) as exc:
                 st.error(f"{name}: {str(exc).replace(str(path), name)}")
                 return
         st.session_state["query_upload_result"] = (cache_key, result)
     st.markdown(f"**Query:** {browse.sanitise_name(up.name)} ({result.query_pages} page{'s' if result.query_pages != 1 else ''}, not stored)")
-    show_results(col, result)
+    show_results(col, result, mode=mode)
 
 
-def show_results(col: Collection, result, query_page: int | None = None) -> None:
+MODE_NOTES = {
+    "visual": "Compared by look: the pages' image features (cosine similarity).",
+    "text": "Compared by text: the words read by OCR (cosine similarity of the text vectors); pages without usable text are left out.",
+    "fused": "Compared by look and text together (cosine similarity of the fused vectors); pages without usable text by look.",
+}
+
+
+def show_results(col: Collection, result, query_page: int | None = None, mode: str = "visual") -> None:
+    """Neighbour pages (thumbnails, with Similar buttons, and a label form for a stored query page)
+    and neighbour documents of a :class:`docsort.pipeline.SearchResult` found by ``mode``."""
     import pandas as pd
 
     st.subheader("Most similar pages")
+    st.caption(MODE_NOTES[mode])
     for q in range(1, min(result.query_pages, 10) + 1):
         hits = [h for h in result.pages if h.query_page == q]
         if result.query_pages > 1:
@@ -591,6 +845,61 @@ def show_results(col: Collection, result, query_page: int | None = None) -> None
         [{"rank": d.rank, "similarity": f"{d.score:.3f}", "file": Path(d.path).name, "best page": d.best_page_no,
           "pages matched": d.pages_matched, "cluster": browse.cluster_label(d.cluster, d.cluster_name)} for d in result.documents]
     ).set_index("rank"))
+
+
+def view_text_search(col: Collection, counts: dict, n_text: int) -> None:
+    """Full-text search over the pages' OCR text (:func:`docsort.pipeline.search_text`, SQLite FTS5,
+    BM25): one row per page with its thumbnail, file, page, cluster and the matching words."""
+    st.header("Search text")
+    show_cluster_message()
+    if counts["pages"] == 0:
+        st.info("The collection is empty: add some scans first.")
+        return
+    if n_text == 0:
+        st.info("No page has OCR text yet, so there is nothing to search. Read the text of the pages with Tesseract "
+                "(the button below; about 1–2 s a page per CPU core), or run `docsort ocr` in a terminal.")
+        ocr_section(col, counts["pages"], key="search-ocr")
+        return
+    left, right = st.columns([4, 1], vertical_alignment="bottom")
+    query = left.text_input(
+        "Words in the text (OCR)", key="text_query", max_chars=500,
+        placeholder='e.g.  Watson   "sheet music"   invoice OR receipt   tax*   letter NOT draft',
+        help="Every word must occur, in any form (porter stemming: 'letters' finds 'letter'), in any case. "
+        '"a phrase" in double quotes; OR; NOT; prefix* (SQLite FTS5 query syntax).',
+    )
+    k = right.number_input("Results", min_value=1, max_value=200, value=TEXT_HITS, step=10, key="text_k")
+    show_ocr_result(col, counts["pages"], key="search-ocr")
+    without = counts["pages"] - n_text
+    if without:
+        with st.expander(f"{plural(without, 'page')} {'has' if without == 1 else 'have'} no OCR text and cannot be found by their words"):
+            ocr_section(col, counts["pages"], key="search-more-ocr", show_result=False)
+    if not query.strip():
+        st.caption(f"Searches the text of {plural(n_text, 'page')} read by OCR; the best matches first.")
+        return
+    try:
+        hits = search_text(col, query, int(k))
+    except ValueError as exc:
+        st.error(f"{exc}. Check the double quotes and the operators (OR, NOT, AND in capitals); "
+                 'a word with punctuation goes in double quotes ("e-mail").')
+        return
+    if not hits:
+        st.info(f"No page's text matches {query!r} ({plural(n_text, 'page')} {'has' if n_text == 1 else 'have'} OCR text).")
+        return
+    st.subheader(f"{plural(len(hits), 'page')} whose text matches")
+    st.caption("Best match first (BM25); the matching words in bold.")
+    for h in hits:
+        name = Path(h.path).name
+        with st.container(border=True):
+            thumb, body, button = st.columns([1, 5, 1], vertical_alignment="center")
+            caption = f"{name} · p.{h.page_no} · {browse.cluster_label(h.cluster, h.cluster_name)}"
+            jpeg = col.thumbnail(h.page_id)
+            if jpeg:
+                thumb.image(jpeg, caption=caption, width="stretch")
+            body.markdown(f"**{h.rank}. {md_escape(name)}**, page {h.page_no} · {md_escape(browse.cluster_label(h.cluster, h.cluster_name))} "
+                          f"· score {h.score:.2f}")
+            body.markdown(snippet_markdown(h.snippet))
+            button.button("Similar", key=f"text-hit-sim-{h.page_id}", on_click=show_similar, args=(h.page_id,),
+                          help="Show the pages and documents most like this page")
 
 
 def view_types(col: Collection, root: str, version: tuple, counts: dict) -> None:
@@ -742,6 +1051,13 @@ def view_status(col: Collection, root: str, version: tuple, counts: dict, about:
     else:
         st.write("Not clustered yet.")
     recluster_button(col, counts["pages"], key="status-recluster")
+    st.subheader("Text (OCR)")
+    if counts["pages"]:
+        st.caption("Tesseract reads the words on each page: then pages can be found by their words (**Search text**), "
+                   "compared by text, clustered by look and text together, and clusters get names from their words.")
+        ocr_section(col, counts["pages"], key="status-ocr")
+    else:
+        st.write("No pages yet.")
     failures = col.failures()
     if failures:
         with st.expander(f"{len(failures)} files could not be ingested"):
@@ -789,6 +1105,7 @@ def main() -> None:
         st.stop()
     counts = {k: about[k] for k in ("documents", "pages", "clustered_pages", "clusters", "noise_pages", "failures")}
     version = browse.data_version(col)
+    n_text = text_counts(root, version)["pages_with_text"]
     table = page_table(root, version)
 
     if "view" not in st.session_state:
@@ -801,6 +1118,8 @@ def main() -> None:
         st.divider()
         st.caption(f"Collection `{root}`")
         st.caption(f"{plural(counts['documents'], 'document')} · {plural(counts['pages'], 'page')} · {plural(counts['clusters'], 'cluster')}")
+        if counts["pages"]:
+            st.caption(f"OCR text: {n_text} of {plural(counts['pages'], 'page')}")
         if about.get("weights_source") == "bundled":
             st.caption(":orange[Offline bundled weights in use]")
 
@@ -812,7 +1131,9 @@ def main() -> None:
     elif view == "Map":
         view_map(col, table)
     elif view == "Similar documents":
-        view_similar(col, root, version, table)
+        view_similar(col, root, version, table, n_text)
+    elif view == "Search text":
+        view_text_search(col, counts, n_text)
     elif view == "Document types":
         view_types(col, root, version, counts)
     else:
