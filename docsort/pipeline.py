@@ -996,7 +996,10 @@ def search_file(
         return _search_vectors(collection, settings, queries, k, str(path), index)
     model = load_text_model(collection) or fit_text(collection, settings, persist=False, log=lambda m: None)
     if model is None:
-        raise CollectionError(f"{collection.root}: no page has usable OCR text (run `docsort ocr`)")
+        if mode == "text":
+            raise CollectionError(f"{collection.root}: too few pages have usable OCR text to search by text (run `docsort ocr`)")
+        log("searching by look only: too few pages have usable OCR text for text features")
+        return _search_vectors(collection, settings, queries, k, str(path), None)  # the visual index, not the one given for fused
     results = [ocr_stage.ocr_image(p.image, settings.ocr) for p in iter_ocr_pages(src, settings.ocr)]
     has = np.array([usable_text(r["text"], r["n_words"], r["error"], settings.text, r["confidence"]) for r in results], dtype=bool)
     text_vecs = np.zeros((len(results), model.dim), np.float32)
@@ -1048,7 +1051,7 @@ def resolve_search_mode(collection: Collection, settings: PipelineSettings, mode
         ValueError: an unknown mode.
     """
     if mode == "auto":
-        has_text = collection.text_counts()["pages_with_text"] > 0
+        has_text = collection.text_counts()["pages_with_words"] > 0
         return "fused" if has_text and settings.text.fusion_weight > 0 else "visual"
     if mode not in FEATURE_MODES:
         raise ValueError(f"unknown search mode {mode!r}; use auto, {', '.join(FEATURE_MODES)}")

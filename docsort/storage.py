@@ -858,11 +858,14 @@ class Collection:
         return out
 
     def text_counts(self) -> dict[str, int]:
-        """``{"pages_with_text": OCR'd without error, "ocr_failed": OCR errors, "ocr_words": words in all}``."""
+        """``{"pages_with_text": pages OCR'd without error (words found or not), "pages_with_words":
+        of those, pages where OCR found at least one word, "ocr_failed": OCR errors, "ocr_words":
+        words in all}``."""
         row = self._conn.execute(
-            "SELECT COALESCE(SUM(error IS NULL), 0), COALESCE(SUM(error IS NOT NULL), 0), COALESCE(SUM(n_words), 0) FROM page_text"
+            "SELECT COALESCE(SUM(error IS NULL), 0), COALESCE(SUM(error IS NULL AND n_words > 0), 0), "
+            "COALESCE(SUM(error IS NOT NULL), 0), COALESCE(SUM(n_words), 0) FROM page_text"
         ).fetchone()
-        return {"pages_with_text": int(row[0]), "ocr_failed": int(row[1]), "ocr_words": int(row[2])}
+        return {"pages_with_text": int(row[0]), "pages_with_words": int(row[1]), "ocr_failed": int(row[2]), "ocr_words": int(row[3])}
 
     def search_text(self, query: str, limit: int = 20) -> list[tuple[int, float, str]]:
         """Full-text search over the stored OCR text (SQLite FTS5, BM25 ranking).
