@@ -7,7 +7,12 @@ distances"). Ids in the index are the pages' row ids in the collection database
 * ``flat``: exact ``IndexFlatIP``; measured here: 100k x 288 added in 0.07 s, 11 ms per query.
 * ``hnsw``: ``IndexHNSWFlat`` (Malkov & Yashunin 2018, arXiv:1603.09320) with inner product;
   recall@10 0.98 at ``efSearch`` 64 on 100k x 288 here.
-* ``auto``: flat up to ``IndexSettings.auto_hnsw_above`` pages, HNSW above.
+* ``ivf``: ``IndexIVFFlat`` (Jégou et al. 2011 inverted file; FAISS wiki "Faster search") with
+  inner product, ``4 sqrt(n)`` lists, 64 probed; at 1M x 288 here p50 1.7 ms, recall@10 0.9999,
+  built in 76 s (HNSW: 6.6 ms, 0.965, 709 s). Trained on a seeded sample, so rebuilds are
+  deterministic; retrained when the collection outgrows its lists.
+* ``auto``: flat up to ``IndexSettings.auto_above`` pages (100k: p50 40 ms exact), then
+  ``auto_kind`` (IVF).
 
 The index is derived data: the database holds every vector, :func:`sync_index` brings the file
 up to date (adding what is missing, rebuilding when the file disagrees with the database), and
@@ -26,7 +31,7 @@ import numpy as np
 from .settings import IndexSettings
 from .storage import Collection, atomic_write_bytes
 
-__all__ = ["IndexInfo", "build_index", "load_index", "save_index", "index_ids", "sync_index", "search_index"]
+__all__ = ["IndexInfo", "build_index", "load_index", "save_index", "index_ids", "index_kind", "ivf_nlist", "sync_index", "search_index"]
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,15 @@ class IndexInfo:
 
 def _kind_for(settings: IndexSettings, n: int) -> str:
     if settings.type == "auto":
-        return "hnsw" if n > settings.auto_hnsw_above else "flat"
+        return settings.auto_kind if n > settings.auto_above else "flat"
     return settings.type
+
+
+def ivf_nlist(settings: IndexSettings, n: int) -> int:
+    """Inverted lists for ``n`` vectors: ``settings.ivf_nlist`` or ``4 * sqrt(n)``, at least 1 and
+    at most ``n // 39`` (FAISS k-means wants 39 training points per centroid)."""
+    want = settings.ivf_nlist or int(4 * np.sqrt(max(n, 1)))
+    return int(max(1, min(want, n // 39 if n >= 39 else 1)))
 
 
 def build_index(ids: np.ndarray, vectors: np.ndarray, settings: IndexSettings) -> faiss.Index:
@@ -50,29 +62,55 @@ def build_index(ids: np.ndarray, vectors: np.ndarray, settings: IndexSettings) -
     Args:
         ids: int64 (n,), page ids.
         vectors: float32 (n, D), unit-norm rows.
-        settings: index type and HNSW parameters.
+        settings: index type and HNSW / IVF parameters.
 
     Returns:
-        A FAISS index with ``ntotal == n``.
+        A FAISS index with ``ntotal == n``. An IVF index is trained on at most ``256 * nlist``
+        vectors drawn with a fixed seed (and FAISS k-means' fixed seed), so the same vectors give
+        the same index.
     """
     d = vectors.shape[1]
     kind = _kind_for(settings, len(ids))
+    x = np.ascontiguousarray(vectors, np.float32)
     if kind == "hnsw":
         inner = faiss.IndexHNSWFlat(d, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = settings.hnsw_ef_construction
         inner.hnsw.efSearch = settings.hnsw_ef_search
+    elif kind == "ivf" and len(ids):
+        nlist = ivf_nlist(settings, len(ids))
+        quantizer = faiss.IndexFlatIP(d)
+        inner = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = x if len(x) <= 256 * nlist else x[np.sort(np.random.default_rng(0).choice(len(x), 256 * nlist, replace=False))]
+        inner.train(sample)
+        inner.nprobe = min(settings.ivf_nprobe, nlist)
+        inner.own_fields = True
+        quantizer.this.disown()
     else:
         inner = faiss.IndexFlatIP(d)
     index = faiss.IndexIDMap2(inner)
     if len(ids):
-        index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(ids, np.int64))
+        index.add_with_ids(x, np.ascontiguousarray(ids, np.int64))
     return index
 
 
 def index_kind(index: faiss.Index) -> str:
-    """``flat`` or ``hnsw`` for an index made by :func:`build_index`."""
+    """``flat``, ``hnsw`` or ``ivf`` for an index made by :func:`build_index`."""
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    return "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
+    if isinstance(inner, faiss.IndexHNSW):
+        return "hnsw"
+    return "ivf" if isinstance(inner, faiss.IndexIVF) else "flat"
+
+
+def _fits(index: faiss.Index, settings: IndexSettings, n: int) -> bool:
+    """The index's type is the one the settings want for ``n`` pages, and an IVF index has not
+    been outgrown (fewer than half the lists ``n`` vectors call for)."""
+    kind = index_kind(index)
+    if kind != _kind_for(settings, n):
+        return False
+    if kind == "ivf":
+        inner = faiss.downcast_index(index.index)
+        return 2 * inner.nlist >= ivf_nlist(settings, n)
+    return True
 
 
 def index_ids(index: faiss.Index) -> np.ndarray:
@@ -108,7 +146,7 @@ def sync_index(collection: Collection, settings: IndexSettings, *, persist: bool
     path = collection.root / Collection.INDEX
     db_ids = collection.page_ids()
     index = load_index(path)
-    if index is not None and index_kind(index) == _kind_for(settings, len(db_ids)):
+    if index is not None and _fits(index, settings, len(db_ids)):
         have = index_ids(index)
         if len(have) == len(db_ids) and np.array_equal(np.sort(have), db_ids):
             return index, IndexInfo(index_kind(index), int(index.ntotal), "unchanged")

@@ -1,0 +1,59 @@
+"""The index stage's approximate options (issue 8): IVF chosen by ``auto`` above a collection size,
+rebuilt when outgrown, and as good as exact search on page vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from docsort import index as ix
+from docsort.settings import IndexSettings, PipelineSettings
+from docsort.storage import Collection
+
+
+def _page_like(sample_collection, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n vectors around the 41 real page vectors of sample_docs (each a real vector plus a little
+    seeded noise, renormalised), so the neighbourhoods are those of real pages."""
+    with Collection(sample_collection) as col:
+        _, real = col.vectors()
+    rng = np.random.default_rng(0)
+    x = real[rng.integers(0, len(real), n)] + rng.normal(scale=0.02, size=(n, real.shape[1])).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.arange(n, dtype=np.int64) * 7 + 1, x.astype(np.float32)
+
+
+def test_ivf_finds_what_exact_search_finds_on_page_like_vectors(sample_collection):
+    ids, x = _page_like(sample_collection, 6000)
+    flat = ix.build_index(ids, x, IndexSettings(type="flat"))
+    ivf = ix.build_index(ids, x, IndexSettings(type="ivf"))
+    assert ix.index_kind(ivf) == "ivf" and ivf.ntotal == 6000
+    q = x[:200]
+    _, truth = ix.search_index(flat, q, 10)
+    _, got = ix.search_index(ivf, q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)])
+    assert recall >= 0.95, recall
+    assert (got[:, 0] == ids[:200]).mean() >= 0.95  # a page finds itself first
+    again = ix.build_index(ids, x, IndexSettings(type="ivf"))  # seeded training sample: same index
+    assert np.array_equal(ix.search_index(again, q, 10)[1], got)
+
+
+def test_auto_switches_to_ivf_above_its_size_and_an_outgrown_ivf_is_rebuilt(sample_collection, tmp_path):
+    import shutil
+
+    root = tmp_path / "c"
+    shutil.copytree(sample_collection, root, ignore=shutil.ignore_patterns(".lock"))
+    with Collection(root) as col:
+        small = IndexSettings(auto_above=20)  # the 41 sample pages are "large" here
+        index, info = ix.sync_index(col, small)
+        assert (info.kind, info.action, info.ntotal) == ("ivf", "rebuilt", 41)
+        assert ix.sync_index(col, small)[1].action == "unchanged"  # the stored IVF file fits
+        assert ix.sync_index(col, IndexSettings())[1].kind == "flat"  # default: exact up to 100k
+    ids, x = _page_like(sample_collection, 8000)
+    grown = ix.build_index(ids[:1000], x[:1000], IndexSettings(type="ivf"))
+    assert ix._fits(grown, IndexSettings(type="ivf"), 1500)
+    assert not ix._fits(grown, IndexSettings(type="ivf"), 8000)  # 4x more pages: retrain
+
+
+def test_collections_made_before_ivf_keep_their_hnsw_threshold():
+    old = {"index": {"type": "auto", "hnsw_m": 32, "hnsw_ef_search": 64, "hnsw_ef_construction": 40, "auto_hnsw_above": 200000}}
+    s = PipelineSettings(**old).index
+    assert (s.auto_above, s.auto_kind) == (200000, "hnsw")
