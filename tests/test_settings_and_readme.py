@@ -47,3 +47,13 @@ def test_readme_gives_two_setup_commands_and_ci_runs_the_test_one():
     # The file searched by command 1 exists.
     query = main_job.rsplit("docsort search ", 1)[1].split()[0]
     assert (REPO / query).is_file()
+
+
+def test_every_pipeline_in_the_repository_loads_and_ocr_turns_ocr_on():
+    names = sorted(p.stem for p in (REPO / "pipelines").glob("*.toml"))
+    assert "default" in names and "ocr" in names
+    for name in names:
+        load_pipeline(name)
+    ocr = load_pipeline("ocr")
+    assert ocr.ocr.enabled and ocr.model_copy(update={"ocr": load_pipeline("default").ocr, "name": "default",
+                                                      "description": ""}) == PipelineSettings()
