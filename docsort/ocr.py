@@ -412,7 +412,9 @@ def backfill(
     ``settings.ocr.workers`` worker processes (0 = one per CPU core; 1, or a single task, runs in
     this process), each finished chunk stored in its own transaction; the FTS5 index follows by
     trigger. The settings (lang, dpi, psm, max_long_side_px, timeout, engine version) are recorded
-    in ``manifest.json`` under ``"ocr"``.
+    in ``manifest.json`` under ``"ocr"``, under the collection's write lock, taken for that moment
+    only: do not call this while holding :meth:`Collection.write_lock` (it would wait for itself
+    for ``lock_timeout_s`` and raise :class:`CollectionBusyError`).
 
     Args:
         collection: an open collection.
