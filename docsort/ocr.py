@@ -40,6 +40,7 @@ import datetime as _dt
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -134,6 +135,9 @@ def require_tesseract(lang: str) -> str:
 def ocr_image(image, ocr: OcrSettings) -> dict:
     """OCR one page image with Tesseract (``pytesseract.image_to_data``, TSV as a dict).
 
+    Tesseract runs single-threaded (``OMP_THREAD_LIMIT=1`` set for the call), also when this is
+    called outside a worker (e.g. to OCR a query page): its OpenMP threads made a page ~5x slower.
+
     Args:
         image: a Pillow image (mode ``"L"`` from :func:`docsort.pages.iter_ocr_pages`).
         ocr: ``lang``, ``psm`` (``--psm``) and ``timeout_s`` (seconds for this page).
@@ -151,9 +155,10 @@ def ocr_image(image, ocr: OcrSettings) -> dict:
     t0 = time.perf_counter()
     out = {"text": "", "confidence": None, "n_words": 0, "long_side_px": int(max(image.size)), "seconds": 0.0, "error": None}
     try:
-        data = pytesseract.image_to_data(
-            image, lang=ocr.lang, config=f"--psm {ocr.psm}", timeout=ocr.timeout_s, output_type=pytesseract.Output.DICT
-        )
+        with _single_threaded():  # wherever it is called from: its OpenMP threads only slow it down
+            data = pytesseract.image_to_data(
+                image, lang=ocr.lang, config=f"--psm {ocr.psm}", timeout=ocr.timeout_s, output_type=pytesseract.Output.DICT
+            )
     except pytesseract.TesseractNotFoundError:
         out["error"] = f"tesseract not found ({pytesseract.pytesseract.tesseract_cmd!r}); {_INSTALL}"
     except pytesseract.TesseractError as exc:
@@ -251,19 +256,33 @@ def _init_worker(parent_pid: int) -> None:
     exit_with_parent(parent_pid)
 
 
+_env_lock = threading.Lock()
+_env_users = 0
+_env_saved: str | None = None
+
+
 @contextmanager
 def _single_threaded() -> Iterator[None]:
     """``OMP_THREAD_LIMIT=1`` for the Tesseract processes started meanwhile in this process
-    (pytesseract passes ``os.environ`` to them), restored afterwards."""
-    old = os.environ.get("OMP_THREAD_LIMIT")
-    os.environ["OMP_THREAD_LIMIT"] = "1"
+    (pytesseract passes ``os.environ`` to them), restored when the last concurrent user (threads of
+    the Streamlit app, say) is done. Only the variable is touched: libraries already loaded here
+    (FAISS, numba) read OpenMP's settings once, when they start."""
+    global _env_users, _env_saved
+    with _env_lock:
+        if _env_users == 0:
+            _env_saved = os.environ.get("OMP_THREAD_LIMIT")
+            os.environ["OMP_THREAD_LIMIT"] = "1"
+        _env_users += 1
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("OMP_THREAD_LIMIT", None)
-        else:
-            os.environ["OMP_THREAD_LIMIT"] = old
+        with _env_lock:
+            _env_users -= 1
+            if _env_users == 0:
+                if _env_saved is None:
+                    os.environ.pop("OMP_THREAD_LIMIT", None)
+                else:
+                    os.environ["OMP_THREAD_LIMIT"] = _env_saved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,11 +550,10 @@ def _ocr_stream(collection: Collection, tasks: list[_Task], ocr: OcrSettings, en
         src, first_path, paths = source(task)
         if src is None:
             return task, first_path, failed(task, first_path, f"source file not found or changed: {', '.join(paths)}"), True
-        with _single_threaded():
-            try:
-                rows = ocr_pages(src, task.pages, ocr, engine)
-            except Exception as exc:  # ocr_pages catches what it expects; anything else fails the task only
-                rows = failed(task, str(src.path), f"{src.path}: OCR failed: {exc}")
+        try:
+            rows = ocr_pages(src, task.pages, ocr, engine)
+        except Exception as exc:  # ocr_pages catches what it expects; anything else fails the task only
+            rows = failed(task, str(src.path), f"{src.path}: OCR failed: {exc}")
         return task, str(src.path), rows, False
 
     workers = ocr.workers or os.cpu_count() or 1
