@@ -19,7 +19,6 @@ import sys
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from .pages import (
     sha256_file,
     thumbnail_jpeg,
     to_network_input,
+    without_main_module,
 )
 from .settings import PipelineSettings
 from .storage import Collection, CollectionError, atomic_write_bytes
@@ -436,25 +436,8 @@ def ingest(
     return report
 
 
-@contextmanager
-def _without_main_module():
-    """Hide the caller's ``__main__`` while worker processes are started.
-
-    ``spawn`` makes each new process re-run the parent's main script (as ``__mp_main__``) so that
-    functions defined there can be unpickled. Rendering workers only need :mod:`docsort.pages`,
-    and re-running a user's script that calls docsort without an ``if __name__ == "__main__":``
-    guard would make every worker load TensorFlow and start an ingest of its own (Python docs,
-    multiprocessing, "Safe importing of main module"). A bare stand-in module is put in place
-    for the moment the processes are started.
-    """
-    import types
-
-    real = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = real
+#: Hide the caller's ``__main__`` while spawn-ed workers start (see :func:`docsort.pages.without_main_module`).
+_without_main_module = without_main_module
 
 
 def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr):

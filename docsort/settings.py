@@ -229,8 +229,9 @@ class ClassifierSettings(_Strict):
 class OcrSettings(_Strict):
     """Optical character recognition with Tesseract (the *text* stage, :mod:`docsort.ocr`).
 
-    OCR costs about 1-2 s per page per core here (shared/README.md: tesseract 5.3, 150 dpi page,
-    ``--psm 3``: about 2 s), 30-60x the visual path, so it never runs inside the embedding loop:
+    OCR costs about 1.2 CPU-seconds a page here (0.4 s for a map, 5 s for a dense newspaper page;
+    1.70 pages/s with 2 workers on the development corpus), about 20x the visual path's 30 pages/s
+    (benchmarks/RESULTS.md), so it never runs inside the embedding loop:
     ``docsort ingest`` stores and indexes the visual vectors first and OCR runs after it
     (``enabled`` or ``--ocr``), or later with ``docsort ocr`` (resumable back-fill).
 

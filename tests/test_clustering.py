@@ -209,7 +209,9 @@ def test_a_schema_1_collection_is_migrated_when_opened(collection_copy):
         assert col.last_cluster_run()["n_reassigned"] == 0
         assert col.next_cluster_id() == max(labels) + 1
     db = sqlite3.connect(collection_copy / Collection.DB)
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    from docsort.storage import SCHEMA_VERSION
+
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     db.close()
     with Collection(collection_copy) as col:  # a second open finds nothing to do
         assert col.counts()["clustered_pages"] == len(labels)
