@@ -662,7 +662,7 @@ def page_vectors(
     weight = settings.text.fusion_weight
     if mode == "visual" or (mode == "fused" and weight == 0.0):
         return PageVectors(ids, visual, has_text, "visual")
-    model = text_model or load_text_model(collection) or fit_text(collection, settings, persist=False, log=lambda m: None)
+    model = text_model or load_text_model(collection) or _text_model_in_memory(collection, settings)
     if model is None:
         if mode == "text":
             raise CollectionError(f"{collection.root}: no page has usable OCR text (run `docsort ocr`)")
@@ -673,6 +673,23 @@ def page_vectors(
     if mode == "text":
         return PageVectors(ids, text_vecs, has_text, "text", model, 1.0)
     return PageVectors(ids, fuse(visual, text_vecs, weight, model.visual_mean), has_text, "fused", model, weight)
+
+
+_IN_MEMORY_MODELS: dict[tuple, TextModel | None] = {}
+
+
+def _text_model_in_memory(collection: Collection, settings: PipelineSettings) -> TextModel | None:
+    """A text model fitted in memory for a collection that has OCR text but no stored model yet
+    (never clustered since OCR), kept for this process while the collection's text and the text
+    settings stay the same, so repeated searches (the app) do not refit it each time."""
+    state = collection.query("SELECT COUNT(*), TOTAL(LENGTH(text)), TOTAL(n_words), MAX(at), TOTAL(confidence) FROM page_text")[0]
+    n_pages = collection.query("SELECT COUNT(*), MAX(id) FROM pages")[0]  # the visual mean is part of the model
+    key = (str(collection.root.resolve()), *state, *n_pages, settings.text.model_dump_json())
+    if key not in _IN_MEMORY_MODELS:
+        if len(_IN_MEMORY_MODELS) >= 4:
+            _IN_MEMORY_MODELS.pop(next(iter(_IN_MEMORY_MODELS)))
+        _IN_MEMORY_MODELS[key] = fit_text(collection, settings, persist=False, log=lambda m: None)
+    return _IN_MEMORY_MODELS[key]
 
 
 def _name_clusters_by_keywords(collection: Collection, settings: PipelineSettings, ids: np.ndarray, labels: np.ndarray) -> dict[int, str]:
@@ -977,7 +994,7 @@ def search_file(
     queries = extractor.embed(np.stack([to_network_input(im, extractor.input_size) for im in images]))
     if mode == "visual":
         return _search_vectors(collection, settings, queries, k, str(path), index)
-    model = load_text_model(collection) or fit_text(collection, settings, persist=False, log=lambda m: None)
+    model = load_text_model(collection) or _text_model_in_memory(collection, settings)
     if model is None:
         if mode == "text":
             raise CollectionError(f"{collection.root}: too few pages have usable OCR text to search by text (run `docsort ocr`)")

@@ -203,3 +203,14 @@ def test_a_tf_hub_text_embedding_by_local_path_is_used_and_survives_a_reload(ocr
         from docsort.text import fit_text_model
 
         fit_text_model(["a b c"] * 3, _with_text(settings, method=f"hub:{tmp_path / 'missing'}").text)
+
+
+def test_without_a_stored_text_model_one_is_fitted_once_per_state_of_the_text(ocr_copy, settings):
+    with Collection(ocr_copy) as col:
+        assert pipeline.load_text_model(col) is None  # OCR'd, never clustered since
+        first = pipeline.page_vectors(col, settings, "text").text_model
+        assert pipeline.page_vectors(col, settings, "text").text_model is first  # reused, not refitted
+        pid = next(iter(pipeline._usable_texts(col, settings)))
+        row = col.page_texts([pid])[pid]
+        col.store_page_texts([{**row, "page_id": pid, "text": row["text"] + " indemnification clause"}])
+        assert pipeline.page_vectors(col, settings, "text").text_model is not first  # the text changed
