@@ -42,7 +42,6 @@ from .pages import (
     render_for_network,
     require_poppler,
     sha256_file,
-    thumbnail_jpeg,
     to_network_input,
     without_main_module,
 )
@@ -561,12 +560,18 @@ def _usable_texts(collection: Collection, settings: PipelineSettings, page_ids=N
             if usable_text(r["text"], r["n_words"], r["error"], settings.text, r["confidence"])}
 
 
-def fit_text(collection: Collection, settings: PipelineSettings, *, persist: bool = True, log: Log = _stderr) -> TextModel | None:
+def fit_text(
+    collection: Collection, settings: PipelineSettings, *, persist: bool = True, log: Log = _stderr,
+    texts: dict[int, str] | None = None, visual: np.ndarray | None = None,
+) -> TextModel | None:
     """Fit the collection's text model on all usable OCR text and (with ``persist``) store it.
 
     ``persist`` needs the collection's write lock (:func:`cluster` holds it): the model is written
     atomically to ``text_model.joblib`` and described under ``"text"`` in the manifest (method,
     settings, pages it was fitted on, vocabulary size, explained variance, token, versions).
+
+    ``texts`` (the usable texts, :func:`_usable_texts`) and ``visual`` (float32 (n, D), every
+    stored vector) may be given by a caller that has already read them (:func:`cluster`).
 
     Returns:
         The model, or ``None`` when the collection has too little text (fewer than 3 pages with
@@ -579,13 +584,14 @@ def fit_text(collection: Collection, settings: PipelineSettings, *, persist: boo
 
     import joblib
 
-    texts = _usable_texts(collection, settings)
+    texts = _usable_texts(collection, settings) if texts is None else texts
     model = fit_text_model([texts[k] for k in sorted(texts)], settings.text)
     if model is None:
         if texts:
             log(f"only {len(texts)} pages have usable OCR text: text features need at least 3; using visual features")
         return None
-    _, visual = collection.vectors()
+    if visual is None:
+        _, visual = collection.vectors()
     model.set_visual_mean(visual.mean(axis=0))
     if persist:
         buf = io.BytesIO()
@@ -658,14 +664,20 @@ def page_vectors(
         raise ValueError(f"unknown feature mode {mode!r}; use one of {', '.join(FEATURE_MODES)}")
     ids, visual = collection.vectors(page_ids)
     texts = _usable_texts(collection, settings, None if page_ids is None else ids)
+    if mode != "visual" and not (mode == "fused" and settings.text.fusion_weight == 0.0):
+        text_model = text_model or load_text_model(collection) or _text_model_in_memory(collection, settings)
+        if text_model is None and mode == "text":
+            raise CollectionError(f"{collection.root}: no page has usable OCR text (run `docsort ocr`)")
+    return _vectors_of(ids, visual, texts, settings, mode, text_model)
+
+
+def _vectors_of(ids: np.ndarray, visual: np.ndarray, texts: dict[int, str], settings: PipelineSettings, mode: str,
+                model: TextModel | None) -> PageVectors:
+    """:func:`page_vectors` once the vectors, usable texts and model are at hand; ``fused`` with
+    no model or weight 0 gives the visual vectors."""
     has_text = np.array([int(i) in texts for i in ids], dtype=bool)
     weight = settings.text.fusion_weight
-    if mode == "visual" or (mode == "fused" and weight == 0.0):
-        return PageVectors(ids, visual, has_text, "visual")
-    model = text_model or load_text_model(collection) or _text_model_in_memory(collection, settings)
-    if model is None:
-        if mode == "text":
-            raise CollectionError(f"{collection.root}: no page has usable OCR text (run `docsort ocr`)")
+    if mode == "visual" or model is None or (mode == "fused" and weight == 0.0):
         return PageVectors(ids, visual, has_text, "visual")
     text_vecs = np.zeros((len(ids), model.dim), np.float32)
     if has_text.any():
@@ -692,9 +704,10 @@ def _text_model_in_memory(collection: Collection, settings: PipelineSettings) ->
     return _IN_MEMORY_MODELS[key]
 
 
-def _name_clusters_by_keywords(collection: Collection, settings: PipelineSettings, ids: np.ndarray, labels: np.ndarray) -> dict[int, str]:
-    """Default names from the clusters' OCR text (c-TF-IDF); user-given names are kept."""
-    texts = _usable_texts(collection, settings, ids)
+def _name_clusters_by_keywords(collection: Collection, settings: PipelineSettings, ids: np.ndarray, labels: np.ndarray,
+                               texts: dict[int, str]) -> dict[int, str]:
+    """Default names from the clusters' OCR text (``texts``: the usable ones, c-TF-IDF); user-given
+    names are kept."""
     if not texts:
         return {}
     words = cluster_keywords([texts.get(int(i), "") for i in ids], labels, top_n=settings.text.keywords)
@@ -754,11 +767,14 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
 
     with collection.write_lock(lock_timeout_s, on_wait=log):
         # Text model refitted on all OCR text so far; fused vectors when there is text (issue 6).
-        text_model = fit_text(collection, settings, log=log) if settings.text.fusion_weight > 0 else None
+        # Vectors and texts are read once for the model, the fused vectors and the names.
+        ids, visual = collection.vectors()
+        texts = _usable_texts(collection, settings)
+        text_model = fit_text(collection, settings, log=log, texts=texts, visual=visual) if settings.text.fusion_weight > 0 else None
         if text_model is None:
             (collection.root / Collection.TEXT_MODEL).unlink(missing_ok=True)
-        pv = page_vectors(collection, settings, "fused", text_model=text_model) if text_model else page_vectors(collection, settings, "visual")
-        ids, vecs = pv.ids, pv.vectors
+        pv = _vectors_of(ids, visual, texts, settings, "fused", text_model)
+        vecs = pv.vectors
         result = cluster_vectors(vecs, settings.umap, settings.hdbscan)
         result.params.update(features=pv.mode, fusion_weight=pv.fusion_weight, pages_with_text=int(pv.has_text.sum()),
                              text_model_token=text_model.token if text_model else None,
@@ -781,7 +797,7 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
         atomic_write_bytes(collection.root / Collection.MODELS, buf.getvalue())
         collection.store_clustering(ids, result.labels, result.probabilities, result.embedding_2d,
                                     {**result.params, "models_token": token}, result.seconds, membership=result.membership)
-        result.names = _name_clusters_by_keywords(collection, settings, ids, result.labels)
+        result.names = _name_clusters_by_keywords(collection, settings, ids, result.labels, texts)
         manifest = collection.manifest() or {}
         manifest["clustering"] = {**result.params, "libraries": library_versions()}
         collection.write_manifest(manifest)

@@ -206,6 +206,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def _id_chunks(ids: list[int], size: int = 900) -> Iterator[tuple[list[int], str]]:
+    """``(chunk, "?,?,...")`` for ``WHERE id IN (...)`` over ``ids`` in chunks of ``size``, below
+    SQLite's default limit of 999 host parameters (SQLite docs, "Limits In SQLite", item 9)."""
+    for start in range(0, len(ids), size):
+        chunk = ids[start : start + size]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 def _retry_while_locked(op, timeout_s: float):
     """Run ``op()``, retrying every 50 ms for up to ``timeout_s`` seconds on "database is locked"."""
     import time
@@ -501,9 +509,7 @@ class Collection:
         else:
             wanted = [int(i) for i in page_ids]
             rows = []
-            for start in range(0, len(wanted), 900):
-                chunk = wanted[start : start + 900]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in _id_chunks(wanted):
                 found = dict(self._conn.execute(f"SELECT id, vector FROM pages WHERE id IN ({marks})", chunk).fetchall())
                 missing = [i for i in chunk if i not in found]
                 if missing:
@@ -535,9 +541,7 @@ class Collection:
             return [StoredPage(*r) for r in rows]
         wanted = [int(i) for i in page_ids]
         found: dict[int, StoredPage] = {}
-        for start in range(0, len(wanted), 900):
-            chunk = wanted[start : start + 900]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _id_chunks(wanted):
             for r in self._conn.execute(sql + f" WHERE p.id IN ({marks})", chunk):
                 found[r[0]] = StoredPage(*r)
         return [found[i] for i in wanted if i in found]
@@ -851,9 +855,8 @@ class Collection:
             return {r[0]: dict(zip(keys, r[1:])) for r in self._conn.execute(sql)}
         wanted = [int(i) for i in page_ids]
         out: dict[int, dict] = {}
-        for start in range(0, len(wanted), 900):
-            chunk = wanted[start : start + 900]
-            for r in self._conn.execute(sql + f" WHERE page_id IN ({','.join('?' * len(chunk))})", chunk):
+        for chunk, marks in _id_chunks(wanted):
+            for r in self._conn.execute(sql + f" WHERE page_id IN ({marks})", chunk):
                 out[r[0]] = dict(zip(keys, r[1:]))
         return out
 

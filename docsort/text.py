@@ -33,7 +33,6 @@ cluster and ``f`` the word's frequency over all clusters.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -335,9 +334,3 @@ def cluster_keywords(texts: list[str], clusters: np.ndarray, top_n: int = 3, min
 def keyword_name(words: list[str]) -> str:
     """A default cluster name from its keywords: ``"invoice · total · vat"``."""
     return " · ".join(words)
-
-
-def clean_for_display(text: str, limit: int = 400) -> str:
-    """OCR text shortened for a table cell: whitespace collapsed, cut at ``limit`` characters."""
-    s = re.sub(r"\s+", " ", text or "").strip()
-    return s if len(s) <= limit else s[: limit - 1] + "…"
