@@ -7,3 +7,6 @@ composed by :mod:`docsort.pipeline` with settings from :mod:`docsort.settings`.
 """
 
 __version__ = "0.1.0"
+
+# Before any submodule imports TensorFlow: what TensorFlow reads at import (docsort.runtime).
+from . import runtime as _runtime  # noqa: E402,F401

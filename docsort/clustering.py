@@ -144,7 +144,11 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
         ClusteringError: fewer than :data:`MIN_PAGES` vectors.
     """
     import hdbscan
-    import umap
+
+    from .runtime import quiet_native_stderr
+
+    with quiet_native_stderr():  # umap-learn imports TensorFlow (parametric UMAP) when it is installed
+        import umap
 
     n = len(vectors)
     if n < MIN_PAGES:

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from .runtime import quiet_native_stderr  # noqa: E402
 
-import keras  # noqa: E402
-from keras import ops  # noqa: E402
+with quiet_native_stderr():  # TensorFlow's import-time C++ log (docsort.runtime)
+    import keras  # noqa: E402
+    from keras import ops  # noqa: E402
 
 from .settings import FeatureSettings  # noqa: E402
 from .weights import ResolvedWeights, WeightsError, resolve_weights  # noqa: E402
@@ -171,7 +172,8 @@ def _gpu_visible() -> bool:
         if backend == "tensorflow":
             import tensorflow as tf
 
-            return bool(tf.config.list_physical_devices("GPU"))
+            with quiet_native_stderr():  # "failed call to cuInit" where there is no GPU
+                return bool(tf.config.list_physical_devices("GPU"))
         if backend == "jax":
             import jax
 
@@ -340,7 +342,9 @@ class FeatureExtractor:
         if keras.backend.backend() != "tensorflow":
             raise BackboneError("hub: backbones need the TensorFlow backend")
         import tensorflow as tf
-        import tensorflow_hub as hub
+
+        with quiet_native_stderr():
+            import tensorflow_hub as hub
 
         handle = validate_hub_handle(s.backbone[len("hub:"):])
         try:

@@ -221,8 +221,11 @@ def _load_encoder(method: str):
     if method.startswith("hub:"):
         handle = method[4:]
         try:
-            import tensorflow as tf
-            import tensorflow_hub as hub
+            from .runtime import quiet_native_stderr
+
+            with quiet_native_stderr():
+                import tensorflow as tf
+                import tensorflow_hub as hub
 
             module = hub.load(handle)
         except Exception as exc:  # URLError offline, OSError for a bad path, ValueError

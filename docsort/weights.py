@@ -125,20 +125,22 @@ def _bundled() -> ResolvedWeights:
 
 
 def _imagenet(allow_download: bool, expected_sha256: str | None = None) -> ResolvedWeights:
-    import keras
+    from .runtime import quiet_native_stderr, quiet_stdout
+
+    with quiet_native_stderr():
+        import keras
 
     cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / IMAGENET_NOTOP_FILE
     if not cache.is_file() and not allow_download:
         raise WeightsError(f"ImageNet weights not cached at {cache}")
     try:
-        path = Path(
-            keras.utils.get_file(
+        with quiet_stdout():  # get_file prints "Downloading data from URL" before it knows
+            path = Path(keras.utils.get_file(
                 IMAGENET_NOTOP_FILE,
                 IMAGENET_NOTOP_URL,
                 cache_subdir="models",
                 file_hash=IMAGENET_NOTOP_MD5,
-            )
-        )
+            ))
     except Exception as exc:  # URLError, HTTPError, hash mismatch (ValueError)...
         raise WeightsError(
             f"cannot fetch the ImageNet InceptionV3 weights from {IMAGENET_NOTOP_URL}: "
