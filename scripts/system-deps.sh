@@ -23,5 +23,20 @@ fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 echo "docsort: installing ${need[*]}" >&2
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Another apt or dpkg (unattended-upgrades, a second install) may hold the package locks: wait for
+# them for up to DOCSORT_APT_LOCK_TIMEOUT seconds instead of failing at once. apt-get install waits by
+# itself with DPkg::Lock::Timeout (apt >= 1.9.11); apt-get update's lists lock is not covered by that
+# option, so update is retried while its error is a lock, and only then.
+LOCK_TIMEOUT="${DOCSORT_APT_LOCK_TIMEOUT:-300}"
+APT=($SUDO apt-get -o DPkg::Lock::Timeout="$LOCK_TIMEOUT")
+waited=0
+until out=$("${APT[@]}" update -qq 2>&1); do
+  if ! grep -q "Could not get lock" <<<"$out" || [ "$waited" -ge "$LOCK_TIMEOUT" ]; then
+    echo "$out" >&2
+    exit 1
+  fi
+  [ "$waited" -eq 0 ] && echo "docsort: waiting for another package manager to finish (up to ${LOCK_TIMEOUT} s)" >&2
+  sleep 5
+  waited=$((waited + 5))
+done
+DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null
