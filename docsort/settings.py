@@ -335,15 +335,19 @@ class PipelineSettings(_Strict):
 def pipeline_search_path() -> list[Path]:
     """Folders searched for ``NAME.toml``, first match wins.
 
-    ``$DOCSORT_PIPELINES`` (os.pathsep-separated), ``./pipelines``, and the ``pipelines/`` folder
-    of the source checkout this package was imported from.
+    ``$DOCSORT_PIPELINES`` (os.pathsep-separated), ``./pipelines``, the ``pipelines/`` folder of
+    the source checkout this package was imported from, and the pipelines installed with the
+    package (``docsort/pipelines/*.toml`` in a wheel: the same files as the repository's
+    ``pipelines/``, see ``pyproject.toml``).
     """
     dirs: list[Path] = []
     env = os.environ.get("DOCSORT_PIPELINES")
     if env:
         dirs += [Path(p) for p in env.split(os.pathsep) if p]
     dirs.append(Path.cwd() / "pipelines")
-    dirs.append(Path(__file__).resolve().parent.parent / "pipelines")
+    here = Path(__file__).resolve().parent
+    dirs.append(here.parent / "pipelines")
+    dirs.append(here / "pipelines")
     return dirs
 
 
