@@ -41,6 +41,19 @@ PipelineOpt = Annotated[
 DEFAULT_COLLECTION = Path("docsort-collection")
 
 
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Let TensorFlow's and the other libraries' own log through (same as DOCSORT_LOG=debug).")] = False,
+) -> None:
+    """Sort piles of scanned documents by how they look (InceptionV3 Mixed_5c features, FAISS, UMAP + HDBSCAN)."""
+    if verbose:
+        import os
+
+        os.environ["DOCSORT_LOG"] = "debug"
+        # docsort.runtime set TF_CPP_MIN_LOG_LEVEL=3 when it was imported (TensorFlow is not yet).
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
@@ -312,17 +325,21 @@ def search(
 
         out.print_json(json.dumps({"query": result.query, "pages": [asdict(h) for h in result.pages], "documents": [asdict(h) for h in result.documents]}))
         return
+    several = len({h.query_page for h in result.pages}) > 1
     table = Table(title=f"pages most like {result.query}")
-    for c in ("query page", "rank", "score", "page id", "file", "page", "cluster"):
+    _file_columns(table, [h.path for h in result.pages])
+    for c in (["query page"] if several else []) + ["rank", "score", "page", "page id", "cluster"]:
         table.add_column(c)
     for h in result.pages:
-        table.add_row(str(h.query_page), str(h.rank), f"{h.score:.3f}", str(h.page_id), _shown_path(h.path), str(h.page_no), _cluster_label(h.cluster, h.cluster_name))
+        table.add_row(*_file_cells(h.path), *([str(h.query_page)] if several else []), str(h.rank), f"{h.score:.3f}",
+                      str(h.page_no), str(h.page_id), _cluster_label(h.cluster, h.cluster_name))
     out.print(table)
     table = Table(title="documents")
-    for c in ("rank", "score", "file", "best page", "cluster"):
+    _file_columns(table, [h.path for h in result.documents])
+    for c in ("rank", "score", "best page", "cluster"):
         table.add_column(c)
     for h in result.documents:
-        table.add_row(str(h.rank), f"{h.score:.3f}", _shown_path(h.path), str(h.best_page_no), _cluster_label(h.cluster, h.cluster_name))
+        table.add_row(*_file_cells(h.path), str(h.rank), f"{h.score:.3f}", str(h.best_page_no), _cluster_label(h.cluster, h.cluster_name))
     out.print(table)
 
 
@@ -341,12 +358,36 @@ def _search_text(col, query: str, k: int, as_json: bool) -> None:
                   markup=False, highlight=False)
         return
     table = Table(title=f"pages whose text matches {query}")
-    for c in ("rank", "score", "page id", "file", "page", "cluster", "text"):
+    _file_columns(table, [h.path for h in hits])
+    for c in ("rank", "score", "page", "page id", "cluster", "text"):
         table.add_column(c)
     for h in hits:
-        table.add_row(str(h.rank), f"{h.score:.2f}", str(h.page_id), _shown_path(h.path), str(h.page_no),
+        table.add_row(*_file_cells(h.path), str(h.rank), f"{h.score:.2f}", str(h.page_no), str(h.page_id),
                       _cluster_label(h.cluster, h.cluster_name), h.snippet.replace("\n", " "))
     out.print(table)
+
+
+#: Terminal width (columns) from which result tables add a "folder" column with the rest of each path.
+WIDE_TERMINAL = 120
+
+
+def _wide() -> bool:
+    return out.width >= WIDE_TERMINAL
+
+
+def _file_columns(table: Table, paths: list[str]) -> None:
+    """First columns of a result table: the file name, whole (folded, never cut with an ellipsis:
+    it is what the user reads), and on a wide terminal the folder it is in. The full path is in
+    ``--json``."""
+    longest = max((len(Path(p).name) for p in paths), default=4)
+    table.add_column("file", overflow="fold", min_width=min(longest, 48))
+    if _wide():
+        table.add_column("folder", overflow="fold")
+
+
+def _file_cells(path: str) -> list[str]:
+    shown = Path(_shown_path(path))
+    return [shown.name, str(shown.parent)] if _wide() else [shown.name]
 
 
 def _shown_path(path: str) -> str:
@@ -679,14 +720,16 @@ def ui(
     import os
     import subprocess
 
-    app_py = Path(__file__).resolve().parent.parent / "app.py"
+    from .faces import APP_SCRIPT as app_py
+
     if not app_py.is_file():
-        raise _fail(f"{app_py} not found (the UI runs from a source checkout)", 3)
+        raise _fail(f"{app_py} not found: this docsort install is incomplete (reinstall it)", 3)
     env = {**os.environ, "DOCSORT_COLLECTION": str(collection.resolve())}
     # The same options as .streamlit/config.toml (read only from the current folder by `streamlit run`).
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_py), "--server.address", address, "--server.port", str(port),
            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.maxUploadSize", "200",
-           "--server.enableXsrfProtection", "true", "--server.enableCORS", "true", "--server.fileWatcherType", "none"]
+           "--server.enableXsrfProtection", "true", "--server.enableCORS", "true", "--server.fileWatcherType", "none",
+           "--client.toolbarMode", "minimal"]
     raise typer.Exit(subprocess.call(cmd, env=env))
 
 

@@ -45,6 +45,7 @@ from .pages import (
     to_network_input,
     without_main_module,
 )
+from .runtime import machine
 from .settings import PipelineSettings
 from .storage import Collection, CollectionError, atomic_write_bytes
 from .text import FEATURE_MODES, TextModel, cluster_keywords, fit_text_model, fuse, keyword_name, usable_text
@@ -249,6 +250,7 @@ def _new_manifest(settings: PipelineSettings, extractor: FeatureExtractor) -> di
         "render": settings.render.model_dump(mode="json"),
         "seeds": {"weights_init": settings.features.seed, "umap_random_state": settings.umap.random_state},
         "libraries": library_versions(),
+        "machine": machine(),
     }
 
 
@@ -799,7 +801,7 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
                                     {**result.params, "models_token": token}, result.seconds, membership=result.membership)
         result.names = _name_clusters_by_keywords(collection, settings, ids, result.labels, texts)
         manifest = collection.manifest() or {}
-        manifest["clustering"] = {**result.params, "libraries": library_versions()}
+        manifest["clustering"] = {**result.params, "libraries": library_versions(), "machine": machine()}
         collection.write_manifest(manifest)
     return result
 
@@ -1164,7 +1166,17 @@ def info(collection: Collection) -> dict:
         **collection.text_counts(),
         "ocr": (lambda o: f"{o.get('engine')} lang={o.get('lang')} dpi={o.get('dpi')}" if o else None)(manifest.get("ocr")),
         "text_model": (lambda t: f"{t.get('method')} {t.get('dim')}-d on {t.get('pages_fitted')} pages" if t else None)(manifest.get("text")),
+        "built_on": _machine_line(manifest.get("machine")),
+        "clustered_on": _machine_line((manifest.get("clustering") or {}).get("machine")),
     }
+
+
+def _machine_line(m: dict | None) -> str | None:
+    """``"CPU model, N cores, flags a b c"`` of a manifest's ``machine`` record (None before it was recorded)."""
+    if not m:
+        return None
+    flags = " ".join(f for f in m.get("cpu_flags", []) if f.startswith(("avx512", "amx", "avx2", "sve")))
+    return f"{m.get('cpu')}, {m.get('cores')} cores" + (f", {flags}" if flags else "")
 
 
 def export_pages(collection: Collection, out: str | Path, *, vectors: bool = False) -> int:
