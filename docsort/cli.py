@@ -248,18 +248,7 @@ def cluster(
             settings = settings.model_copy(update={"hdbscan": settings.hdbscan.model_copy(update={"reassign_noise_threshold": reassign_noise})})
         with err.status("clustering (UMAP + HDBSCAN)..."):
             result = run_cluster(col, settings, lock_timeout_s=lock_timeout)
-        threshold = settings.hdbscan.reassign_noise_threshold
-        out.print(
-            f"{result.n_clusters} clusters: {result.n_members} pages confident members, "
-            f"{result.n_reassigned} reassigned from noise "
-            + (f"(soft membership >= {threshold:g})" if threshold > 0 else "(reassignment off)")
-            + f"; {result.n_noise} of {len(result.labels)} pages noise "
-            f"({100 * result.n_noise / len(result.labels):.0f}%), {result.seconds:.1f} s "
-            f"(UMAP n_components={result.params['umap']['n_components']}, "
-            f"HDBSCAN min_cluster_size={result.params['hdbscan']['min_cluster_size']}, "
-            f"min_samples={result.params['hdbscan']['min_samples']})",
-            highlight=False,
-        )
+        out.print(cluster_summary(result, settings.hdbscan.reassign_noise_threshold), highlight=False)
         _print_clusters(col)
     except ClusteringError as exc:
         raise _fail(str(exc), 2) from exc
@@ -267,6 +256,27 @@ def cluster(
         raise _fail(str(exc), 3) from exc
     finally:
         col.close()
+
+
+def cluster_summary(result, threshold: float) -> str:
+    """The line ``docsort cluster`` prints: clusters, confident members, pages reassigned from
+    noise (with the soft-membership threshold, or "reassignment off"), noise, time, sizes used.
+
+    Args:
+        result: a :class:`docsort.clustering.ClusterResult`; threshold: the
+            ``reassign_noise_threshold`` it ran with (0 = off).
+    """
+    n = len(result.labels)
+    umap = result.params.get("umap", {})
+    return (
+        f"{result.n_clusters} clusters: {result.n_members} pages confident members, "
+        f"{result.n_reassigned} reassigned from noise "
+        + (f"(soft membership >= {threshold:g})" if threshold > 0 else "(reassignment off)")
+        + f"; {result.n_noise} of {n} pages noise ({100 * result.n_noise / max(n, 1):.0f}%), {result.seconds:.1f} s "
+        f"(UMAP n_components={umap.get('n_components', '-')}, "
+        f"HDBSCAN min_cluster_size={result.params['hdbscan']['min_cluster_size']}, "
+        f"min_samples={result.params['hdbscan']['min_samples']})"
+    )
 
 
 def _print_clusters(col) -> None:

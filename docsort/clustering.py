@@ -41,6 +41,7 @@ __all__ = [
     "MEMBERSHIPS",
     "auto_min_cluster_size",
     "cluster_vectors",
+    "cluster_embedding",
     "reassign_noise",
     "match_cluster_ids",
     "predict_clusters",
@@ -165,6 +166,43 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
         embedding = reducer.fit_transform(vectors).astype(np.float32)
         mapper = umap.UMAP(n_components=2, min_dist=umap_settings.map_min_dist, **common)
         embedding_2d = mapper.fit_transform(vectors).astype(np.float32)
+    result = cluster_embedding(embedding, hdbscan_settings)
+    result.embedding_2d = embedding_2d
+    result.params = {"umap": {**umap_settings.model_dump(), "n_neighbors": n_neighbors, "n_components": n_components},
+                     **result.params}
+    result.models = {"umap": reducer, "umap_2d": mapper, **result.models}
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def cluster_embedding(embedding: np.ndarray, hdbscan_settings: HdbscanSettings) -> ClusterResult:
+    """HDBSCAN (and, when asked, soft reassignment of noise) on an embedding already made.
+
+    The second half of :func:`cluster_vectors`, apart so that it can be given any embedding: UMAP's
+    output, or in tests a fixed one whose clusters and outliers are known by construction (UMAP
+    is reproducible on one machine, not across CPUs; HDBSCAN on a given embedding is deterministic).
+
+    Args:
+        embedding: float (n, d) points, n >= :data:`MIN_PAGES` (d = UMAP ``n_components``).
+        hdbscan_settings: ``min_cluster_size`` / ``min_samples`` 0 = automatic (see
+            :class:`~docsort.settings.HdbscanSettings`); ``reassign_noise_threshold > 0`` turns on
+            :func:`reassign_noise`.
+
+    Returns:
+        A :class:`ClusterResult` whose ``embedding`` is the input (float32), ``embedding_2d`` empty
+        (n, 0) until :func:`cluster_vectors` sets it, ``models`` ``{"hdbscan": clusterer}`` and
+        ``params`` ``{"hdbscan": ...}`` with the sizes actually used.
+
+    Raises:
+        ClusteringError: fewer than :data:`MIN_PAGES` points.
+    """
+    import hdbscan
+
+    embedding = np.asarray(embedding, np.float32)
+    n = len(embedding)
+    if n < MIN_PAGES:
+        raise ClusteringError(f"{n} pages are too few to cluster (need at least {MIN_PAGES})")
+    t0 = time.perf_counter()
     mcs = hdbscan_settings.min_cluster_size or auto_min_cluster_size(n)
     ms = hdbscan_settings.min_samples or max(1, mcs // 2)
     clusterer = hdbscan.HDBSCAN(
@@ -184,18 +222,14 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
             labels, membership, probabilities = reassign_noise(clusterer, labels, probabilities, threshold)
         except ClusteringError as exc:
             notes.append(f"noise not reassigned: {exc}")
-    params = {
-        "umap": {**umap_settings.model_dump(), "n_neighbors": n_neighbors, "n_components": n_components},
-        "hdbscan": {**hdbscan_settings.model_dump(), "min_cluster_size": mcs, "min_samples": ms},
-    }
     return ClusterResult(
         labels=labels,
         probabilities=probabilities,
         embedding=embedding,
-        embedding_2d=embedding_2d,
-        params=params,
+        embedding_2d=np.zeros((n, 0), np.float32),
+        params={"hdbscan": {**hdbscan_settings.model_dump(), "min_cluster_size": mcs, "min_samples": ms}},
         seconds=time.perf_counter() - t0,
-        models={"umap": reducer, "umap_2d": mapper, "hdbscan": clusterer},
+        models={"hdbscan": clusterer},
         membership=membership,
         notes=notes,
     )

@@ -1,6 +1,6 @@
 """End to end in a real browser: Debian's Chromium, driven by Playwright, against `docsort ui`.
 
-`docsort ui` (which runs `streamlit run app.py`) serves the app on a free 127.0.0.1 port against a
+`docsort ui` (which runs `streamlit run` on the packaged app, docsort/faces/app.py) serves the app on a free 127.0.0.1 port against a
 copy of the sample collection, with XSRF protection on as in normal use. The
 test uploads a scan through the file-upload widget, waits for the ingest, finds its neighbours,
 opens a cluster, opens a gallery page's neighbours and selects a point on the map, asserting on
@@ -64,17 +64,20 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serve(collection: Path, log_name: str):
-    """`docsort ui` on a free localhost port for ``collection``; yields its URL, stops it afterwards."""
+def _serve(collection: Path, log_name: str, docsort: list[str] | None = None, cwd: Path = REPO, env: dict | None = None):
+    """`docsort ui` on a free localhost port for ``collection``; yields its URL, stops it afterwards.
+
+    ``docsort`` is the command that runs docsort (default: this interpreter's ``-m docsort.cli``),
+    started in ``cwd`` with ``env`` (default: this process's environment)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    env = {**os.environ, "DOCSORT_COLLECTION": str(collection), "DOCSORT_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**(os.environ if env is None else env), "DOCSORT_COLLECTION": str(collection), "DOCSORT_OFFLINE": "1"}
     log = open(ARTIFACTS / log_name, "wb")
     # Started the way a person starts it: `docsort ui` (which runs `streamlit run app.py` on 127.0.0.1),
     # in its own process group so that the Streamlit child is stopped with it.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "docsort.cli", "ui", "--collection", str(collection), "--port", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [*(docsort or [sys.executable, "-m", "docsort.cli"]), "ui", "--collection", str(collection), "--port", str(port)],
+        cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90
