@@ -45,7 +45,7 @@ from .pages import (
     to_network_input,
     without_main_module,
 )
-from .runtime import machine
+from .runtime import REPRODUCIBILITY, machine
 from .settings import PipelineSettings
 from .storage import Collection, CollectionError, atomic_write_bytes
 from .text import FEATURE_MODES, TextModel, cluster_keywords, fit_text_model, fuse, keyword_name, usable_text
@@ -251,6 +251,7 @@ def _new_manifest(settings: PipelineSettings, extractor: FeatureExtractor) -> di
         "seeds": {"weights_init": settings.features.seed, "umap_random_state": settings.umap.random_state},
         "libraries": library_versions(),
         "machine": machine(),
+        "reproducibility": REPRODUCIBILITY,
     }
 
 

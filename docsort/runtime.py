@@ -29,7 +29,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["configure", "verbose", "quiet_native_stderr", "quiet_stdout", "machine", "CPU_FLAGS_OF_INTEREST"]
+__all__ = ["configure", "verbose", "quiet_native_stderr", "quiet_stdout", "machine", "CPU_FLAGS_OF_INTEREST", "CROSS_MACHINE_VECTOR_TOLERANCE", "REPRODUCIBILITY"]
 
 
 def verbose() -> bool:
@@ -95,6 +95,20 @@ def quiet_stdout() -> Iterator[None]:
 
 configure()
 
+
+#: Largest difference, per vector component, between the same page's L2-normalised vectors computed
+#: by other kernels for the same network and weights (another CPU's instruction set, TensorFlow's
+#: Eigen kernels instead of oneDNN, Keras on JAX). Measured (benchmarks/reproducibility.py and
+#: benchmarks/backend_check.py, sample_docs): 6.5e-8 oneDNN vs Eigen, 2.2e-7 TensorFlow vs JAX; this
+#: leaves a margin of 4x. Vectors that close still give other UMAP embeddings, so clusters may differ.
+CROSS_MACHINE_VECTOR_TOLERANCE = 1e-6
+
+#: What a collection's manifest says is reproducible (README, "Reproducible").
+REPRODUCIBILITY = {
+    "same_machine": "same files, settings, library versions and machine: bit-identical vectors, neighbours and clusters",
+    "other_cpu": f"vectors equal within {CROSS_MACHINE_VECTOR_TOLERANCE:g} per component (max abs); UMAP, and so "
+                 "HDBSCAN's clusters, may differ (numba compiles other code for another CPU)",
+}
 
 #: CPU flags (Linux ``/proc/cpuinfo`` names) that change which kernels oneDNN, OpenBLAS, FAISS and
 #: numba run, and so the last bits of vectors and UMAP embeddings.
