@@ -65,6 +65,38 @@ def collection_copy(sample_collection, tmp_path):
     return dst
 
 
+def add_noise_pages(root: Path, n: int = 2) -> list[int]:
+    """Make ``n`` pages of the largest cluster of the collection at ``root`` noise pages, through the
+    store (a clustering run like the last one, models token included, with those pages as noise).
+
+    UMAP differs across CPUs (issue 12), so whether HDBSCAN leaves sample_docs pages as noise
+    depends on the machine; tests that need noise pages build them with this. Returns their ids."""
+    import numpy as np
+
+    from docsort.storage import Collection
+
+    with Collection(root) as col:
+        table = col.page_table()
+        run = col.last_cluster_run()
+        labels = table["cluster"].to_numpy(np.int64)
+        biggest = int(table.loc[table["cluster"] >= 0, "cluster"].value_counts().index[0])
+        chosen = table.loc[labels == biggest, "page_id"].astype(int).tolist()[-n:]
+        noise = table["page_id"].isin(chosen).to_numpy()
+        labels[noise] = -1
+        membership = np.where(noise, "noise", table["membership"].to_numpy(str))
+        probabilities = np.where(noise, 0.0, table["probability"].to_numpy(float))
+        col.store_clustering(table["page_id"].to_numpy(np.int64), labels, probabilities,
+                             table[["umap_x", "umap_y"]].to_numpy(float), run["settings"], run["seconds"], membership=membership)
+    return chosen
+
+
+@pytest.fixture
+def collection_with_noise(collection_copy):
+    """A private copy of the sample collection with at least two noise pages (see :func:`add_noise_pages`)."""
+    add_noise_pages(collection_copy)
+    return collection_copy
+
+
 @pytest.fixture(scope="session")
 def ocr_collection(tmp_path_factory, sample_collection, settings):
     """A copy of the sample collection with all 41 pages of sample_docs/ OCR'd (default OCR

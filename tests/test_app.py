@@ -24,11 +24,12 @@ APP = str(REPO / "app.py")
 
 
 @pytest.fixture
-def app(collection_copy, monkeypatch):
-    """An AppTest of app.py on a private copy of the sample collection, after its first run."""
+def app(collection_with_noise, monkeypatch):
+    """An AppTest of app.py on a private copy of the sample collection (with noise pages, made so
+    on any machine: conftest.add_noise_pages), after its first run."""
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setenv("DOCSORT_COLLECTION", str(collection_copy))
+    monkeypatch.setenv("DOCSORT_COLLECTION", str(collection_with_noise))
     at = AppTest.from_file(APP, default_timeout=180)
     at.run()
     assert not at.exception, at.exception
@@ -95,6 +96,7 @@ def test_noise_view(app, collection_copy):
     col = Collection(collection_copy)
     noise = browse.cluster_pages(col, browse.NOISE)
     col.close()
+    assert len(noise) >= 2  # made so by the fixture
     at.button(key="open-noise").click().run()
     assert [h.value for h in at.header] == ["Noise / outliers"]
     assert _captions(at) == [f"{f} · p.{p}" for f, p in zip(noise["file"], noise["page"])]
@@ -269,7 +271,7 @@ def test_from_an_empty_collection_to_clusters_and_neighbours(tmp_path, monkeypat
     assert len(at.table[0].value) == 8
 
 
-def test_opening_and_browsing_never_reruns_umap_or_embeds(collection_copy, monkeypatch):
+def test_opening_and_browsing_never_reruns_umap_or_embeds(collection_with_noise, monkeypatch):
     """Reading views use the stored map, clusters and vectors: no UMAP, HDBSCAN or TensorFlow model."""
     import umap
     from streamlit.testing.v1 import AppTest
@@ -284,7 +286,7 @@ def test_opening_and_browsing_never_reruns_umap_or_embeds(collection_copy, monke
     monkeypatch.setattr(docsort.pipeline, "cluster", forbidden)
     monkeypatch.setattr(docsort.pipeline, "make_extractor", forbidden)
     monkeypatch.setattr(docsort.features.FeatureExtractor, "__init__", forbidden)
-    monkeypatch.setenv("DOCSORT_COLLECTION", str(collection_copy))
+    monkeypatch.setenv("DOCSORT_COLLECTION", str(collection_with_noise))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, at.exception
     at.button(key="open-noise").click().run()

@@ -161,10 +161,7 @@ def test_search_returns_the_page_itself_first(sample_collection, settings, extra
         assert col.counts()["pages"] == 41  # the query was not stored
 
 
-def test_clusters_are_stored_counted_and_match_the_document_kinds(sample_collection):
-    from sklearn.metrics import adjusted_rand_score
-
-    labels = sample_labels()
+def test_clusters_are_stored_and_counted(sample_collection):
     with Collection(sample_collection) as col:
         table = col.page_table()
         run = col.last_cluster_run()
@@ -172,10 +169,35 @@ def test_clusters_are_stored_counted_and_match_the_document_kinds(sample_collect
     assert table["cluster"].notna().all()
     assert run["n_pages"] == 41 and run["n_noise"] == int((table["cluster"] == -1).sum())
     assert sum(r.pages for r in rows) == 41
-    assert run["n_clusters"] == len([r for r in rows if r.cluster >= 0]) >= 3
-    cats = [labels[(p, n)] for p, n in zip(table["path"], table["page"])]
-    assert adjusted_rand_score(cats, table["cluster"].astype(int)) > 0.3
+    assert run["n_clusters"] == len([r for r in rows if r.cluster >= 0]) >= 1
     assert np.isfinite(table[["umap_x", "umap_y"]].to_numpy(float)).all()
+
+
+#: Clustering quality on sample_docs' six kinds, over UMAP seeds 0-4 (a property of the vectors and
+#: settings, not of one CPU's UMAP run). Measured on this project's 2-core machines (issue 12):
+#: seeds 0-4 gave ARI 0.657-0.680 (mean 0.666); over seeds 0-9 the worst was 0.365 (3 clusters).
+#: Thresholds leave a margin of 0.2 on the mean and 0.15 on the worst seed.
+SAMPLE_ARI_MEAN_MIN, SAMPLE_ARI_SEED_MIN = 0.45, 0.2
+
+
+def test_clusters_match_the_document_kinds_over_several_umap_seeds(sample_collection, settings):
+    from sklearn.metrics import adjusted_rand_score
+
+    from docsort.clustering import cluster_vectors
+
+    labels = sample_labels()
+    with Collection(sample_collection) as col:
+        table = col.page_table()
+        ids, vecs = col.vectors()
+    assert table["page_id"].tolist() == ids.tolist()
+    cats = [labels[(p, n)] for p, n in zip(table["path"], table["page"])]
+    scores = []
+    for seed in range(5):
+        umap_settings = settings.umap.model_copy(update={"random_state": seed})
+        result = cluster_vectors(vecs, umap_settings, settings.hdbscan)
+        assert result.n_clusters >= 2, f"UMAP seed {seed}: {result.n_clusters} cluster(s)"
+        scores.append(adjusted_rand_score(cats, result.labels))
+    assert min(scores) >= SAMPLE_ARI_SEED_MIN and np.mean(scores) >= SAMPLE_ARI_MEAN_MIN, scores
 
 
 def test_reclustering_is_deterministic_and_keeps_user_names(collection_copy, settings, extractor, tmp_path):
@@ -227,6 +249,12 @@ def test_info_records_backbone_weights_and_versions(sample_collection):
         assert lib in manifest["libraries"]
     assert manifest["pipeline"]["name"] == "default"
     assert manifest["clustering"]["umap"]["random_state"] == 42
+    # The machine it was built and clustered on (issue 12: UMAP differs across CPUs).
+    from docsort.runtime import machine
+
+    for key in ("machine",):
+        assert manifest[key] == manifest["clustering"][key] == machine()
+    assert data["built_on"].startswith(machine()["cpu"]) and data["clustered_on"] == data["built_on"]
 
 
 def test_worker_processes_give_the_same_vectors_as_rendering_in_process(tmp_path, settings, extractor):
