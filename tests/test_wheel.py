@@ -103,6 +103,9 @@ def test_a_wheel_install_runs_a_pipeline_the_cluster_table_and_the_app(wheel_ven
             main = page.get_by_test_id("stMain")
             expect(main.get_by_role("heading", name="Clusters")).to_be_visible(timeout=90_000)
             expect(page.get_by_test_id("stSidebar").get_by_text("30 documents · 41 pages")).to_be_visible()
+            # Rendered: the clusters' representative thumbnails have arrived and decoded.
+            page.wait_for_function("() => document.images.length >= 6 && "
+                                   "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)", timeout=90_000)
             shot("01-first-page")
             assert not page.get_by_test_id("stException").count()
     log = (ARTIFACTS / "streamlit-wheel.log").read_text(errors="replace")
