@@ -58,6 +58,7 @@ __all__ = [
     "SearchResult",
     "score_note",
     "prepare_invariance",
+    "style_views",
     "ClusterRow",
     "effective_settings",
     "make_extractor",
@@ -431,9 +432,15 @@ def ingest(
             # Always: also repairs an index file that disagrees with the database.
             stages["pipeline_wall"] += time.perf_counter() - t_wait
             t = time.perf_counter()
-            _, info_ = sync_index(collection, settings.index, projection=active_projection(collection, settings))
-            stages["index"] += time.perf_counter() - t
+            _, info_ = sync_index(collection, settings.index)
             report.index = f"{info_.kind}, {info_.ntotal} vectors ({info_.action})"
+            projection = active_projection(collection, settings)
+            if projection is not None:
+                # The projected index, which searches read; index.faiss (raw vectors) is kept too,
+                # for the collection with the projection turned off.
+                _, pinfo = sync_index(collection, settings.index, projection=projection)
+                report.index += f"; scan-style invariant {projection.dims}-d: {pinfo.kind}, {pinfo.ntotal} vectors ({pinfo.action})"
+            stages["index"] += time.perf_counter() - t
         classify.after_ingest(collection, settings, log=log)  # document types for new pages; no-op without a classifier
         report.provisional_pages = assign_provisional(collection, log=log)  # issue 5: clusters for new pages, no re-fit
         if run_ocr:
@@ -825,67 +832,37 @@ def prepare_invariance(collection: Collection, settings: PipelineSettings, *, lo
         return fit_invariance(collection, settings, progress=progress, log=log)
 
 
-def fit_invariance(
-    collection: Collection, settings: PipelineSettings, *, extractor: FeatureExtractor | None = None, force: bool = False,
-    progress: bool = True, log: Log = _stderr,
-) -> InvarianceReport:
-    """Fit (when due) and store the collection's scan-style-invariant projection.
+def style_views(
+    collection: Collection, settings: PipelineSettings, page_ids, *, extractor: FeatureExtractor, progress: bool = False,
+    log: Log = _stderr,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each stored page's vectors in every style of ``settings.invariance.styles``.
 
-    The caller holds the write lock (:func:`cluster` calls this first). When due (no projection,
-    settings or weights changed, or the collection has grown by ``invariance.refit_growth`` since
-    the fit; or ``force``): a sample of at most ``invariance.sample_pages`` pages (all pages below
-    it, else drawn with ``numpy.random.default_rng(invariance.seed)``) is re-read from the files
-    (the first recorded path whose bytes still have the stored sha256, as OCR does; pages whose
-    file moved or changed are skipped and counted), rendered at ``render.long_side_px``, restyled
-    (:func:`docsort.styles.render_styles`, seeded per page id), resized to the network input and
-    embedded with the collection's extractor; ``as_is`` takes the stored vector (the same
-    pixels and extractor made it). :func:`docsort.invariance.fit_projection` then fits the
-    projection, which is written atomically to ``invariance.bin`` and described under
-    ``"invariance"`` in the manifest (sha256, dims, styles, pages fitted and skipped, eigenvalues,
-    the settings it depends on, pages at fit, seconds), and the projected FAISS index is built.
+    Pages are re-read from their files (the first recorded path whose bytes still have the
+    stored sha256, :func:`docsort.ocr._find_source`), rendered with ``settings.render``, restyled
+    with :func:`docsort.styles.render_styles` (generator :func:`docsort.styles.page_rng`
+    ``(invariance.seed, page_id)``), resized to the network input and embedded; ``as_is`` takes the
+    stored vector. Batches stay full across documents (the extractor pads a short batch), so a
+    page's vectors do not depend on the other pages.
 
-    Same pages, files and settings on one machine give a byte-identical projection.
+    Args:
+        page_ids: the stored pages to render.
+        extractor: the collection's extractor (checked against the manifest).
 
     Returns:
-        An :class:`InvarianceReport`.
+        ``(ids, views, skipped)``: int64 (m,) the pages rendered, ascending; float32
+        (m, n_styles, D); and how many of ``page_ids`` were skipped (file moved, changed or
+        unreadable; said in ``log``).
 
     Raises:
-        WeightsError, BackboneError: the extractor cannot be built.
         CollectionError: the extractor makes vectors other than the collection's.
     """
     from tqdm import tqdm
 
     from .ocr import _find_source  # the same re-read rule as the OCR back-fill
 
-    t0 = time.perf_counter()
     inv = settings.invariance
-    manifest = collection.manifest() or {}
-    entry = manifest.get("invariance")
-
-    def set_active(active: bool) -> None:
-        m = collection.manifest() or {}
-        if m.get("invariance") and m["invariance"].get("active") != active:
-            m["invariance"]["active"] = active
-            collection.write_manifest(m)
-
-    if not inv.enabled:
-        set_active(False)
-        return InvarianceReport("disabled", "invariance.enabled is false: raw vectors")
-    ids = collection.page_ids()
-    if len(ids) < inv.min_pages:
-        set_active(False)
-        return InvarianceReport("too_few_pages", f"{len(ids)} pages, fewer than invariance.min_pages = {inv.min_pages}: raw vectors")
-    why = "forced" if force else _needs_fit(collection, settings, len(ids))
-    if why is None:
-        set_active(True)
-        return InvarianceReport("kept", f"fitted at {entry.get('pages_at_fit')} pages", int(entry.get("n_pages_fitted", 0)),
-                                int(entry.get("pages_skipped", 0)), time.perf_counter() - t0, stored_projection(collection))
-
-    if len(ids) > inv.sample_pages:
-        sample = np.sort(np.random.default_rng(inv.seed).choice(ids, inv.sample_pages, replace=False))
-    else:
-        sample = ids
-    extractor = extractor or make_extractor(settings, announce=False)
+    sample = np.asarray(page_ids, np.int64)
     _check_extractor(collection, extractor)
     stored_ids, stored = collection.vectors(sample)
     stored_of = {int(i): v for i, v in zip(stored_ids, stored)}
@@ -944,13 +921,77 @@ def fit_invariance(
     finally:
         bar.close()
     fitted = sorted(set(views) - failed)
+    ids = np.array(fitted, np.int64)
+    out = np.stack([views[p] for p in fitted]) if fitted else np.zeros((0, len(styles), stored.shape[1]), np.float32)
+    return ids, out, skipped
+
+
+def fit_invariance(
+    collection: Collection, settings: PipelineSettings, *, extractor: FeatureExtractor | None = None, force: bool = False,
+    progress: bool = True, log: Log = _stderr,
+) -> InvarianceReport:
+    """Fit (when due) and store the collection's scan-style-invariant projection.
+
+    The caller holds the write lock (:func:`cluster` calls this first). When due (no projection,
+    settings or weights changed, or the collection has grown by ``invariance.refit_growth`` since
+    the fit; or ``force``): a sample of at most ``invariance.sample_pages`` pages (all pages below
+    it, else drawn with ``numpy.random.default_rng(invariance.seed)``) is re-read from the files
+    (the first recorded path whose bytes still have the stored sha256, as OCR does; pages whose
+    file moved or changed are skipped and counted), rendered at ``render.long_side_px``, restyled
+    (:func:`docsort.styles.render_styles`, seeded per page id), resized to the network input and
+    embedded with the collection's extractor; ``as_is`` takes the stored vector (the same
+    pixels and extractor made it). :func:`docsort.invariance.fit_projection` then fits the
+    projection, which is written atomically to ``invariance.bin`` and described under
+    ``"invariance"`` in the manifest (sha256, dims, styles, pages fitted and skipped, eigenvalues,
+    the settings it depends on, pages at fit, seconds), and the projected FAISS index is built.
+
+    Same pages, files and settings on one machine give a byte-identical projection.
+
+    Returns:
+        An :class:`InvarianceReport`.
+
+    Raises:
+        WeightsError, BackboneError: the extractor cannot be built.
+        CollectionError: the extractor makes vectors other than the collection's.
+    """
+    t0 = time.perf_counter()
+    inv = settings.invariance
+    manifest = collection.manifest() or {}
+    entry = manifest.get("invariance")
+
+    def set_active(active: bool) -> None:
+        m = collection.manifest() or {}
+        if m.get("invariance") and m["invariance"].get("active") != active:
+            m["invariance"]["active"] = active
+            collection.write_manifest(m)
+
+    if not inv.enabled:
+        set_active(False)
+        return InvarianceReport("disabled", "invariance.enabled is false: raw vectors")
+    ids = collection.page_ids()
+    if len(ids) < inv.min_pages:
+        set_active(False)
+        return InvarianceReport("too_few_pages", f"{len(ids)} pages, fewer than invariance.min_pages = {inv.min_pages}: raw vectors")
+    why = "forced" if force else _needs_fit(collection, settings, len(ids))
+    if why is None:
+        set_active(True)
+        return InvarianceReport("kept", f"fitted at {entry.get('pages_at_fit')} pages", int(entry.get("n_pages_fitted", 0)),
+                                int(entry.get("pages_skipped", 0)), time.perf_counter() - t0, stored_projection(collection))
+
+    if len(ids) > inv.sample_pages:
+        sample = np.sort(np.random.default_rng(inv.seed).choice(ids, inv.sample_pages, replace=False))
+    else:
+        sample = ids
+    styles = tuple(inv.styles)
+    extractor = extractor or make_extractor(settings, announce=False)
+    fitted, stacked, skipped = style_views(collection, settings, sample, extractor=extractor, progress=progress, log=log)
     if len(fitted) < inv.min_pages:
         set_active(False)
         return InvarianceReport("too_few_pages", f"only {len(fitted)} sampled pages could be re-read from their files "
                                 f"({skipped} moved or unreadable): raw vectors", len(fitted), skipped, time.perf_counter() - t0)
     if skipped:
         log(f"invariance fit: {skipped} sampled pages skipped (file moved, changed or unreadable)")
-    proj = fit_projection(np.stack([views[p] for p in fitted]), inv.dims, inv.shrinkage,
+    proj = fit_projection(stacked, inv.dims, inv.shrinkage,
                           meta={"styles": list(styles), "seed": inv.seed, "sample_pages": inv.sample_pages,
                                 "pages_skipped": skipped})
     seconds = time.perf_counter() - t0
