@@ -205,6 +205,7 @@ def test_new_pages_use_the_stored_projection(inv_copy, inv_settings, extractor, 
         proj = stored_projection(col)
         report = ingest(col, [tmp_path / "fax.tif"], inv_settings, extractor=extractor, **QUIET)
         assert report.pages_added == 1 and "scan-style invariant 32-d" in report.index and "42 vectors" in report.index
+        assert report.provisional_pages == 1  # placed by the stored clustering, on projected vectors
         assert stored_projection(col).sha256 == proj.sha256
         ids, raw = col.vectors()
         pv = page_vectors(col, inv_settings, "visual")
@@ -299,3 +300,26 @@ def test_export_writes_the_clustered_vectors_and_says_which(inv_collection, inv_
     assert side["vectors"] == "raw" and side["invariance_sha256"] is None and side["dim"] == raw.shape[1]
     vmeta = json.loads(pq.read_schema(tmp_path / "visual.parquet").metadata[b"docsort"])
     assert vmeta["vectors"] == "visual" and vmeta["dim"] == 32
+
+
+# -- the classifier --------------------------------------------------------------------------
+
+
+def test_the_classifier_is_trained_on_the_projected_vectors_and_retrained_when_it_changes(inv_copy):
+    from docsort import classify
+    from docsort.settings import ClassifierSettings
+
+    with Collection(inv_copy) as col:
+        proj = stored_projection(col)
+        ids = [int(i) for i in col.page_ids()]
+        classify.label_pages(col, ids[:3], "first")
+        classify.label_pages(col, ids[-3:], "second")
+        report = classify.classify_collection(col, ClassifierSettings())
+        clf = report.classifier
+        assert clf.projection_sha256 == proj.sha256 and clf.centre.shape == (proj.dims,)
+        assert classify.is_current(clf, col, ClassifierSettings())
+        (col.root / Collection.INVARIANCE).write_bytes(b"damaged")  # now the raw vectors are the collection's
+        assert not classify.is_current(clf, col, ClassifierSettings())
+        again = classify.classify_collection(col, ClassifierSettings())
+        assert again.retrained and again.classifier.projection_sha256 is None
+        assert again.classifier.centre.shape == (col.vectors()[1].shape[1],)
