@@ -305,7 +305,7 @@ def test_export_writes_the_clustered_vectors_and_says_which(inv_collection, inv_
 # -- the classifier --------------------------------------------------------------------------
 
 
-def test_the_classifier_is_trained_on_the_projected_vectors_and_retrained_when_it_changes(inv_copy):
+def test_the_classifier_is_trained_on_the_projected_vectors_and_retrained_when_it_changes(inv_copy, inv_settings, extractor):
     from docsort import classify
     from docsort.settings import ClassifierSettings
 
@@ -323,3 +323,10 @@ def test_the_classifier_is_trained_on_the_projected_vectors_and_retrained_when_i
         again = classify.classify_collection(col, ClassifierSettings())
         assert again.retrained and again.classifier.projection_sha256 is None
         assert again.classifier.centre.shape == (col.vectors()[1].shape[1],)
+        # Turning the projection back on at a clustering retrains the classifier on the projected vectors.
+        (col.root / Collection.INVARIANCE).unlink()
+        cluster(col, inv_settings, extractor=extractor, **QUIET)  # refits (file missing) -> a projection again
+        clf3 = classify.load_classifier(col)
+        assert clf3.projection_sha256 == stored_projection(col).sha256 == proj.sha256  # byte-identical refit
+        versions = set(classify.type_table(col)["model_version"].dropna())
+        assert versions == {clf3.version} and clf3.version != again.classifier.version
