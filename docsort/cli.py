@@ -238,7 +238,7 @@ def cluster(
 ) -> None:
     """UMAP + HDBSCAN over the collection; prints a cluster summary table."""
     from .clustering import ClusteringError
-    from .pipeline import cluster as run_cluster, effective_settings
+    from .pipeline import cluster as run_cluster, effective_settings, prepare_invariance
 
     requested, explicit = _pipeline(pipeline)
     col = _open(collection)
@@ -246,6 +246,7 @@ def cluster(
         settings = effective_settings(col, requested, explicit=explicit)
         if reassign_noise is not None:
             settings = settings.model_copy(update={"hdbscan": settings.hdbscan.model_copy(update={"reassign_noise_threshold": reassign_noise})})
+        prepare_invariance(col, settings, lock_timeout_s=lock_timeout)  # re-reads and embeds a sample: a progress bar
         with err.status("clustering (UMAP + HDBSCAN)..."):
             result = run_cluster(col, settings, lock_timeout_s=lock_timeout)
         out.print(cluster_summary(result, settings.hdbscan.reassign_noise_threshold), highlight=False)
@@ -306,7 +307,13 @@ def search(
     collection: CollectionOpt = DEFAULT_COLLECTION,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
-    """Top-k most similar pages and documents (cosine scores, clusters), or pages whose OCR text matches --text."""
+    """Top-k most similar pages and documents, or pages whose OCR text matches --text.
+
+    The score is the cosine similarity of the vectors searched: once `docsort cluster` has fitted
+    the scan-style-invariant projection, of the centred, projected page vectors (1 = the same
+    page, about 0 = unrelated; fused with the OCR text in fused mode). The line under the tables
+    says which.
+    """
     from .pages import PageError
     from .pipeline import effective_settings, search_file, search_page
     from .storage import CollectionError
@@ -333,7 +340,7 @@ def search(
     if as_json:
         from dataclasses import asdict
 
-        out.print_json(json.dumps({"query": result.query, "pages": [asdict(h) for h in result.pages], "documents": [asdict(h) for h in result.documents]}))
+        out.print_json(json.dumps({"query": result.query, "score": result.score_note, "pages": [asdict(h) for h in result.pages], "documents": [asdict(h) for h in result.documents]}))
         return
     several = len({h.query_page for h in result.pages}) > 1
     table = Table(title=f"pages most like {result.query}")
@@ -351,6 +358,8 @@ def search(
     for h in result.documents:
         table.add_row(*_file_cells(h.path), str(h.rank), f"{h.score:.3f}", str(h.best_page_no), _cluster_label(h.cluster, h.cluster_name))
     out.print(table)
+    if result.score_note:
+        err.print(result.score_note, markup=False, highlight=False)
 
 
 def _search_text(col, query: str, k: int, as_json: bool) -> None:
@@ -443,16 +452,22 @@ def info(
 @app.command()
 def export(
     out_path: Annotated[Path, typer.Argument(metavar="OUT", help="Output file: .parquet or .csv.")],
-    vectors: Annotated[bool, typer.Option("--vectors", help="Include the feature vector of each page.")] = False,
+    vectors: Annotated[bool, typer.Option("--vectors", help="Include each page's vector: by default the one the index and clustering use "
+                                                          "(scan-style invariant; fused with the OCR text where the clustering fused).")] = False,
+    vectors_kind: Annotated[str | None, typer.Option("--vectors-kind", metavar="KIND",
+                                                     help="Which vectors (implies --vectors): clustering (default), visual (what search by look "
+                                                          "uses), text (OCR text vectors), raw (the stored backbone vectors). Written to the "
+                                                          "Parquet metadata key 'docsort' or OUT.json next to a CSV.")] = None,
     collection: CollectionOpt = DEFAULT_COLLECTION,
 ) -> None:
     """One row per page: path, page, sha256, cluster, cluster name, UMAP x/y."""
     from .pipeline import export_pages
+    from .storage import CollectionError
 
     col = _open(collection)
     try:
-        n = export_pages(col, out_path, vectors=vectors)
-    except ValueError as exc:
+        n = export_pages(col, out_path, vectors=vectors_kind or vectors)
+    except (ValueError, CollectionError) as exc:  # a bad extension or kind; text vectors without OCR text
         raise _fail(str(exc), 2) from exc
     finally:
         col.close()
