@@ -602,7 +602,10 @@ def evaluate(
     collection: CollectionOpt = DEFAULT_COLLECTION,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the full evaluation to this JSON file.")] = None,
 ) -> None:
-    """Measure the collection against labels: kNN precision@k, ARI/NMI of the clusters, noise, purity, confusion."""
+    """Measure the collection against labels: kNN precision@k, ARI/NMI of the clusters, noise, purity, confusion.
+
+    With a ``style`` column in the labels (each page's scan style), also cross-style kNN@k and
+    style leakage (NMI of clusters vs scan style)."""
     from .evaluate import LabelsError, evaluate as run_evaluate
 
     try:
@@ -644,6 +647,17 @@ def _print_evaluation(r) -> None:
         summary.add_row("purity", f(r.purity))
     else:
         summary.add_row("clusters", "none stored: run `docsort cluster` for ARI, NMI, noise and purity")
+    if r.styles and r.cross_style_knn_precision is not None:
+        summary.add_row("scan styles", f"{len(r.styles)}: {', '.join(r.styles)}")
+        for kk in r.k:
+            summary.add_row(f"cross-style kNN@{kk}", f"{f(r.cross_style_knn_precision.get(kk))} (neighbours among other scan styles only)")
+        summary.add_row(f"same-style neighbours@{r.k[-1]}",
+                        f"{f(r.style_knn_precision.get(r.k[-1]))} (chance {f(r.style_knn_chance)}; far above chance: vectors encode the scanner)")
+        if r.clustered_pages:
+            summary.add_row("style leakage NMI", f"{f(r.style_nmi)} / clustered {f(r.style_nmi_clustered)} "
+                            f"(clusters vs scan style, low is good; vs type: {f(r.nmi)})")
+    else:
+        summary.add_row("scan styles", r.style_note or "not measured")
     out.print(summary)
     per = Table(title="per category")
     for name in ("category", "pages", *(f"kNN@{kk}" for kk in r.k), "noise", "top cluster", "share", "its purity"):
@@ -652,6 +666,13 @@ def _print_evaluation(r) -> None:
         per.add_row(c.category, str(c.pages), *(f(c.knn[kk]) for kk in r.k), f(c.noise_share, ".0%"),
                     "-" if c.top_cluster is None else str(c.top_cluster), f(c.top_cluster_share, ".0%"), f(c.top_cluster_purity, ".0%"))
     out.print(per)
+    if r.per_style:
+        by_style = Table(title="per scan style")
+        for name in ("style", "pages", *(f"cross-style kNN@{kk}" for kk in r.k), "noise"):
+            by_style.add_column(name, justify="left" if name == "style" else "right", no_wrap=name == "style")
+        for st in r.per_style:
+            by_style.add_row(st.style, str(st.pages), *(f(st.cross_style_knn[kk]) for kk in r.k), f(st.noise_share, ".0%"))
+        out.print(by_style)
     if r.confusion:
         cols = r.confusion["clusters"]
         conf = Table(title="confusion (rows: categories, columns: clusters, -1 = noise)")
