@@ -79,11 +79,12 @@ def get_extractor(key: str, _settings):
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def get_index(root: str, stamp: tuple):
-    """The collection's FAISS index, read once per change of ``index.faiss`` (``stamp``)."""
+def get_index(path: str, stamp: tuple):
+    """The collection's FAISS index file (:func:`docsort.pipeline.visual_index_path`), read once
+    per change of the file (``stamp``)."""
     from docsort.index import load_index
 
-    return load_index(Path(root) / Collection.INDEX)
+    return load_index(Path(path))
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
@@ -192,12 +193,14 @@ def extractor_for(col: Collection):
 
 def current_index(col: Collection):
     """The cached FAISS index if it holds exactly the stored pages, else ``None`` (search syncs)."""
-    path = col.root / Collection.INDEX
+    from docsort.pipeline import visual_index_path
+
+    path = visual_index_path(col, settings_for(col))  # the scan-style-invariant index once fitted (issue 13)
     try:
         stat = path.stat()
     except FileNotFoundError:
         return None
-    index = get_index(str(col.root), (stat.st_mtime_ns, stat.st_size))
+    index = get_index(str(path), (stat.st_mtime_ns, stat.st_size))
     if index is None or index.ntotal != col.counts()["pages"]:
         return None
     return index
@@ -822,7 +825,7 @@ def show_results(col: Collection, result, query_page: int | None = None, mode: s
     import pandas as pd
 
     st.subheader("Most similar pages")
-    st.caption(MODE_NOTES[mode])
+    st.caption(MODE_NOTES[mode] + (f" {result.score_note[0].upper()}{result.score_note[1:]}." if result.score_note else ""))
     for q in range(1, min(result.query_pages, 10) + 1):
         hits = [h for h in result.pages if h.query_page == q]
         if result.query_pages > 1:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .invariance import stored_projection
 from .settings import ClassifierSettings
 from .storage import Collection, CollectionError, atomic_write_bytes
 
@@ -456,6 +457,9 @@ class TrainedClassifier:
             labelled page than this is unlike that type.
         trained_at: ISO 8601 UTC; seconds: training wall time; sklearn: scikit-learn version;
         format: :data:`MODEL_FORMAT` when saved.
+        projection_sha256: sha256 of the collection's invariance projection the vectors went
+            through (:func:`docsort.invariance.stored_projection`), ``None`` for raw vectors; a
+            classifier whose projection is not the collection's active one is retrained.
     """
 
     model: object
@@ -474,6 +478,7 @@ class TrainedClassifier:
     seconds: float = 0.0
     sklearn: str = ""
     format: int = MODEL_FORMAT
+    projection_sha256: str | None = None
 
     @property
     def n_labels(self) -> int:
@@ -632,6 +637,16 @@ def train(
     )
 
 
+def _vectors(collection: Collection, page_ids=None) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """``(ids, vectors, projection sha256)``: stored vectors through the collection's active
+    invariance projection (issue 13), the vectors index, search and clustering use; float32."""
+    ids, X = collection.vectors(page_ids)
+    proj = stored_projection(collection)
+    if proj is not None and len(ids):
+        X = proj.transform(X)
+    return ids, X, proj.sha256 if proj is not None else None
+
+
 def fit_collection(collection: Collection, settings: ClassifierSettings) -> TrainedClassifier:
     """Train on the collection's labelled pages and store the model (``classifier.joblib``,
     written atomically) and a summary in the manifest. The caller holds the write lock.
@@ -651,9 +666,10 @@ def fit_collection(collection: Collection, settings: ClassifierSettings) -> Trai
             "label pages of at least two document types to train a classifier "
             f"(labelled: {', '.join(map(repr, have)) or 'none'})"
         )
-    ids, X = collection.vectors([r[0] for r in rows])
-    _, allX = collection.vectors()
+    ids, X, projection = _vectors(collection, [r[0] for r in rows])
+    _, allX, _ = _vectors(collection)
     clf = train(X, [r[1] for r in rows], settings, centre=allX.mean(axis=0), label_hash=label_set_hash(collection))
+    clf.projection_sha256 = projection
     buf = io.BytesIO()
     joblib.dump(clf, buf)
     atomic_write_bytes(collection.root / Collection.CLASSIFIER, buf.getvalue())
@@ -686,8 +702,12 @@ def load_classifier(collection: Collection) -> TrainedClassifier | None:
 
 
 def is_current(clf: TrainedClassifier | None, collection: Collection, settings: ClassifierSettings) -> bool:
-    """Whether ``clf`` was trained on the collection's current labels with these settings."""
-    return clf is not None and clf.label_hash == label_set_hash(collection) and clf.params == _params(settings)
+    """Whether ``clf`` was trained on the collection's current labels with these settings, on
+    vectors through the collection's current invariance projection (or raw, when none)."""
+    if clf is None or clf.label_hash != label_set_hash(collection) or clf.params != _params(settings):
+        return False
+    proj = stored_projection(collection)
+    return getattr(clf, "projection_sha256", None) == (proj.sha256 if proj is not None else None)
 
 
 def ensure_classifier(collection: Collection, settings: ClassifierSettings) -> tuple[TrainedClassifier, bool]:
@@ -809,7 +829,7 @@ def classify_collection(
         rows = []
         n_unsure = 0
         if todo:
-            ids, X = collection.vectors(todo)
+            ids, X, _ = _vectors(collection, todo)
             types, probs, sims = clf.predict(X)
             unsure = clf.unsure(probs, sims, threshold, settings.reject_unlike)
             n_unsure = int(unsure.sum())

@@ -225,7 +225,7 @@ def cluster(
 ) -> None:
     """UMAP + HDBSCAN over the collection; prints a cluster summary table."""
     from .clustering import ClusteringError
-    from .pipeline import cluster as run_cluster, effective_settings
+    from .pipeline import cluster as run_cluster, effective_settings, prepare_invariance
 
     requested, explicit = _pipeline(pipeline)
     col = _open(collection)
@@ -233,6 +233,7 @@ def cluster(
         settings = effective_settings(col, requested, explicit=explicit)
         if reassign_noise is not None:
             settings = settings.model_copy(update={"hdbscan": settings.hdbscan.model_copy(update={"reassign_noise_threshold": reassign_noise})})
+        prepare_invariance(col, settings, lock_timeout_s=lock_timeout)  # re-reads and embeds a sample: a progress bar
         with err.status("clustering (UMAP + HDBSCAN)..."):
             result = run_cluster(col, settings, lock_timeout_s=lock_timeout)
         threshold = settings.hdbscan.reassign_noise_threshold
@@ -283,7 +284,13 @@ def search(
     collection: CollectionOpt = DEFAULT_COLLECTION,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
-    """Top-k most similar pages and documents (cosine scores, clusters), or pages whose OCR text matches --text."""
+    """Top-k most similar pages and documents, or pages whose OCR text matches --text.
+
+    The score is the cosine similarity of the vectors searched: once `docsort cluster` has fitted
+    the scan-style-invariant projection, of the centred, projected page vectors (1 = the same
+    page, about 0 = unrelated; fused with the OCR text in fused mode). The line under the tables
+    says which.
+    """
     from .pages import PageError
     from .pipeline import effective_settings, search_file, search_page
     from .storage import CollectionError
@@ -310,7 +317,7 @@ def search(
     if as_json:
         from dataclasses import asdict
 
-        out.print_json(json.dumps({"query": result.query, "pages": [asdict(h) for h in result.pages], "documents": [asdict(h) for h in result.documents]}))
+        out.print_json(json.dumps({"query": result.query, "score": result.score_note, "pages": [asdict(h) for h in result.pages], "documents": [asdict(h) for h in result.documents]}))
         return
     table = Table(title=f"pages most like {result.query}")
     for c in ("query page", "rank", "score", "page id", "file", "page", "cluster"):
@@ -324,6 +331,8 @@ def search(
     for h in result.documents:
         table.add_row(str(h.rank), f"{h.score:.3f}", _shown_path(h.path), str(h.best_page_no), _cluster_label(h.cluster, h.cluster_name))
     out.print(table)
+    if result.score_note:
+        err.print(result.score_note, markup=False, highlight=False)
 
 
 def _search_text(col, query: str, k: int, as_json: bool) -> None:
@@ -392,7 +401,12 @@ def info(
 @app.command()
 def export(
     out_path: Annotated[Path, typer.Argument(metavar="OUT", help="Output file: .parquet or .csv.")],
-    vectors: Annotated[bool, typer.Option("--vectors", help="Include the feature vector of each page.")] = False,
+    vectors: Annotated[bool, typer.Option("--vectors", help="Include each page's vector: by default the one the index and clustering use "
+                                                          "(scan-style invariant; fused with the OCR text where the clustering fused).")] = False,
+    vectors_kind: Annotated[str | None, typer.Option("--vectors-kind", metavar="KIND",
+                                                     help="Which vectors (implies --vectors): clustering (default), visual (what search by look "
+                                                          "uses), text (OCR text vectors), raw (the stored backbone vectors). Written to the "
+                                                          "Parquet metadata key 'docsort' or OUT.json next to a CSV.")] = None,
     collection: CollectionOpt = DEFAULT_COLLECTION,
 ) -> None:
     """One row per page: path, page, sha256, cluster, cluster name, UMAP x/y."""
@@ -400,7 +414,7 @@ def export(
 
     col = _open(collection)
     try:
-        n = export_pages(col, out_path, vectors=vectors)
+        n = export_pages(col, out_path, vectors=vectors_kind or vectors)
     except ValueError as exc:
         raise _fail(str(exc), 2) from exc
     finally:

@@ -132,8 +132,13 @@ def load_index(path: str | os.PathLike[str]) -> faiss.Index | None:
         return None
 
 
-def sync_index(collection: Collection, settings: IndexSettings, *, persist: bool = True) -> tuple[faiss.Index, IndexInfo]:
-    """Make the collection's ``index.faiss`` hold exactly the stored pages, and return it.
+def sync_index(collection: Collection, settings: IndexSettings, *, persist: bool = True, projection=None) -> tuple[faiss.Index, IndexInfo]:
+    """Make the collection's index file hold exactly the stored pages, and return it.
+
+    Without ``projection`` the file is ``index.faiss`` over the stored vectors; with one (an
+    :class:`docsort.invariance.InvarianceProjection`) it is
+    :meth:`Collection.index_path` ``(projection.sha256)`` over the projected vectors (new pages
+    between fits are projected as they are added: a (n, D) x (D, dims) product).
 
     Adds the pages missing from the file when the file's ids are a subset of the database's and
     its type still fits the settings; otherwise rebuilds from the stored vectors. With
@@ -143,7 +148,12 @@ def sync_index(collection: Collection, settings: IndexSettings, *, persist: bool
     Returns:
         ``(index, info)``.
     """
-    path = collection.root / Collection.INDEX
+    path = collection.index_path(None if projection is None else projection.sha256)
+
+    def vectors(page_ids=None):
+        ids, vecs = collection.vectors(page_ids)
+        return ids, (projection.transform(vecs) if projection is not None and len(ids) else vecs)
+
     db_ids = collection.page_ids()
     index = load_index(path)
     if index is not None and _fits(index, settings, len(db_ids)):
@@ -153,13 +163,13 @@ def sync_index(collection: Collection, settings: IndexSettings, *, persist: bool
         have_set = np.isin(have, db_ids)
         if have_set.all() and len(np.unique(have)) == len(have):
             missing = np.setdiff1d(db_ids, have, assume_unique=True)
-            ids, vecs = collection.vectors(missing)
+            ids, vecs = vectors(missing)
             if len(ids) and vecs.shape[1] == index.d:
                 index.add_with_ids(vecs, ids)
                 if persist:
                     save_index(index, path)
                 return index, IndexInfo(index_kind(index), int(index.ntotal), "added")
-    ids, vecs = collection.vectors()
+    ids, vecs = vectors()
     if len(ids) == 0:
         if persist and path.exists():
             path.unlink()

@@ -29,6 +29,7 @@ from . import classify
 from .clustering import ClusterResult, cluster_vectors, document_clusters, match_cluster_ids, predict_clusters
 from .features import FeatureExtractor
 from .index import search_index, sync_index
+from .invariance import InvarianceProjection, fit_projection, stored_projection
 from .ocr import OcrReport, backfill as ocr_backfill, require_tesseract
 from .pages import (
     NotADocumentError,
@@ -47,6 +48,7 @@ from .pages import (
 )
 from .settings import PipelineSettings
 from .storage import Collection, CollectionError, atomic_write_bytes
+from .styles import page_rng, render_styles
 from .text import FEATURE_MODES, TextModel, cluster_keywords, fit_text_model, fuse, keyword_name, usable_text
 
 __all__ = [
@@ -54,6 +56,9 @@ __all__ = [
     "PageHit",
     "DocumentHit",
     "SearchResult",
+    "score_note",
+    "prepare_invariance",
+    "style_views",
     "ClusterRow",
     "effective_settings",
     "make_extractor",
@@ -73,7 +78,13 @@ __all__ = [
     "load_text_model",
     "info",
     "export_pages",
+    "EXPORT_VECTORS",
+    "export_vectors",
     "library_versions",
+    "active_projection",
+    "fit_invariance",
+    "InvarianceReport",
+    "visual_index_path",
 ]
 
 #: Fields of the features description that must match for vectors to be comparable.
@@ -150,7 +161,7 @@ def effective_settings(
             )
         pinned = pinned.model_copy(update={"index": requested.index, "umap": requested.umap, "hdbscan": requested.hdbscan,
                                            "classifier": requested.classifier, "ocr": requested.ocr, "text": requested.text,
-                                           "name": requested.name})
+                                           "invariance": requested.invariance, "name": requested.name})
     if weights is not None:
         pinned = pinned.with_overrides(weights=weights)
     return pinned
@@ -422,8 +433,14 @@ def ingest(
             stages["pipeline_wall"] += time.perf_counter() - t_wait
             t = time.perf_counter()
             _, info_ = sync_index(collection, settings.index)
-            stages["index"] += time.perf_counter() - t
             report.index = f"{info_.kind}, {info_.ntotal} vectors ({info_.action})"
+            projection = active_projection(collection, settings)
+            if projection is not None:
+                # The projected index, which searches read; index.faiss (raw vectors) is kept too,
+                # for the collection with the projection turned off.
+                _, pinfo = sync_index(collection, settings.index, projection=projection)
+                report.index += f"; scan-style invariant {projection.dims}-d: {pinfo.kind}, {pinfo.ntotal} vectors ({pinfo.action})"
+            stages["index"] += time.perf_counter() - t
         classify.after_ingest(collection, settings, log=log)  # document types for new pages; no-op without a classifier
         report.provisional_pages = assign_provisional(collection, log=log)  # issue 5: clusters for new pages, no re-fit
         if run_ocr:
@@ -591,7 +608,7 @@ def fit_text(
             log(f"only {len(texts)} pages have usable OCR text: text features need at least 3; using visual features")
         return None
     if visual is None:
-        _, visual = collection.vectors()
+        _, visual = _visual_vectors(collection, settings)
     model.set_visual_mean(visual.mean(axis=0))
     if persist:
         buf = io.BytesIO()
@@ -662,7 +679,7 @@ def page_vectors(
     """
     if mode not in FEATURE_MODES:
         raise ValueError(f"unknown feature mode {mode!r}; use one of {', '.join(FEATURE_MODES)}")
-    ids, visual = collection.vectors(page_ids)
+    ids, visual = _visual_vectors(collection, settings, page_ids)
     texts = _usable_texts(collection, settings, None if page_ids is None else ids)
     if mode != "visual" and not (mode == "fused" and settings.text.fusion_weight == 0.0):
         text_model = text_model or load_text_model(collection) or _text_model_in_memory(collection, settings)
@@ -684,7 +701,10 @@ def _vectors_of(ids: np.ndarray, visual: np.ndarray, texts: dict[int, str], sett
         text_vecs[has_text] = model.transform([texts[int(i)] for i in ids[has_text]])
     if mode == "text":
         return PageVectors(ids, text_vecs, has_text, "text", model, 1.0)
-    return PageVectors(ids, fuse(visual, text_vecs, weight, model.visual_mean), has_text, "fused", model, weight)
+    mean = model.visual_mean
+    if mean is not None and np.shape(mean)[0] != visual.shape[1]:
+        mean = None  # a model fitted with(out) the invariance projection: vectors of other dims
+    return PageVectors(ids, fuse(visual, text_vecs, weight, mean), has_text, "fused", model, weight)
 
 
 _IN_MEMORY_MODELS: dict[tuple, TextModel | None] = {}
@@ -696,7 +716,8 @@ def _text_model_in_memory(collection: Collection, settings: PipelineSettings) ->
     settings stay the same, so repeated searches (the app) do not refit it each time."""
     state = collection.query("SELECT COUNT(*), TOTAL(LENGTH(text)), TOTAL(n_words), MAX(at), TOTAL(confidence) FROM page_text")[0]
     n_pages = collection.query("SELECT COUNT(*), MAX(id) FROM pages")[0]  # the visual mean is part of the model
-    key = (str(collection.root.resolve()), *state, *n_pages, settings.text.model_dump_json())
+    projection = active_projection(collection, settings)  # the visual mean is of the projected vectors
+    key = (str(collection.root.resolve()), *state, *n_pages, settings.text.model_dump_json(), projection.sha256 if projection else None)
     if key not in _IN_MEMORY_MODELS:
         if len(_IN_MEMORY_MODELS) >= 4:
             _IN_MEMORY_MODELS.pop(next(iter(_IN_MEMORY_MODELS)))
@@ -714,6 +735,277 @@ def _name_clusters_by_keywords(collection: Collection, settings: PipelineSetting
     names = {cid: keyword_name(w) for cid, w in words.items()}
     collection.set_default_cluster_names(names)
     return names
+
+
+# ---------------------------------------------------------------------------------------------
+# scan-style invariance (issue 13)
+# ---------------------------------------------------------------------------------------------
+
+
+def active_projection(collection: Collection, settings: PipelineSettings) -> InvarianceProjection | None:
+    """The invariance projection every visual vector goes through, or ``None`` for the raw stored
+    vectors: ``None`` when ``settings.invariance.enabled`` is false, or when the collection has no
+    active projection (never clustered, fewer than ``min_pages`` pages, turned off at the last
+    :func:`cluster`, or its file is missing or fails its sha256)."""
+    if not settings.invariance.enabled:
+        return None
+    return stored_projection(collection)
+
+
+def _visual_vectors(collection: Collection, settings: PipelineSettings, page_ids=None,
+                    projection: InvarianceProjection | None | bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, vectors)`` of stored pages as index, search and clustering use them: the stored
+    vectors, projected by :func:`active_projection` (``projection=True``), by the projection
+    given, or raw (``None``). float32 (n, D or dims)."""
+    ids, vecs = collection.vectors(page_ids)
+    proj = active_projection(collection, settings) if projection is True else projection
+    if proj is not None and len(ids):
+        vecs = proj.transform(vecs)
+    return ids, vecs
+
+
+def visual_index_path(collection: Collection, settings: PipelineSettings) -> Path:
+    """The FAISS file that searches by look read: ``index.faiss``, or the projected index of the
+    active projection (:meth:`Collection.index_path`)."""
+    projection = active_projection(collection, settings)
+    return collection.index_path(projection.sha256 if projection else None)
+
+
+@dataclass
+class InvarianceReport:
+    """What :func:`fit_invariance` did.
+
+    Attributes:
+        action: ``fitted`` | ``kept`` (the stored projection is current) | ``disabled`` |
+            ``too_few_pages`` (the raw vectors are used).
+        reason: why it (re)fitted or not, in words.
+        pages_fitted: pages whose renderings the fit used; pages_skipped: sampled pages whose file
+            has moved or changed (not re-readable) or that failed to render.
+        seconds: wall time, seconds.
+        projection: the active projection after the call, or ``None``.
+    """
+
+    action: str
+    reason: str = ""
+    pages_fitted: int = 0
+    pages_skipped: int = 0
+    seconds: float = 0.0
+    projection: InvarianceProjection | None = None
+
+
+def _invariance_key(settings: PipelineSettings, collection: Collection) -> dict:
+    """What a projection depends on besides the pages: the invariance settings and how the
+    collection's vectors are made (weights sha256 and the pinned feature settings)."""
+    feats = (collection.manifest() or {}).get("features", {})
+    inv = settings.invariance.model_dump(mode="json", exclude={"enabled", "refit_growth", "min_pages"})
+    return {"invariance": inv, "weights_sha256": feats.get("weights", {}).get("sha256"),
+            "features": {k: feats.get(k) for k in _PINNED_FEATURE_KEYS}, "render": settings.render.model_dump(
+                mode="json", exclude=set(_RENDER_KEYS_NOT_IN_VECTORS))}
+
+
+def _needs_fit(collection: Collection, settings: PipelineSettings, n_pages: int) -> str | None:
+    """Why the projection must be (re)fitted now, or ``None`` when the stored one is current."""
+    entry = (collection.manifest() or {}).get("invariance")
+    if not entry:
+        return "no projection fitted yet"
+    path = collection.root / Collection.INVARIANCE
+    import hashlib
+
+    try:
+        if hashlib.sha256(path.read_bytes()).hexdigest() != entry.get("sha256"):
+            return f"{path.name} does not match its sha256 in the manifest"
+    except OSError:
+        return f"{path.name} is missing"
+    if entry.get("fit_key") != _invariance_key(settings, collection):
+        return "the invariance or feature settings changed"
+    at_fit = int(entry.get("pages_at_fit", 0))
+    if n_pages >= at_fit * (1.0 + settings.invariance.refit_growth):
+        return f"the collection grew from {at_fit} to {n_pages} pages (refit at +{settings.invariance.refit_growth:.0%})"
+    return None
+
+
+def prepare_invariance(collection: Collection, settings: PipelineSettings, *, lock_timeout_s: float = 600.0, progress: bool = True,
+                       log: Log = _stderr) -> InvarianceReport:
+    """:func:`fit_invariance` under the collection's write lock: the CLI runs it before
+    :func:`cluster` so its progress bar is not under a spinner (``cluster`` then keeps it)."""
+    with collection.write_lock(lock_timeout_s, on_wait=log):
+        return fit_invariance(collection, settings, progress=progress, log=log)
+
+
+def style_views(
+    collection: Collection, settings: PipelineSettings, page_ids, *, extractor: FeatureExtractor, progress: bool = False,
+    log: Log = _stderr,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each stored page's vectors in every style of ``settings.invariance.styles``.
+
+    Pages are re-read from their files (the first recorded path whose bytes still have the
+    stored sha256, :func:`docsort.ocr._find_source`), rendered with ``settings.render``, restyled
+    with :func:`docsort.styles.render_styles` (generator :func:`docsort.styles.page_rng`
+    ``(invariance.seed, page_id)``), resized to the network input and embedded; ``as_is`` takes the
+    stored vector. Batches stay full across documents (the extractor pads a short batch), so a
+    page's vectors do not depend on the other pages.
+
+    Args:
+        page_ids: the stored pages to render.
+        extractor: the collection's extractor (checked against the manifest).
+
+    Returns:
+        ``(ids, views, skipped)``: int64 (m,) the pages rendered, ascending; float32
+        (m, n_styles, D); and how many of ``page_ids`` were skipped (file moved, changed or
+        unreadable; said in ``log``).
+
+    Raises:
+        CollectionError: the extractor makes vectors other than the collection's.
+    """
+    from tqdm import tqdm
+
+    from .ocr import _find_source  # the same re-read rule as the OCR back-fill
+
+    inv = settings.invariance
+    sample = np.asarray(page_ids, np.int64)
+    _check_extractor(collection, extractor)
+    stored_ids, stored = collection.vectors(sample)
+    stored_of = {int(i): v for i, v in zip(stored_ids, stored)}
+    by_doc: dict[int, dict[int, int]] = defaultdict(dict)  # document -> {page_no: page_id}
+    for rec in collection.pages(sample):
+        by_doc[rec.document_id][rec.page_no] = rec.page_id
+    styles = tuple(inv.styles)
+    embed_styles = [i for i, s in enumerate(styles) if s != "as_is"]
+    views: dict[int, np.ndarray] = {}
+    skipped = 0
+    failed: set[int] = set()  # pages of a document that failed part-way: left out of the fit
+    batch: list[np.ndarray] = []
+    owners: list[tuple[int, int]] = []
+
+    def flush() -> None:
+        if batch:
+            for (pid, slot), vec in zip(owners, extractor.embed(np.stack(batch))):
+                views[pid][slot] = vec
+            batch.clear()
+            owners.clear()
+
+    bar = tqdm(total=len(sample), desc="fitting scan-style invariance", unit="page", disable=not progress, file=sys.stderr)
+    try:
+        for doc_id in sorted(by_doc):
+            wanted = by_doc[doc_id]
+            src, first_path, _ = _find_source(collection, doc_id)
+            if src is None:
+                skipped += len(wanted)
+                bar.update(len(wanted))
+                continue
+            got = set()
+            try:
+                for page in iter_pages(src, settings.render, min(wanted), max(wanted)):
+                    pid = wanted.get(page.page_no)
+                    if pid is None:
+                        continue
+                    got.add(pid)
+                    renders = render_styles(page.image, styles, page_rng(inv.seed, pid))
+                    views[pid] = np.zeros((len(styles), stored.shape[1]), np.float32)
+                    for slot, s in enumerate(styles):
+                        if s == "as_is":
+                            views[pid][slot] = stored_of[pid]
+                    for slot in embed_styles:
+                        batch.append(to_network_input(renders[slot], extractor.input_size))
+                        owners.append((pid, slot))
+                        if len(batch) >= extractor.batch_size:
+                            flush()
+                    bar.update(1)
+            except PageError as exc:
+                log(f"invariance fit: skipping pages of {first_path}: {exc}")
+            missing = [p for p in wanted.values() if p not in got]
+            failed.update(missing)
+            skipped += len(missing)
+            bar.update(len(missing))
+        flush()  # batches stay full across documents (embed pads a short batch to batch_size)
+    finally:
+        bar.close()
+    fitted = sorted(set(views) - failed)
+    ids = np.array(fitted, np.int64)
+    out = np.stack([views[p] for p in fitted]) if fitted else np.zeros((0, len(styles), stored.shape[1]), np.float32)
+    return ids, out, skipped
+
+
+def fit_invariance(
+    collection: Collection, settings: PipelineSettings, *, extractor: FeatureExtractor | None = None, force: bool = False,
+    progress: bool = True, log: Log = _stderr,
+) -> InvarianceReport:
+    """Fit (when due) and store the collection's scan-style-invariant projection.
+
+    The caller holds the write lock (:func:`cluster` calls this first). When due (no projection,
+    settings or weights changed, or the collection has grown by ``invariance.refit_growth`` since
+    the fit; or ``force``): a sample of at most ``invariance.sample_pages`` pages (all pages below
+    it, else drawn with ``numpy.random.default_rng(invariance.seed)``) is re-read from the files
+    (the first recorded path whose bytes still have the stored sha256, as OCR does; pages whose
+    file moved or changed are skipped and counted), rendered at ``render.long_side_px``, restyled
+    (:func:`docsort.styles.render_styles`, seeded per page id), resized to the network input and
+    embedded with the collection's extractor; ``as_is`` takes the stored vector (the same
+    pixels and extractor made it). :func:`docsort.invariance.fit_projection` then fits the
+    projection, which is written atomically to ``invariance.bin`` and described under
+    ``"invariance"`` in the manifest (sha256, dims, styles, pages fitted and skipped, eigenvalues,
+    the settings it depends on, pages at fit, seconds), and the projected FAISS index is built.
+
+    Same pages, files and settings on one machine give a byte-identical projection.
+
+    Returns:
+        An :class:`InvarianceReport`.
+
+    Raises:
+        WeightsError, BackboneError: the extractor cannot be built.
+        CollectionError: the extractor makes vectors other than the collection's.
+    """
+    t0 = time.perf_counter()
+    inv = settings.invariance
+    manifest = collection.manifest() or {}
+    entry = manifest.get("invariance")
+
+    def set_active(active: bool) -> None:
+        m = collection.manifest() or {}
+        if m.get("invariance") and m["invariance"].get("active") != active:
+            m["invariance"]["active"] = active
+            collection.write_manifest(m)
+
+    if not inv.enabled:
+        set_active(False)
+        return InvarianceReport("disabled", "invariance.enabled is false: raw vectors")
+    ids = collection.page_ids()
+    if len(ids) < inv.min_pages:
+        set_active(False)
+        return InvarianceReport("too_few_pages", f"{len(ids)} pages, fewer than invariance.min_pages = {inv.min_pages}: raw vectors")
+    why = "forced" if force else _needs_fit(collection, settings, len(ids))
+    if why is None:
+        set_active(True)
+        return InvarianceReport("kept", f"fitted at {entry.get('pages_at_fit')} pages", int(entry.get("n_pages_fitted", 0)),
+                                int(entry.get("pages_skipped", 0)), time.perf_counter() - t0, stored_projection(collection))
+
+    if len(ids) > inv.sample_pages:
+        sample = np.sort(np.random.default_rng(inv.seed).choice(ids, inv.sample_pages, replace=False))
+    else:
+        sample = ids
+    styles = tuple(inv.styles)
+    extractor = extractor or make_extractor(settings, announce=False)
+    fitted, stacked, skipped = style_views(collection, settings, sample, extractor=extractor, progress=progress, log=log)
+    if len(fitted) < inv.min_pages:
+        set_active(False)
+        return InvarianceReport("too_few_pages", f"only {len(fitted)} sampled pages could be re-read from their files "
+                                f"({skipped} moved or unreadable): raw vectors", len(fitted), skipped, time.perf_counter() - t0)
+    if skipped:
+        log(f"invariance fit: {skipped} sampled pages skipped (file moved, changed or unreadable)")
+    proj = fit_projection(stacked, inv.dims, inv.shrinkage,
+                          meta={"styles": list(styles), "seed": inv.seed, "sample_pages": inv.sample_pages,
+                                "pages_skipped": skipped})
+    seconds = time.perf_counter() - t0
+    import datetime as dt
+
+    collection.write_invariance(proj.to_bytes(), {
+        **proj.describe(), "active": True, "fit_key": _invariance_key(settings, collection), "pages_at_fit": int(len(ids)),
+        "reason": why, "seconds": round(seconds, 3), "fitted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+    _, _info = sync_index(collection, settings.index, projection=proj)
+    collection.remove_other_indexes(collection.index_path(proj.sha256))
+    log(f"fitted the scan-style-invariant projection ({why}): {proj.dims} dims from {len(fitted)} pages x {len(styles)} "
+        f"renderings in {seconds:.1f} s")
+    return InvarianceReport("fitted", why, len(fitted), skipped, seconds, proj)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -743,8 +1035,14 @@ class ClusterRow:
     provisional: int = 0
 
 
-def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _stderr, lock_timeout_s: float = 600.0) -> ClusterResult:
+def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _stderr, lock_timeout_s: float = 600.0,
+            extractor: FeatureExtractor | None = None, progress: bool = True) -> ClusterResult:
     """Run UMAP + HDBSCAN over every stored page and store labels, 2-D map and fitted models.
+
+    First the scan-style-invariant projection is fitted when due (:func:`fit_invariance`, which
+    re-reads a sample of pages and needs the extractor: ``extractor`` reuses a built one;
+    ``progress`` shows its bar); the clustered vectors are the projected ones (fused with the
+    text where there is text), and ``result.params["invariance_sha256"]`` says which projection.
 
     Noise is reassigned by soft clustering when ``settings.hdbscan.reassign_noise_threshold > 0``
     (:func:`~docsort.clustering.reassign_noise`). Cluster ids are matched to the stored ones by
@@ -766,9 +1064,11 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
     import joblib
 
     with collection.write_lock(lock_timeout_s, on_wait=log):
+        inv = fit_invariance(collection, settings, extractor=extractor, progress=progress, log=log)
+        projection = inv.projection if settings.invariance.enabled else None
         # Text model refitted on all OCR text so far; fused vectors when there is text (issue 6).
         # Vectors and texts are read once for the model, the fused vectors and the names.
-        ids, visual = collection.vectors()
+        ids, visual = _visual_vectors(collection, settings, projection=projection)
         texts = _usable_texts(collection, settings)
         text_model = fit_text(collection, settings, log=log, texts=texts, visual=visual) if settings.text.fusion_weight > 0 else None
         if text_model is None:
@@ -778,7 +1078,9 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
         result = cluster_vectors(vecs, settings.umap, settings.hdbscan)
         result.params.update(features=pv.mode, fusion_weight=pv.fusion_weight, pages_with_text=int(pv.has_text.sum()),
                              text_model_token=text_model.token if text_model else None,
-                             text=settings.text.model_dump(mode="json"))
+                             text=settings.text.model_dump(mode="json"),
+                             invariance_sha256=projection.sha256 if projection is not None else None,
+                             invariance=inv.action)
         if pv.mode == "fused":
             log(f"clustering fused visual + text vectors ({int(pv.has_text.sum())} of {len(ids)} pages have OCR text, "
                 f"text weight {pv.fusion_weight})")
@@ -836,6 +1138,11 @@ def assign_provisional(collection: Collection, *, log: Log = _stderr) -> int:
         log(f"{len(pending)} new pages not given a cluster: {path} is not the model of the stored clustering; run `docsort cluster`")
         return 0
     params = run["settings"]
+    projection = stored_projection(collection)
+    if (projection.sha256 if projection else None) != params.get("invariance_sha256"):
+        log(f"{len(pending)} new pages not given a cluster: the invariance projection changed since the stored clustering; "
+            "run `docsort cluster`")
+        return 0
     if params.get("features", "visual") == "fused":
         text_model = load_text_model(collection)
         if text_model is None or text_model.token != params.get("text_model_token"):
@@ -845,7 +1152,7 @@ def assign_provisional(collection: Collection, *, log: Log = _stderr) -> int:
         pv = page_vectors(collection, settings, "fused", pending, text_model=text_model)
         page_ids, vecs = pv.ids, pv.vectors
     else:
-        page_ids, vecs = collection.vectors(pending)
+        page_ids, vecs = _visual_vectors(collection, PipelineSettings(), pending, projection=projection)
     clusters, strengths, xy, _ = predict_clusters(models, vecs)
     return collection.store_provisional(page_ids, clusters, strengths, xy)
 
@@ -927,12 +1234,30 @@ class SearchResult:
     query_pages: int
     pages: list[PageHit]
     documents: list[DocumentHit]
+    score_note: str = ""
 
 
-def _search_vectors(collection: Collection, settings: PipelineSettings, queries: np.ndarray, k: int, query: str, index=None) -> SearchResult:
+def score_note(collection: Collection, settings: PipelineSettings, mode: str = "visual") -> str:
+    """What a search score is, in words, for ``mode`` (``visual``, ``text``, ``fused``) on this
+    collection: the cosine similarity of the vectors actually searched (1 = same page)."""
+    projection = active_projection(collection, settings) if mode != "text" else None
+    if mode == "text":
+        what = "of the OCR text vectors (TF-IDF + LSA)"
+    elif projection is not None:
+        what = (f"of the scan-style-invariant page vectors ({projection.dims}-d, centred"
+                + (", fused with the OCR text vectors" if mode == "fused" else "") + ")")
+    else:
+        what = ("of the raw page features (all-positive activations, so unrelated pages also score near 1; "
+                "`docsort cluster` fits the scan-style-invariant projection that spreads them)"
+                + ("; fused with the OCR text vectors" if mode == "fused" else ""))
+    return f"score: cosine similarity {what}; 1 = the same page, about 0 = unrelated"
+
+
+def _search_vectors(collection: Collection, settings: PipelineSettings, queries: np.ndarray, k: int, query: str, index=None,
+                    mode: str = "visual") -> SearchResult:
     if index is None:
         # Readers never write the index file: a writer may hold the lock (ingest in progress).
-        index, _ = sync_index(collection, settings.index, persist=False)
+        index, _ = sync_index(collection, settings.index, persist=False, projection=active_projection(collection, settings))
     if index is None or index.ntotal == 0:
         raise CollectionError(f"{collection.root} has no pages to search")
     # Fetch more pages than k so that document-level results can reach k distinct documents.
@@ -963,7 +1288,8 @@ def _search_vectors(collection: Collection, settings: PipelineSettings, queries:
         DocumentHit(i + 1, d["score"], did, d["rec"].path, d["rec"].page_no, len(d["pages"]), doc_cluster.get(did), names.get(doc_cluster.get(did)))
         for i, (did, d) in enumerate(ranked)
     ]
-    return SearchResult(query=query, query_pages=len(queries), pages=page_hits, documents=doc_hits)
+    return SearchResult(query=query, query_pages=len(queries), pages=page_hits, documents=doc_hits,
+                        score_note=score_note(collection, settings, mode))
 
 
 def search_file(
@@ -1008,6 +1334,9 @@ def search_file(
     _check_extractor(collection, extractor)
     images = [p.image for p in iter_pages(src, settings.render)]
     queries = extractor.embed(np.stack([to_network_input(im, extractor.input_size) for im in images]))
+    projection = active_projection(collection, settings)
+    if projection is not None:  # the vectors the index holds (issue 13)
+        queries = projection.transform(queries)
     if mode == "visual":
         return _search_vectors(collection, settings, queries, k, str(path), index)
     model = load_text_model(collection) or _text_model_in_memory(collection, settings)
@@ -1026,10 +1355,11 @@ def search_file(
             raise CollectionError(f"{path}: no usable text found by OCR to search with")
         queries = text_vecs[has]
     else:
-        queries = fuse(queries, text_vecs, settings.text.fusion_weight, model.visual_mean)
+        mean = model.visual_mean if model.visual_mean is not None and np.shape(model.visual_mean)[0] == queries.shape[1] else None
+        queries = fuse(queries, text_vecs, settings.text.fusion_weight, mean)
     if index is None:
         index = mode_index(collection, settings, mode)
-    return _search_vectors(collection, settings, queries, k, f"{path} ({mode})", index)
+    return _search_vectors(collection, settings, queries, k, f"{path} ({mode})", index, mode)
 
 
 def search_page(
@@ -1049,14 +1379,14 @@ def search_page(
     """
     mode = resolve_search_mode(collection, settings, mode)
     if mode == "visual":
-        _, vec = collection.vectors([page_id])
+        _, vec = _visual_vectors(collection, settings, [page_id])
         return _search_vectors(collection, settings, vec, k, f"page {page_id}", index)
     if index is None:
         index = mode_index(collection, settings, mode)
     pv = page_vectors(collection, settings, mode, [page_id])
     if mode == "text" and not pv.has_text[0]:
         raise CollectionError(f"page {page_id} has no usable OCR text to search by (run `docsort ocr`)")
-    return _search_vectors(collection, settings, pv.vectors, k, f"page {page_id} ({mode})", index)
+    return _search_vectors(collection, settings, pv.vectors, k, f"page {page_id} ({mode})", index, mode)
 
 
 def resolve_search_mode(collection: Collection, settings: PipelineSettings, mode: str) -> str:
@@ -1088,7 +1418,7 @@ def mode_index(collection: Collection, settings: PipelineSettings, mode: str):
     import faiss
 
     if mode == "visual":
-        return sync_index(collection, settings.index, persist=False)[0]
+        return sync_index(collection, settings.index, persist=False, projection=active_projection(collection, settings))[0]
     pv = page_vectors(collection, settings, mode)
     ids, vecs = (pv.ids[pv.has_text], pv.vectors[pv.has_text]) if mode == "text" else (pv.ids, pv.vectors)
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(vecs.shape[1] if vecs.ndim == 2 and vecs.shape[1] else 1))
@@ -1164,43 +1494,117 @@ def info(collection: Collection) -> dict:
         **collection.text_counts(),
         "ocr": (lambda o: f"{o.get('engine')} lang={o.get('lang')} dpi={o.get('dpi')}" if o else None)(manifest.get("ocr")),
         "text_model": (lambda t: f"{t.get('method')} {t.get('dim')}-d on {t.get('pages_fitted')} pages" if t else None)(manifest.get("text")),
+        "invariance": (lambda v: (f"{v.get('dims')}-d from {v.get('n_pages_fitted')} pages x {len(v.get('styles', []))} styles, "
+                                  f"sha256 {str(v.get('sha256'))[:12]}" + ("" if v.get("active") else " (not in use)")) if v else None)(
+            manifest.get("invariance")),
     }
 
 
-def export_pages(collection: Collection, out: str | Path, *, vectors: bool = False) -> int:
+#: What ``export_pages(vectors=...)`` can write.
+EXPORT_VECTORS = ("clustering", "visual", "text", "raw")
+
+
+def export_vectors(collection: Collection, kind: str, settings: PipelineSettings | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The page vectors of one kind, as :func:`export_pages` writes them.
+
+    Args:
+        kind: ``clustering``: what the last :func:`cluster` clustered (fused visual + text where it
+            fused, else visual; through the invariance projection when one is active), ``visual``
+            when never clustered; ``visual``: what search by look uses (projected when active);
+            ``text``: the text model's vectors (all-zero rows for pages without usable text);
+            ``raw``: the stored backbone vectors, never projected.
+        settings: default the collection's (:func:`effective_settings`), with the text settings of
+            the last clustering for ``clustering``.
+
+    Returns:
+        ``(ids int64 (n,), vectors float32 (n, D), meta)``, ascending page id; ``meta`` says what
+        they are: kind, mode, dim, invariance sha256 (or ``None``), fusion weight, text model token.
+
+    Raises:
+        ValueError: an unknown kind. CollectionError: ``text`` and no page has usable text.
+    """
+    if kind not in EXPORT_VECTORS:
+        raise ValueError(f"unknown vectors {kind!r}; use one of {', '.join(EXPORT_VECTORS)}")
+    settings = settings or effective_settings(collection, PipelineSettings())
+    projection = active_projection(collection, settings)
+    if kind == "raw":
+        ids, vecs = collection.vectors()
+        meta = {"mode": "raw", "fusion_weight": 0.0, "text_model_token": None}
+        projection = None
+    else:
+        mode = kind
+        if kind == "clustering":
+            run = collection.last_cluster_run()
+            mode = run["settings"].get("features", "visual") if run else "visual"
+            if run and "text" in run["settings"]:
+                settings = settings.model_copy(update={"text": type(settings.text)(**run["settings"]["text"])})
+        pv = page_vectors(collection, settings, mode)
+        ids, vecs = pv.ids, pv.vectors
+        meta = {"mode": pv.mode, "fusion_weight": pv.fusion_weight, "text_model_token": pv.text_model.token if pv.text_model else None}
+        if pv.mode == "text":
+            projection = None
+    dim = int(vecs.shape[1]) if vecs.ndim == 2 else 0
+    meta = {"vectors": kind, **meta, "dim": dim, "invariance_sha256": projection.sha256 if projection is not None else None,
+            "docsort_version": __version__}
+    return ids, vecs, meta
+
+
+def export_pages(collection: Collection, out: str | Path, *, vectors: bool | str = False) -> int:
     """Write one row per page to ``.parquet`` or ``.csv``.
 
     Columns: path, page, sha256, cluster, cluster_name, document_cluster, umap_x, umap_y, page_id,
-    document_id, membership (``member`` | ``reassigned`` | ``noise`` | ``provisional``); with ``vectors`` also ``vector`` (a list of D float32, Parquet) or ``f0..f{D-1}``
-    columns (CSV).
+    document_id, membership (``member`` | ``reassigned`` | ``noise`` | ``provisional``); with
+    ``vectors`` also ``vector`` (a list of D float32, Parquet) or ``f0..f{D-1}`` columns (CSV).
+
+    ``vectors``: ``True`` or ``"clustering"`` writes the vectors the index and clustering use;
+    ``"visual"``, ``"text"`` or ``"raw"`` another kind (:func:`export_vectors`). What they are
+    (kind, mode, dim, invariance sha256, fusion weight) is written to the Parquet schema metadata
+    under the key ``docsort`` (JSON), or for CSV to a sidecar ``OUT.json``.
 
     Returns:
         The number of rows written.
 
     Raises:
-        ValueError: an unsupported file extension.
+        ValueError: an unsupported file extension or vectors kind.
     """
+    import json
+
     import pandas as pd
 
     out = Path(out)
     if out.suffix.lower() not in (".parquet", ".csv"):
         raise ValueError(f"{out}: export to .parquet or .csv")
+    kind = "clustering" if vectors is True else (vectors or None)
+    if kind is not None and kind not in EXPORT_VECTORS:
+        raise ValueError(f"unknown vectors {kind!r}; use one of {', '.join(EXPORT_VECTORS)}")
     df = collection.page_table()
     clustered = df[df["cluster"].notna()]
     doc_cluster = document_clusters(clustered["document_id"].to_numpy(), clustered["cluster"].to_numpy(dtype=np.int64)) if len(clustered) else {}
     df["document_cluster"] = df["document_id"].map(doc_cluster).astype("Int64")
     cols = ["path", "page", "sha256", "cluster", "cluster_name", "document_cluster", "umap_x", "umap_y", "page_id", "document_id",
             "membership"]
-    df = df[cols]
-    if vectors:
-        ids, vecs = collection.vectors()
+    df = df[cols].reset_index(drop=True)
+    meta = None
+    if kind is not None:
+        ids, vecs, meta = export_vectors(collection, kind)
+        row = {int(i): r for r, i in enumerate(ids)}
+        order = np.array([row[int(p)] for p in df["page_id"]], dtype=np.int64)
+        vecs = vecs[order] if len(order) else vecs
         if out.suffix.lower() == ".parquet":
             df = df.assign(vector=list(vecs))
         else:
             df = pd.concat([df, pd.DataFrame(vecs, columns=[f"f{i}" for i in range(vecs.shape[1])])], axis=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".parquet":
-        df.to_parquet(out, index=False)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if meta is not None:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"docsort": json.dumps(meta).encode()})
+        pq.write_table(table, out)
     else:
         df.to_csv(out, index=False)
+        if meta is not None:
+            atomic_write_bytes(out.with_name(out.name + ".json"), json.dumps(meta, indent=2).encode() + b"\n")
     return len(df)

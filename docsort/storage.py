@@ -247,6 +247,9 @@ class Collection:
     MODELS = "clustering.joblib"
     CLASSIFIER = "classifier.joblib"
     TEXT_MODEL = "text_model.joblib"
+    #: The scan-style-invariant projection (:mod:`docsort.invariance`), described under
+    #: ``"invariance"`` in the manifest with its sha256.
+    INVARIANCE = "invariance.bin"
     LOCK = ".lock"
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = False):
@@ -363,7 +366,7 @@ class Collection:
     def _remove_stale_temp_files(self) -> None:
         """Delete the temp files of a writer killed mid-write (``atomic_write_bytes`` writes
         ``.NAME.XXXX`` next to ``NAME``, then renames it); only lock holders write these files."""
-        for name in (self.INDEX, self.MANIFEST, self.MODELS, self.CLASSIFIER, self.TEXT_MODEL):
+        for name in (self.INDEX, self.MANIFEST, self.MODELS, self.CLASSIFIER, self.TEXT_MODEL, self.INVARIANCE, "index.*.faiss"):
             for tmp in self.root.glob(f".{name}.*"):
                 try:
                     tmp.unlink()
@@ -393,6 +396,52 @@ class Collection:
         """Replace the manifest atomically (write then rename)."""
         data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n"
         atomic_write_bytes(self.manifest_path, data)
+
+    # -- invariance projection and the index files ----------------------------------------
+    def index_path(self, projection_sha256: str | None = None) -> Path:
+        """The FAISS index file: ``index.faiss`` over the stored vectors, or, for vectors projected
+        by the invariance projection with this sha256, ``index.<first 16 hex digits>.faiss``; one
+        file per projection, so an index can never be read with another projection's queries."""
+        return self.root / (self.INDEX if projection_sha256 is None else f"index.{projection_sha256[:16]}.faiss")
+
+    def remove_other_indexes(self, keep: Path) -> int:
+        """Delete projected index files (``index.*.faiss``) other than ``keep`` (after a refit;
+        the caller holds the write lock). Returns how many were deleted."""
+        n = 0
+        for p in self.root.glob("index.*.faiss"):
+            if p.resolve() != Path(keep).resolve():
+                try:
+                    p.unlink()
+                    n += 1
+                except OSError:
+                    pass
+        return n
+
+    def write_invariance(self, data: bytes, description: dict) -> None:
+        """Store the projection's bytes atomically (``invariance.bin``), then record
+        ``description`` (with its ``sha256``) under ``"invariance"`` in the manifest. The caller
+        holds the write lock."""
+        import hashlib
+
+        atomic_write_bytes(self.root / self.INVARIANCE, data)
+        manifest = self.manifest() or {}
+        manifest["invariance"] = {**description, "sha256": hashlib.sha256(data).hexdigest()}
+        self.write_manifest(manifest)
+
+    def read_invariance(self) -> bytes | None:
+        """The stored projection's bytes when the manifest records one as ``active`` and the file's
+        sha256 matches the manifest's; ``None`` otherwise (none fitted, turned off at the last
+        clustering, or the file missing or damaged: then the raw vectors are used)."""
+        import hashlib
+
+        entry = (self.manifest() or {}).get("invariance")
+        if not entry or not entry.get("active", False):
+            return None
+        try:
+            data = (self.root / self.INVARIANCE).read_bytes()
+        except OSError:
+            return None
+        return data if hashlib.sha256(data).hexdigest() == entry.get("sha256") else None
 
     # -- documents and pages ---------------------------------------------------------------
     def find_document(self, sha256: str) -> int | None:

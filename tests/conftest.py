@@ -52,7 +52,7 @@ def sample_collection(tmp_path_factory, settings, extractor):
     col = Collection(root, create=True)
     report = ingest(col, [SAMPLE_DOCS], settings, extractor=extractor, progress=False, log=lambda m: None)
     assert report.failures == [], report.failures
-    cluster(col, settings, log=lambda m: None)
+    cluster(col, settings, log=lambda m: None, extractor=extractor, progress=False)
     col.close()
     return root
 
