@@ -14,8 +14,8 @@ package (or a real scan from ``sample_docs/``), in five generated kinds and samp
 | ``groff_paper`` | the groff manuals shipped as PostScript: ``meintro`` (en, fr), ``meref`` (groff -me), ``pic`` (groff -ms + pic) | as shipped in groff-base (groff ``-me``/``-ms``) |
 | ``web_page_print`` | HTML manuals: Node.js API docs (nodejs), Valgrind manual (valgrind), libxslt API reference (libxslt1-dev) | Chromium's print to PDF (headless) |
 | ``c_header_listing`` | C headers of ``/usr/include`` (libc6-dev, zlib1g-dev, libexpat1-dev, libffi-dev) | ``a2ps`` (2 pages per landscape sheet, its own frame and header) |
-| ``package_graph`` | dependency graphs of Debian packages (``apt-cache dotty``, installed packages only) | Graphviz ``dot`` PostScript |
-| ``data_table`` | boxed tables of system data files (``zone1970.tab``, ``iso3166.tab``, ``/etc/services``, ``/etc/protocols``, ...) | ``groff -t -ms`` (``tbl``) |
+| ``package_graph`` | dependency graphs of Debian packages (``apt-cache dotty``): fixed sets, then seeded pairs of the installed packages (so it follows what is installed) | Graphviz ``dot`` PostScript |
+| ``data_table`` | boxed tables of system data files (``zone1970.tab``, ``iso3166.tab``, ``/etc/services``, ``/etc/protocols``, distro-info CSVs, Unicode blocks, ...) | ``groff -t -ms`` (``tbl``) |
 
 and the 41 real scans of ``sample_docs/`` (antique_book_photo, book_page, fax_test_page, map,
 newspaper, sheet_music), each page re-scanned in one style (as a photocopy is re-scanned).
@@ -158,10 +158,20 @@ PACKAGE_SETS = [("coreutils", ["coreutils", "tar", "gzip", "grep", "sed"]), ("py
                 ("nodejs", ["nodejs", "libnode108"]), ("perl", ["perl", "perl-base"])]
 
 
+def _more_package_sets(n: int) -> list[tuple[str, list[str]]]:
+    """``n`` pairs of installed packages, drawn with a fixed seed from ``dpkg-query``'s sorted list."""
+    installed = sorted(_run(["dpkg-query", "-W", "-f", "${Package}\\n"], text=True).stdout.split())
+    picks = rng_for("package-pairs").permutation(len(installed))[: 2 * n]
+    return [(f"{installed[a]}+{installed[b]}", [installed[a], installed[b]]) for a, b in zip(picks[::2], picks[1::2])]
+
+
 def build_package_graphs(tmp: Path) -> list[SourceDoc]:
-    """Dependency graphs of installed Debian packages (``apt-cache dotty``), laid out by Graphviz ``dot``."""
+    """Dependency graphs of installed Debian packages (``apt-cache dotty``), laid out by Graphviz ``dot``:
+    the sets of :data:`PACKAGE_SETS`, then seeded pairs of installed packages."""
     docs = []
-    for i, (name, pkgs) in enumerate(PACKAGE_SETS):
+    for i, (name, pkgs) in enumerate(PACKAGE_SETS + _more_package_sets(40)):
+        if sum(len(d.pages) for d in docs) >= TARGET_PAGES:
+            break
         dotsrc = _run(["apt-cache", "-o", "APT::Cache::GivenOnly=1", "dotty", *pkgs], text=True).stdout
         if dotsrc.count("->") < 3:
             continue
@@ -180,7 +190,10 @@ DATA_FILES = [("zone1970", "/usr/share/zoneinfo/zone1970.tab", "\t"), ("services
               ("iso3166", "/usr/share/zoneinfo/iso3166.tab", "\t"), ("protocols", "/etc/protocols", None),
               ("zone", "/usr/share/zoneinfo/zone.tab", "\t"), ("mime", "/etc/mime.types", None),
               ("locales", "/usr/share/i18n/SUPPORTED", None), ("ethertypes", "/etc/ethertypes", None),
-              ("rpc", "/etc/rpc", None), ("networks-shells", "/etc/shells", None)]
+              ("rpc", "/etc/rpc", None), ("debian-releases", "/usr/share/distro-info/debian.csv", ","),
+              ("ubuntu-releases", "/usr/share/distro-info/ubuntu.csv", ","), ("locale-alias", "/usr/share/X11/locale/locale.alias", None),
+              ("leapseconds", "/usr/share/zoneinfo/leapseconds", None), ("unicode-blocks", "/usr/share/perl/5.36/unicore/Blocks.txt", ";"),
+              ("groups", "/etc/group", ":")]
 
 
 def _tbl(rows: list[list[str]], title: str, style: int) -> str:
@@ -213,7 +226,7 @@ def build_data_tables(tmp: Path) -> list[SourceDoc]:
         lines = [ln for ln in src.read_text(errors="replace").splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         if len(lines) < 10:
             continue
-        rows = [ln.split(sep) if sep else ln.split(None, 3) for ln in lines[:400]]
+        rows = [ln.split(sep, 3) if sep else ln.split(None, 3) for ln in lines[:400]]
         rows = [[c.strip()[:40] for c in r][:4] for r in rows]
         ncol = max(len(r) for r in rows)
         header = ["code", "coordinates", "zone", "comment"][:ncol] if "zone" in name else [f"field {j + 1}" for j in range(ncol)]

@@ -615,6 +615,10 @@ def evaluate(
     k: Annotated[list[str], typer.Option("-k", help="Neighbour counts for kNN precision@k: -k 1 -k 5 or -k 1,5,10.")] = ["1", "5", "10"],  # noqa: B006
     collection: CollectionOpt = DEFAULT_COLLECTION,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the full evaluation to this JSON file.")] = None,
+    vectors: Annotated[
+        str, typer.Option(help="Vectors kNN judges: 'clustering' (what index, search and clustering use: scan-style-invariant "
+                          "and fused with text where the collection has them) or 'stored' (the raw visual vectors).")
+    ] = "clustering",
 ) -> None:
     """Measure the collection against labels: kNN precision@k, ARI/NMI of the clusters, noise, purity, confusion.
 
@@ -628,9 +632,24 @@ def evaluate(
         raise _fail(f"-k takes integers, got {k}", 2) from None
     if not ks or min(ks) < 1:
         raise _fail("-k values must be at least 1", 2)
+    if vectors not in ("clustering", "stored"):
+        raise _fail(f"--vectors takes clustering or stored, got {vectors!r}", 2)
     col = _open(collection)
     try:
-        result = run_evaluate(col, labels_csv, ks)
+        given, note = None, "stored visual vectors"
+        if vectors == "clustering":
+            from .pipeline import active_projection, effective_settings, page_vectors
+            from .settings import load_pipeline
+
+            settings = effective_settings(col, load_pipeline("default"))
+            pv = page_vectors(col, settings, "fused")
+            projection = active_projection(col, settings)
+            given = (pv.ids, pv.vectors)
+            note = (f"clustering vectors: {pv.mode}"
+                    + (f", text weight {pv.fusion_weight}" if pv.mode == "fused" else "")
+                    + (f", scan-style-invariant {projection.dims}-d (sha256 {projection.sha256[:12]})" if projection is not None
+                       else ", raw visual (no invariance projection)"))
+        result = run_evaluate(col, labels_csv, ks, vectors=given, vectors_note=note)
     except LabelsError as exc:
         raise _fail(str(exc), 2) from exc
     finally:
@@ -651,6 +670,7 @@ def _print_evaluation(r) -> None:
     summary.add_row("pages", f"{r.labelled_pages} labelled of {r.pages_in_collection} ({r.unlabelled_pages} without a label, ignored)")
     summary.add_row("features", f"{feats.get('pooling')} pooling, {feats.get('dim')}-d, input {feats.get('input_size')} "
                     f"{feats.get('input_mode') or 'squash'}, {feats.get('weights')} weights")
+    summary.add_row("vectors judged", r.vectors)
     for kk in r.k:
         summary.add_row(f"kNN precision@{kk}", f"{f(r.knn_precision[kk])} (other documents only: {f(r.knn_precision_other_documents.get(kk))})")
     if r.clustered_pages:

@@ -182,6 +182,7 @@ class Evaluation:
             categories, columns = clusters (noise = -1 first).
         features, clustering: what made the vectors and clusters (from the manifest and the
             last clustering run).
+        vectors: which vectors the kNN figures judge (stored visual, or those given).
         styles: the scan styles, sorted (``None`` without a ``style`` column; then
             ``style_note`` says so and every style figure is ``None``).
         cross_style_knn_precision: ``{k: precision@k}``, neighbours among pages of other styles.
@@ -216,6 +217,7 @@ class Evaluation:
     confusion: dict | None = None
     features: dict = field(default_factory=dict)
     clustering: dict | None = None
+    vectors: str = "stored visual vectors"
     styles: list[str] | None = None
     style_note: str | None = None
     cross_style_knn_precision: dict[int, float | None] | None = None
@@ -535,6 +537,7 @@ def evaluate(
     labels: str | os.PathLike[str],
     ks: list[int] | tuple[int, ...] = (1, 5, 10),
     vectors: tuple[np.ndarray, np.ndarray] | None = None,
+    vectors_note: str | None = None,
 ) -> Evaluation:
     """Evaluate a collection's vectors and its stored clustering against ``labels.csv``.
 
@@ -546,6 +549,8 @@ def evaluate(
         vectors: ``(page_ids, vectors)``, int64 (m,) and float (m, D), the vectors to judge
             with kNN (e.g. the projected or fused ones that index and clustering use); they must
             cover every labelled page. Default: the stored visual vectors.
+        vectors_note: what ``vectors`` are, recorded as ``Evaluation.vectors`` (default
+            ``"stored visual vectors"`` without ``vectors``, ``"given vectors"`` with).
 
     Returns:
         An :class:`Evaluation`.
@@ -593,6 +598,7 @@ def evaluate(
         knn_precision_other_documents=knn_other,
         features={key: feats.get(key) for key in ("backbone", "layer", "pooling", "dim", "input_size", "input_mode", "preprocessing")}
         | {"weights": (feats.get("weights") or {}).get("source")},
+        vectors=vectors_note or ("stored visual vectors" if vectors is None else "given vectors"),
     )
     cl = table.loc[ids, "cluster"]
     has = cl.notna().to_numpy()

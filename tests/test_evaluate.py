@@ -160,11 +160,26 @@ def test_cli_evaluate_prints_tables_and_writes_json(sample_collection, tmp_path)
     res = run("evaluate", "--labels", LABELS, "--collection", sample_collection, "-k", "1,5", "--json", out, check=0)
     assert "kNN precision@5" in res.stdout and "per category" in res.stdout and "confusion" in res.stdout
     data = json.loads(out.read_text())
+    from docsort.pipeline import active_projection, effective_settings, page_vectors
+    from docsort.settings import load_pipeline
+
     with Collection(sample_collection) as col:
-        again = evaluate(col, LABELS, ks=(1, 5))
+        # By default the CLI judges the vectors index and clustering use (projected when the
+        # collection has a scan-style-invariant projection); --vectors stored the raw ones.
+        settings = effective_settings(col, load_pipeline("default"))
+        pv = page_vectors(col, settings, "fused")
+        projection = active_projection(col, settings)
+        again = evaluate(col, LABELS, ks=(1, 5), vectors=(pv.ids, pv.vectors))
+        stored = evaluate(col, LABELS, ks=(1, 5))
     assert data["knn_precision"] == {"1": again.knn_precision[1], "5": again.knn_precision[5]}
     assert data["labelled_pages"] == 41 and data["ari"] == pytest.approx(again.ari)
     assert f"{again.knn_precision[5]:.3f}" in res.stdout
+    assert data["vectors"].startswith("clustering vectors") and (projection is None) == ("raw visual" in data["vectors"])
+    raw = tmp_path / "raw.json"
+    run("evaluate", "--labels", LABELS, "--collection", sample_collection, "-k", "1,5", "--vectors", "stored", "--json", raw, check=0)
+    raw_data = json.loads(raw.read_text())
+    assert raw_data["knn_precision"] == {"1": stored.knn_precision[1], "5": stored.knn_precision[5]}
+    assert raw_data["vectors"] == "stored visual vectors"
     assert data["features"]["pooling"] == "topk" and data["features"]["dim"] == 288
     bad = run("evaluate", "--labels", tmp_path / "none.csv", "--collection", sample_collection)
     assert bad.returncode == 2 and "cannot read labels" in bad.stderr
