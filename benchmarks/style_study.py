@@ -83,14 +83,22 @@ def binarised_copy(corpus: Path, out: Path) -> Path:
     return labels
 
 
-def ingest_cli(folder: Path, collection: Path) -> float:
-    """``docsort ingest FOLDER --weights bundled`` in a subprocess (skipped if done); seconds taken."""
+def ingest_cli(folder: Path, collection: Path, ocr: bool = False) -> float:
+    """``docsort ingest FOLDER --weights bundled`` in a subprocess (skipped if done), then with
+    ``ocr`` ``docsort ocr`` (Tesseract, ~1.2 CPU-s a page); seconds taken."""
     if (collection / "manifest.json").exists():
         return 0.0
     t = time.perf_counter()
     env = {**os.environ, "DOCSORT_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run([sys.executable, "-m", "docsort.cli", "ingest", str(folder), "--collection", str(collection), "--weights", "bundled",
-                    "--no-progress"], check=True, env=env, stdout=subprocess.DEVNULL)
+    plain = collection.parent / collection.name.removesuffix("-ocr")
+    if ocr and (plain / "manifest.json").exists():
+        shutil.copytree(plain, collection)  # the same vectors; OCR added to the copy
+    else:
+        subprocess.run([sys.executable, "-m", "docsort.cli", "ingest", str(folder), "--collection", str(collection), "--weights", "bundled",
+                        "--no-progress"], check=True, env=env, stdout=subprocess.DEVNULL)
+    if ocr:
+        subprocess.run([sys.executable, "-m", "docsort.cli", "ocr", "--collection", str(collection), "--no-progress"], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
 
 
@@ -99,7 +107,8 @@ def variant_settings(base, name: str, seed: int):
 
     ``name``: ``baseline`` | ``binarised`` | ``invN`` | ``bin_invN``, optionally followed by
     HDBSCAN choices ``_leaf`` (``cluster_selection_method="leaf"``), ``_mcsN``
-    (``min_cluster_size=N``) and ``_msN`` (``min_samples=N``), e.g. ``inv32_mcs8_leaf``.
+    (``min_cluster_size=N``) and ``_msN`` (``min_samples=N``), e.g. ``inv32_mcs8_leaf``, and the
+    text weight ``_wX`` (``text.fusion_weight=X``; only matters with ``--ocr``).
     """
     s = base.model_copy(update={"umap": base.umap.model_copy(update={"random_state": seed})})
     parts = name.split("_")
@@ -111,6 +120,8 @@ def variant_settings(base, name: str, seed: int):
             hdb["min_cluster_size"] = int(part[3:])
         elif part.startswith("ms"):
             hdb["min_samples"] = int(part[2:])
+        elif part.startswith("w"):
+            s = s.model_copy(update={"text": s.text.model_copy(update={"fusion_weight": float(part[1:])})})
     if hdb:
         s = s.model_copy(update={"hdbscan": s.hdbscan.model_copy(update=hdb)})
     dims = None
@@ -135,6 +146,9 @@ def clustering_vectors(col, settings):
     return col.vectors()
 
 
+_CACHE: dict = {}
+
+
 def run_variant(collection: Path, labels: Path, name: str, seeds: list[int], log) -> dict:
     """Cluster ``collection`` with each UMAP seed under variant ``name`` and evaluate; the summary dict."""
     from sklearn.metrics import adjusted_rand_score
@@ -150,7 +164,14 @@ def run_variant(collection: Path, labels: Path, name: str, seeds: list[int], log
     for seed in seeds:
         settings = variant_settings(base, name, seed)
         with Collection(collection) as col:
-            cluster(col, settings, log=lambda m: None)
+            kwargs = {}
+            if "inv" in name:  # the invariance fit embeds renderings: one extractor for the process
+                from docsort.pipeline import make_extractor
+
+                if "extractor" not in _CACHE:
+                    _CACHE["extractor"] = make_extractor(settings, announce=False)
+                kwargs = {"extractor": _CACHE["extractor"], "progress": False}
+            cluster(col, settings, log=lambda m: None, **kwargs)
             vectors = clustering_vectors(col, settings)
             r = evaluate(col, labels, ks=(1, 5), vectors=vectors, vectors_note=f"clustering vectors of variant {name}")
             table = col.page_table().set_index("page_id")
@@ -209,6 +230,7 @@ def main() -> None:
     ap.add_argument("--variants", default="baseline,binarised", help="comma-separated: baseline, binarised, invN, bin_invN")
     ap.add_argument("--seeds", default="0,1,2,3,4", help="UMAP seeds")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "style_study")
+    ap.add_argument("--ocr", action="store_true", help="OCR the pages (a copy of the collection) so clustering fuses text")
     a = ap.parse_args()
     os.environ.setdefault("DOCSORT_OFFLINE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -226,14 +248,16 @@ def main() -> None:
             binarised = variant.startswith("bin")
             folder = a.out / "binarised" / corpus.name if binarised else corpus
             labels = binarised_copy(corpus, folder) if binarised else corpus / "labels.csv"
-            collection = a.out / "collections" / f"{corpus.name}{'-bin' if binarised else ''}"
+            collection = a.out / "collections" / f"{corpus.name}{'-bin' if binarised else ''}{'-ocr' if a.ocr else ''}"
             load_before = open("/proc/loadavg").read().split()[0]
-            took = ingest_cli(folder, collection)
+            took = ingest_cli(folder, collection, a.ocr)
             if took:
                 log(f"{corpus.name}{' (binarised)' if binarised else ''}: ingested in {took:.0f} s")
             summary = run_variant(collection, labels, variant, seeds, log)
             summary |= {"corpus": corpus.name, "loadavg_before": load_before, "loadavg_after": open("/proc/loadavg").read().split()[0],
                         "ingest_s": took}
+            if a.ocr:
+                summary["variant"] = variant = f"{variant}+ocr"
             results = [r for r in results if (r["corpus"], r["variant"]) != (corpus.name, variant)] + [summary]
             results_file.write_text(json.dumps(results, indent=2) + "\n")
             (a.out / "results.md").write_text(markdown(results))
