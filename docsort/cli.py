@@ -686,7 +686,8 @@ def _print_evaluation(r) -> None:
         for kk in r.k:
             summary.add_row(f"cross-style kNN@{kk}", f"{f(r.cross_style_knn_precision.get(kk))} (neighbours among other scan styles only)")
         summary.add_row(f"same-style neighbours@{r.k[-1]}",
-                        f"{f(r.style_knn_precision.get(r.k[-1]))} (chance {f(r.style_knn_chance)}; far above chance: vectors encode the scanner)")
+                        f"{f(r.style_knn_precision.get(r.k[-1]))} (chance {f(r.style_knn_chance)}; the further above it, the more the vectors "
+                        "encode the scanner)")
         if r.clustered_pages:
             summary.add_row("style leakage NMI", f"{f(r.style_nmi)} / clustered {f(r.style_nmi_clustered)} "
                             f"(clusters vs scan style, low is good; vs type: {f(r.nmi)})")
