@@ -411,11 +411,12 @@ def export(
 ) -> None:
     """One row per page: path, page, sha256, cluster, cluster name, UMAP x/y."""
     from .pipeline import export_pages
+    from .storage import CollectionError
 
     col = _open(collection)
     try:
         n = export_pages(col, out_path, vectors=vectors_kind or vectors)
-    except ValueError as exc:
+    except (ValueError, CollectionError) as exc:  # a bad extension or kind; text vectors without OCR text
         raise _fail(str(exc), 2) from exc
     finally:
         col.close()

@@ -1043,6 +1043,8 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
     re-reads a sample of pages and needs the extractor: ``extractor`` reuses a built one;
     ``progress`` shows its bar); the clustered vectors are the projected ones (fused with the
     text where there is text), and ``result.params["invariance_sha256"]`` says which projection.
+    When the projection changed, a trained document-type classifier is retrained on the new
+    vectors and every page re-predicted (:func:`docsort.classify.after_ingest`).
 
     Noise is reassigned by soft clustering when ``settings.hdbscan.reassign_noise_threshold > 0``
     (:func:`~docsort.clustering.reassign_noise`). Cluster ids are matched to the stored ones by
@@ -1064,8 +1066,12 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
     import joblib
 
     with collection.write_lock(lock_timeout_s, on_wait=log):
+        before = stored_projection(collection)
         inv = fit_invariance(collection, settings, extractor=extractor, progress=progress, log=log)
         projection = inv.projection if settings.invariance.enabled else None
+        if (before.sha256 if before else None) != (projection.sha256 if projection else None):
+            # The classifier's vectors changed: retrain it and re-predict (no-op without one).
+            classify.after_ingest(collection, settings, log=log)
         # Text model refitted on all OCR text so far; fused vectors when there is text (issue 6).
         # Vectors and texts are read once for the model, the fused vectors and the names.
         ids, visual = _visual_vectors(collection, settings, projection=projection)

@@ -200,7 +200,7 @@ def test_reclustering_is_deterministic_and_keeps_user_names(collection_copy, set
 
 def test_export_parquet_and_csv(sample_collection, tmp_path):
     with Collection(sample_collection) as col:
-        assert export_pages(col, tmp_path / "pages.parquet", vectors=True) == 41
+        assert export_pages(col, tmp_path / "pages.parquet", vectors="raw") == 41  # the stored vectors (issue 13: True = clustered ones)
         assert export_pages(col, tmp_path / "pages.csv") == 41
         _, vecs = col.vectors()
         with pytest.raises(ValueError):

@@ -1,14 +1,16 @@
 """Scan-style-invariant vectors (issue 13): the styles stage, the projection stage, and the job
 that fits the projection at ``docsort cluster`` and applies it to index, search, export.
 
-All on the real pages of sample_docs/ (bundled weights). The shared ``sample_collection`` is
-clustered with the default settings, so it carries a fitted projection (41 pages >= min_pages).
+All on the real pages of sample_docs/ (bundled weights). sample_docs has 41 pages, fewer than
+the default ``invariance.min_pages``, so ``inv_collection`` is a copy of the shared collection
+re-clustered with ``min_pages = 20`` (``inv_settings``), which fits a projection on it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -20,6 +22,7 @@ from docsort.pages import discover_files, iter_pages
 from docsort.pipeline import (
     _needs_fit,
     active_projection,
+    cluster,
     export_pages,
     fit_invariance,
     ingest,
@@ -40,6 +43,30 @@ QUIET = {"progress": False, "log": lambda m: None}
 def _page(name: str, settings, page_no: int = 1) -> Image.Image:
     [src] = list(discover_files([SAMPLE_DOCS / name]))
     return next(iter_pages(src, settings.render, page_no, page_no)).image
+
+
+@pytest.fixture(scope="module")
+def inv_settings(settings):
+    """The default settings with ``invariance.min_pages = 20`` (sample_docs has 41 pages)."""
+    return settings.model_copy(update={"invariance": settings.invariance.model_copy(update={"min_pages": 20})})
+
+
+@pytest.fixture(scope="module")
+def inv_collection(sample_collection, inv_settings, extractor, tmp_path_factory):
+    """A copy of the sample collection clustered with ``inv_settings``: it has a projection. Read-only."""
+    root = tmp_path_factory.mktemp("inv") / "collection"
+    shutil.copytree(sample_collection, root, ignore=shutil.ignore_patterns(".lock"))
+    with Collection(root) as col:
+        cluster(col, inv_settings, extractor=extractor, **QUIET)
+    return root
+
+
+@pytest.fixture
+def inv_copy(inv_collection, tmp_path):
+    """A private, writable copy of ``inv_collection``."""
+    dst = tmp_path / "collection"
+    shutil.copytree(inv_collection, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +161,8 @@ def test_projection_on_its_own_pages_and_its_bytes(views):
 # -- the job ---------------------------------------------------------------------------------
 
 
-def test_cluster_stores_the_projection_with_its_checksum_in_the_manifest(sample_collection, settings):
-    with Collection(sample_collection) as col:
+def test_cluster_stores_the_projection_with_its_checksum_in_the_manifest(inv_collection, inv_settings):
+    with Collection(inv_collection) as col:
         entry = col.manifest()["invariance"]
         data = (col.root / Collection.INVARIANCE).read_bytes()
         proj = stored_projection(col)
@@ -144,73 +171,74 @@ def test_cluster_stores_the_projection_with_its_checksum_in_the_manifest(sample_
     assert entry["dims"] == 32 and entry["styles"] == list(DEFAULT_STYLES) and entry["n_pages_fitted"] == 41
     assert entry["pages_at_fit"] == 41 and entry["pages_skipped"] == 0 and entry["seed"] == 0
     assert run["settings"]["invariance_sha256"] == proj.sha256  # the clustering ran on these vectors
-    assert (sample_collection / f"index.{proj.sha256[:16]}.faiss").is_file()
+    assert (inv_collection / f"index.{proj.sha256[:16]}.faiss").is_file()
 
 
-def test_refit_is_byte_identical_and_a_damaged_file_is_not_used(collection_copy, settings, extractor):
-    with Collection(collection_copy) as col:
+def test_refit_is_byte_identical_and_a_damaged_file_is_not_used(inv_copy, inv_settings, extractor):
+    with Collection(inv_copy) as col:
         before = col.manifest()["invariance"]["sha256"]
         with col.write_lock():
-            assert fit_invariance(col, settings, extractor=extractor, **QUIET).action == "kept"
-            report = fit_invariance(col, settings, extractor=extractor, force=True, **QUIET)
+            assert fit_invariance(col, inv_settings, extractor=extractor, **QUIET).action == "kept"
+            report = fit_invariance(col, inv_settings, extractor=extractor, force=True, **QUIET)
         assert report.action == "fitted" and report.projection.sha256 == before
         (col.root / Collection.INVARIANCE).write_bytes(b"damaged")
-        assert stored_projection(col) is None and visual_index_path(col, settings) == col.root / Collection.INDEX
-        assert "does not match its sha256" in _needs_fit(col, settings, 41)
+        assert stored_projection(col) is None and visual_index_path(col, inv_settings) == col.root / Collection.INDEX
+        assert "does not match its sha256" in _needs_fit(col, inv_settings, 41)
 
 
-def test_refit_when_the_collection_has_grown_by_half_or_settings_change(collection_copy, settings):
-    with Collection(collection_copy) as col:
-        assert _needs_fit(col, settings, 41) is None
-        assert _needs_fit(col, settings, 61) is None  # 41 * 1.5 = 61.5
-        assert "grew from 41 to 62 pages" in _needs_fit(col, settings, 62)
-        other = settings.model_copy(update={"invariance": settings.invariance.model_copy(update={"dims": 16})})
+def test_refit_when_the_collection_has_grown_by_half_or_settings_change(inv_copy, inv_settings):
+    with Collection(inv_copy) as col:
+        assert _needs_fit(col, inv_settings, 41) is None
+        assert _needs_fit(col, inv_settings, 61) is None  # 41 * 1.5 = 61.5
+        assert "grew from 41 to 62 pages" in _needs_fit(col, inv_settings, 62)
+        other = inv_settings.model_copy(update={"invariance": inv_settings.invariance.model_copy(update={"dims": 16})})
         assert "settings changed" in _needs_fit(col, other, 41)
-        unchanged = settings.model_copy(update={"invariance": settings.invariance.model_copy(update={"refit_growth": 2.0})})
+        unchanged = inv_settings.model_copy(update={"invariance": inv_settings.invariance.model_copy(update={"refit_growth": 2.0})})
         assert _needs_fit(col, unchanged, 62) is None
 
 
-def test_new_pages_use_the_stored_projection(collection_copy, settings, extractor, tmp_path):
-    page = _page("leptonica/1555.007.jpg", settings)
+def test_new_pages_use_the_stored_projection(inv_copy, inv_settings, extractor, tmp_path):
+    page = _page("leptonica/1555.007.jpg", inv_settings)
     bilevel = restyle(page, "bilevel", page_rng(5, 5))
     bilevel.convert("1").save(tmp_path / "fax.tif", compression="group4")
-    with Collection(collection_copy) as col:
+    with Collection(inv_copy) as col:
         proj = stored_projection(col)
-        report = ingest(col, [tmp_path / "fax.tif"], settings, extractor=extractor, **QUIET)
+        report = ingest(col, [tmp_path / "fax.tif"], inv_settings, extractor=extractor, **QUIET)
         assert report.pages_added == 1 and "scan-style invariant 32-d" in report.index and "42 vectors" in report.index
+        assert report.provisional_pages == 1  # placed by the stored clustering, on projected vectors
         assert stored_projection(col).sha256 == proj.sha256
         ids, raw = col.vectors()
-        pv = page_vectors(col, settings, "visual")
+        pv = page_vectors(col, inv_settings, "visual")
         assert np.allclose(pv.vectors, proj.transform(raw), atol=1e-6)
 
 
-def test_a_bilevel_rerendering_of_a_stored_greyscale_page_finds_that_page_first(sample_collection, settings, extractor, tmp_path):
+def test_a_bilevel_rerendering_of_a_stored_greyscale_page_finds_that_page_first(inv_collection, inv_settings, extractor, tmp_path):
     names = ["leptonica/1555.007.jpg", "leptonica/cavalerie.29.jpg", "leptonica/map1.jpg", "leptonica/zanotti-78.jpg",
              "ocrmypdf/c03-29.jpg"]
-    with Collection(sample_collection) as col:
+    with Collection(inv_collection) as col:
         table = col.page_table()
         for i, name in enumerate(names):
             path = str((SAMPLE_DOCS / name).absolute())
             want = int(table[(table["path"] == path) & (table["page"] == 1)]["page_id"].iloc[0])
             query = tmp_path / f"q{i}.png"
-            restyle(_page(name, settings), "bilevel", page_rng(9, i)).save(query)
-            result = search_file(col, query, settings, k=3, extractor=extractor, mode="visual", log=lambda m: None)
+            restyle(_page(name, inv_settings), "bilevel", page_rng(9, i)).save(query)
+            result = search_file(col, query, inv_settings, k=3, extractor=extractor, mode="visual", log=lambda m: None)
             assert result.pages[0].page_id == want, (name, [(h.path, h.score) for h in result.pages])
             assert "scan-style-invariant" in result.score_note
 
 
-def test_scores_spread_once_projected(sample_collection, settings):
-    off = settings.model_copy(update={"invariance": settings.invariance.model_copy(update={"enabled": False})})
-    with Collection(sample_collection) as col:
-        on_scores = [h.score for h in search_page(col, 3, settings, k=10).pages[1:]]
+def test_scores_spread_once_projected(inv_collection, inv_settings):
+    off = inv_settings.model_copy(update={"invariance": inv_settings.invariance.model_copy(update={"enabled": False})})
+    with Collection(inv_collection) as col:
+        on_scores = [h.score for h in search_page(col, 3, inv_settings, k=10).pages[1:]]
         off_scores = [h.score for h in search_page(col, 3, off, k=10).pages[1:]]
     assert min(off_scores) > 0.9  # the raw cosine: every neighbour looks alike
     assert max(on_scores) - min(on_scores) > 0.1 and min(on_scores) < 0.6
 
 
-def test_disabled_gives_the_old_vectors_exactly(collection_copy, settings, extractor):
-    off = settings.model_copy(update={"invariance": settings.invariance.model_copy(update={"enabled": False})})
-    with Collection(collection_copy) as col:
+def test_disabled_gives_the_old_vectors_exactly(inv_copy, inv_settings, extractor):
+    off = inv_settings.model_copy(update={"invariance": inv_settings.invariance.model_copy(update={"enabled": False})})
+    with Collection(inv_copy) as col:
         ids, raw = col.vectors()
         assert active_projection(col, off) is None
         pv = page_vectors(col, off, "visual")
@@ -223,21 +251,21 @@ def test_disabled_gives_the_old_vectors_exactly(collection_copy, settings, extra
         assert col.manifest()["invariance"]["active"] is False and stored_projection(col) is None
 
 
-def test_too_few_pages_use_the_raw_vectors(tmp_path, settings, extractor):
+def test_too_few_pages_use_the_raw_vectors(tmp_path, inv_settings, extractor):
     with Collection(tmp_path / "small", create=True) as col:
-        ingest(col, [SAMPLE_DOCS / "leptonica" / "map1.jpg", SAMPLE_DOCS / "leptonica" / "comap.063.jpg"], settings,
+        ingest(col, [SAMPLE_DOCS / "leptonica" / "map1.jpg", SAMPLE_DOCS / "leptonica" / "comap.063.jpg"], inv_settings,
                extractor=extractor, **QUIET)
         with col.write_lock():
-            report = fit_invariance(col, settings, extractor=extractor, **QUIET)
+            report = fit_invariance(col, inv_settings, extractor=extractor, **QUIET)
         assert report.action == "too_few_pages" and stored_projection(col) is None
 
 
-def test_pages_whose_file_moved_are_skipped_and_counted(tmp_path, settings, extractor):
+def test_pages_whose_file_moved_are_skipped_and_counted(tmp_path, inv_settings, extractor):
     import shutil
 
     docs = tmp_path / "docs"
     shutil.copytree(SAMPLE_DOCS / "leptonica", docs)
-    small = settings.model_copy(update={"invariance": settings.invariance.model_copy(update={"min_pages": 10})})
+    small = inv_settings.model_copy(update={"invariance": inv_settings.invariance.model_copy(update={"min_pages": 10})})
     with Collection(tmp_path / "col", create=True) as col:
         ingest(col, [docs], small, extractor=extractor, **QUIET)
         n = col.counts()["pages"]
@@ -249,10 +277,10 @@ def test_pages_whose_file_moved_are_skipped_and_counted(tmp_path, settings, extr
 # -- export ----------------------------------------------------------------------------------
 
 
-def test_export_writes_the_clustered_vectors_and_says_which(sample_collection, settings, tmp_path):
+def test_export_writes_the_clustered_vectors_and_says_which(inv_collection, inv_settings, tmp_path):
     import pyarrow.parquet as pq
 
-    with Collection(sample_collection) as col:
+    with Collection(inv_collection) as col:
         proj = stored_projection(col)
         ids, raw = col.vectors()
         assert export_pages(col, tmp_path / "pages.parquet", vectors=True) == 41
@@ -272,3 +300,33 @@ def test_export_writes_the_clustered_vectors_and_says_which(sample_collection, s
     assert side["vectors"] == "raw" and side["invariance_sha256"] is None and side["dim"] == raw.shape[1]
     vmeta = json.loads(pq.read_schema(tmp_path / "visual.parquet").metadata[b"docsort"])
     assert vmeta["vectors"] == "visual" and vmeta["dim"] == 32
+
+
+# -- the classifier --------------------------------------------------------------------------
+
+
+def test_the_classifier_is_trained_on_the_projected_vectors_and_retrained_when_it_changes(inv_copy, inv_settings, extractor):
+    from docsort import classify
+    from docsort.settings import ClassifierSettings
+
+    with Collection(inv_copy) as col:
+        proj = stored_projection(col)
+        ids = [int(i) for i in col.page_ids()]
+        classify.label_pages(col, ids[:3], "first")
+        classify.label_pages(col, ids[-3:], "second")
+        report = classify.classify_collection(col, ClassifierSettings())
+        clf = report.classifier
+        assert clf.projection_sha256 == proj.sha256 and clf.centre.shape == (proj.dims,)
+        assert classify.is_current(clf, col, ClassifierSettings())
+        (col.root / Collection.INVARIANCE).write_bytes(b"damaged")  # now the raw vectors are the collection's
+        assert not classify.is_current(clf, col, ClassifierSettings())
+        again = classify.classify_collection(col, ClassifierSettings())
+        assert again.retrained and again.classifier.projection_sha256 is None
+        assert again.classifier.centre.shape == (col.vectors()[1].shape[1],)
+        # Turning the projection back on at a clustering retrains the classifier on the projected vectors.
+        (col.root / Collection.INVARIANCE).unlink()
+        cluster(col, inv_settings, extractor=extractor, **QUIET)  # refits (file missing) -> a projection again
+        clf3 = classify.load_classifier(col)
+        assert clf3.projection_sha256 == stored_projection(col).sha256 == proj.sha256  # byte-identical refit
+        versions = set(classify.type_table(col)["model_version"].dropna())
+        assert versions == {clf3.version} and clf3.version != again.classifier.version
