@@ -31,8 +31,26 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def photo_views(collection, settings, ids: np.ndarray, extractor) -> np.ndarray:
-    """float32 (n, D): each page re-read, photographed (``scan_styles._photograph``), embedded."""
+def generic_photo(image, rng: np.random.Generator):
+    """A plainer "page on a surface" rendering, unlike ``scan_styles._photograph``: grey ``L`` image,
+    a flat grey border of 3-12 % on each side, each corner moved by up to 4 % (Pillow ``QUAD``),
+    no light fall-off, no colour, no rescaling."""
+    from PIL import Image
+
+    w, h = image.size
+    m = float(rng.uniform(0.03, 0.12))
+    bw, bh = int(w * m), int(h * m)
+    canvas = Image.new("L", (w + 2 * bw, h + 2 * bh), int(rng.integers(60, 161)))
+    canvas.paste(image.convert("L"), (bw, bh))
+    W, H = canvas.size
+    j = rng.uniform(-0.04, 0.04, size=8) * np.array([W, H] * 4)
+    quad = (0 + j[0], 0 + j[1], 0 + j[2], H + j[3], W + j[4], H + j[5], W + j[6], 0 + j[7])
+    return canvas.transform((W, H), Image.Transform.QUAD, quad, Image.Resampling.BILINEAR, fillcolor=int(rng.integers(60, 161)))
+
+
+def photo_views(collection, settings, ids: np.ndarray, extractor, generic: bool = False) -> np.ndarray:
+    """float32 (n, D): each page re-read, photographed (``scan_styles._photograph``, or
+    :func:`generic_photo`), embedded."""
     from docsort.ocr import _find_source
     from docsort.pages import iter_pages, to_network_input
     from scan_styles import _photograph, rng_for
@@ -50,7 +68,10 @@ def photo_views(collection, settings, ids: np.ndarray, extractor) -> np.ndarray:
             pid = wanted.get(page.page_no)
             if pid is None or pid not in want:
                 continue
-            im = _photograph(page.image.convert("L"), rng_for("probe-photo", pid)).convert("L")
+            if generic:
+                im = generic_photo(page.image, rng_for("probe-generic", pid))
+            else:
+                im = _photograph(page.image.convert("L"), rng_for("probe-photo", pid)).convert("L")
             im.thumbnail(page.image.size)
             batch.append(to_network_input(im, extractor.input_size))
             owners.append(pid)
@@ -87,6 +108,7 @@ def main() -> None:
     ap.add_argument("collection", type=Path)
     ap.add_argument("labels", type=Path)
     ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--generic", action="store_true", help="also fit with generic_photo as the sixth view (a generator unlike the corpus's)")
     a = ap.parse_args()
     os.environ.setdefault("DOCSORT_OFFLINE", "1")
     from docsort.evaluate import match_label_rows, read_labels
@@ -116,6 +138,11 @@ def main() -> None:
     six = fit_projection(np.concatenate([views, photo[:, None, :]], axis=1), 32, inv.shrinkage)
     judge("inv32, 5 views + photo", six.transform(raw), cats, styles, settings, seeds)
     print("(the photo view is drawn by the generator that made the corpus's photo pages: an optimistic bound)")
+    if a.generic:
+        with Collection(a.collection) as col:
+            plain = photo_views(col, settings, ids, extractor, generic=True)
+        six = fit_projection(np.concatenate([views, plain[:, None, :]], axis=1), 32, inv.shrinkage)
+        judge("inv32, 5 views + generic page-on-surface", six.transform(raw), cats, styles, settings, seeds)
 
 
 if __name__ == "__main__":
