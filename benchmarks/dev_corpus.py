@@ -36,6 +36,16 @@ study needs (the network sees the page at ~27-60 dpi).
 CCITT-encoded by Pillow), multi-page TIFF (deflate or CCITT G4), one PNG per page and one JPEG
 per page (quality 40-85), so a format never identifies a category.
 
+**Scan style independent of category** (``--styles``, issue 13): instead of the per-document
+profile above, every document gets one of the scan styles of ``scan_styles.py`` (fax-like
+bilevel G4 at 150-300 dpi, greyscale JPEG on grey paper at low quality, colour, clean grey,
+phone photo with perspective), dealt round-robin over a seeded shuffle of each category's
+documents, so every category has every style in near-equal shares; the format follows the
+style (G4 TIFF/PDF, JPEG/PDF, PNG/TIFF), never the category. ``labels.csv`` gets a ``style``
+column; sample_docs' scans are left out (``dev_corpus2.py`` re-renders them in the styles).
+
+    python benchmarks/dev_corpus.py --styles benchmarks/out/dev_styles
+
 Writes ``OUT/<category>/...``, ``OUT/labels.csv`` (file, page, category, source, licence; files
 relative to OUT) and ``OUT/README.md`` (counts per category and format). About 80 s on two
 cores, ~120 MB; byte-identical on re-runs with the same package versions.
@@ -61,6 +71,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scan_styles import apply_style, assign_styles, save_styled, style_params, style_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DOCS = REPO / "sample_docs"
@@ -502,8 +515,17 @@ def save_document(pages: list[Image.Image], base: Path, fmt: str, profile: ScanP
     return out
 
 
-def build(out: Path, with_sample_docs: bool = True, log=print) -> list[dict]:
+def build(out: Path, with_sample_docs: bool = True, log=print, styles: bool = False) -> list[dict]:
     """Build the corpus under ``out`` (replacing it) and return the label rows written to labels.csv.
+
+    Args:
+        out: output folder (replaced). with_sample_docs: copy sample_docs' real scans in
+            (ignored with ``styles``). log: progress printer.
+        styles: scan-style-independent corpus (issue 13): each document gets a style from
+            :data:`scan_styles.STYLES` by :func:`scan_styles.assign_styles` (balanced within every
+            category, independent of it), is scanned by :func:`scan_styles.apply_style` and saved
+            in that style's formats; ``labels.csv`` gets a ``style`` column. sample_docs' real
+            scans are left out (``dev_corpus2.py`` re-renders them in the styles).
 
     Raises:
         SystemExit: a needed tool is missing (the message gives the ``apt-get install`` line).
@@ -521,6 +543,9 @@ def build(out: Path, with_sample_docs: bool = True, log=print) -> list[dict]:
             cat.docs = cat.build(tmp)
             n = sum(len(d.pages) for d in cat.docs)
             log(f"{cat.name}: {len(cat.docs)} documents, {n} pages")
+            if styles:
+                rows += _styled_category(cat, out)
+                continue
             for di, doc in enumerate(cat.docs):
                 fmt = FORMATS[(di + ci) % len(FORMATS)]
                 profile = scan_profile(cat.name, doc.name, any(p.mode == "RGB" for p in doc.pages), doc.landscape)
@@ -528,7 +553,7 @@ def build(out: Path, with_sample_docs: bool = True, log=print) -> list[dict]:
                 for path, page in save_document(scanned, out / cat.name / doc.name, fmt, profile):
                     rows.append({"file": path.relative_to(out).as_posix(), "page": page, "category": cat.name,
                                  "source": doc.source, "licence": doc.licence})
-    if with_sample_docs:
+    if with_sample_docs and not styles:
         with open(SAMPLE_DOCS / "labels.csv", newline="") as f:
             for r in csv.DictReader(f):
                 dst = out / "real_scans" / r["file"]
@@ -540,10 +565,26 @@ def build(out: Path, with_sample_docs: bool = True, log=print) -> list[dict]:
             src = SAMPLE_DOCS / name
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, out / "real_scans" / name)
     with open(out / "labels.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["file", "page", "category", "source", "licence"])
+        w = csv.DictWriter(f, fieldnames=["file", "page", "category", *(["style"] if styles else []), "source", "licence"])
         w.writeheader()
         w.writerows(rows)
     _write_readme(out, rows)
+    return rows
+
+
+def _styled_category(cat: Category, out: Path) -> list[dict]:
+    """Scan one category's documents in balanced, category-independent styles; its label rows."""
+    rows = []
+    assigned = assign_styles(cat.name, [d.name for d in cat.docs])
+    for doc in cat.docs:
+        style = assigned[doc.name]
+        params = style_params(style, cat.name, doc.name)
+        upright = doc.landscape and _rng("upright", cat.name, doc.name).random() < 0.5
+        pages = [p.rotate(-90, expand=True) if upright else p for p in doc.pages]
+        scanned = [apply_style(p, params, _rng("styled-page", cat.name, doc.name, i)) for i, p in enumerate(pages)]
+        for path, page in save_styled(scanned, out / cat.name / doc.name, params):
+            rows.append({"file": path.relative_to(out).as_posix(), "page": page, "category": cat.name, "style": style,
+                         "source": doc.source, "licence": doc.licence})
     return rows
 
 
@@ -559,6 +600,8 @@ def _write_readme(out: Path, rows: list[dict]) -> None:
         fmts = ", ".join(f"{k} {v}" for k, v in sorted(by_fmt[cat].items()))
         lines.append(f"| {cat} | {n} | {fmts} | {looks.get(cat, 'real scans from sample_docs/')} |")
     lines += ["", f"{len(rows)} pages in {len({r['file'] for r in rows})} files."]
+    if rows and "style" in rows[0]:
+        lines += ["", *style_table(rows)]
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
@@ -566,6 +609,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help="output folder (replaced)")
     ap.add_argument("--no-sample-docs", action="store_true", help="leave out sample_docs' real scans")
+    ap.add_argument("--styles", action="store_true",
+                    help="scan style independent of category (issue 13): balanced styles, a 'style' column; no sample_docs")
     a = ap.parse_args()
-    rows = build(a.out, with_sample_docs=not a.no_sample_docs)
+    rows = build(a.out, with_sample_docs=not a.no_sample_docs, styles=a.styles)
     print(f"{len(rows)} pages, {len({r['file'] for r in rows})} files, labels in {a.out / 'labels.csv'}", file=sys.stderr)

@@ -667,8 +667,15 @@ def evaluate(
     k: Annotated[list[str], typer.Option("-k", help="Neighbour counts for kNN precision@k: -k 1 -k 5 or -k 1,5,10.")] = ["1", "5", "10"],  # noqa: B006
     collection: CollectionOpt = DEFAULT_COLLECTION,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the full evaluation to this JSON file.")] = None,
+    vectors: Annotated[
+        str, typer.Option(help="Vectors kNN judges: 'clustering' (what index, search and clustering use: scan-style-invariant "
+                          "and fused with text where the collection has them) or 'stored' (the raw visual vectors).")
+    ] = "clustering",
 ) -> None:
-    """Measure the collection against labels: kNN precision@k, ARI/NMI of the clusters, noise, purity, confusion."""
+    """Measure the collection against labels: kNN precision@k, ARI/NMI of the clusters, noise, purity, confusion.
+
+    With a ``style`` column in the labels (each page's scan style), also cross-style kNN@k and
+    style leakage (NMI of clusters vs scan style)."""
     from .evaluate import LabelsError, evaluate as run_evaluate
 
     try:
@@ -677,9 +684,24 @@ def evaluate(
         raise _fail(f"-k takes integers, got {k}", 2) from None
     if not ks or min(ks) < 1:
         raise _fail("-k values must be at least 1", 2)
+    if vectors not in ("clustering", "stored"):
+        raise _fail(f"--vectors takes clustering or stored, got {vectors!r}", 2)
     col = _open(collection)
     try:
-        result = run_evaluate(col, labels_csv, ks)
+        given, note = None, "stored visual vectors"
+        if vectors == "clustering":
+            from .pipeline import active_projection, effective_settings, page_vectors
+            from .settings import load_pipeline
+
+            settings = effective_settings(col, load_pipeline("default"))
+            pv = page_vectors(col, settings, "fused")
+            projection = active_projection(col, settings)
+            given = (pv.ids, pv.vectors)
+            note = (f"clustering vectors: {pv.mode}"
+                    + (f", text weight {pv.fusion_weight}" if pv.mode == "fused" else "")
+                    + (f", scan-style-invariant {projection.dims}-d (sha256 {projection.sha256[:12]})" if projection is not None
+                       else ", raw visual (no invariance projection)"))
+        result = run_evaluate(col, labels_csv, ks, vectors=given, vectors_note=note)
     except LabelsError as exc:
         raise _fail(str(exc), 2) from exc
     finally:
@@ -700,6 +722,7 @@ def _print_evaluation(r) -> None:
     summary.add_row("pages", f"{r.labelled_pages} labelled of {r.pages_in_collection} ({r.unlabelled_pages} without a label, ignored)")
     summary.add_row("features", f"{feats.get('pooling')} pooling, {feats.get('dim')}-d, input {feats.get('input_size')} "
                     f"{feats.get('input_mode') or 'squash'}, {feats.get('weights')} weights")
+    summary.add_row("vectors judged", r.vectors)
     for kk in r.k:
         summary.add_row(f"kNN precision@{kk}", f"{f(r.knn_precision[kk])} (other documents only: {f(r.knn_precision_other_documents.get(kk))})")
     if r.clustered_pages:
@@ -710,6 +733,18 @@ def _print_evaluation(r) -> None:
         summary.add_row("purity", f(r.purity))
     else:
         summary.add_row("clusters", "none stored: run `docsort cluster` for ARI, NMI, noise and purity")
+    if r.styles and r.cross_style_knn_precision is not None:
+        summary.add_row("scan styles", f"{len(r.styles)}: {', '.join(r.styles)}")
+        for kk in r.k:
+            summary.add_row(f"cross-style kNN@{kk}", f"{f(r.cross_style_knn_precision.get(kk))} (neighbours among other scan styles only)")
+        summary.add_row(f"same-style neighbours@{r.k[-1]}",
+                        f"{f(r.style_knn_precision.get(r.k[-1]))} (chance {f(r.style_knn_chance)}; the further above it, the more the vectors "
+                        "encode the scanner)")
+        if r.clustered_pages:
+            summary.add_row("style leakage NMI", f"{f(r.style_nmi)} / clustered {f(r.style_nmi_clustered)} "
+                            f"(clusters vs scan style, low is good; vs type: {f(r.nmi)})")
+    else:
+        summary.add_row("scan styles", r.style_note or "not measured")
     out.print(summary)
     per = Table(title="per category")
     for name in ("category", "pages", *(f"kNN@{kk}" for kk in r.k), "noise", "top cluster", "share", "its purity"):
@@ -718,6 +753,13 @@ def _print_evaluation(r) -> None:
         per.add_row(c.category, str(c.pages), *(f(c.knn[kk]) for kk in r.k), f(c.noise_share, ".0%"),
                     "-" if c.top_cluster is None else str(c.top_cluster), f(c.top_cluster_share, ".0%"), f(c.top_cluster_purity, ".0%"))
     out.print(per)
+    if r.per_style:
+        by_style = Table(title="per scan style")
+        for name in ("style", "pages", *(f"cross-style kNN@{kk}" for kk in r.k), "noise"):
+            by_style.add_column(name, justify="left" if name == "style" else "right", no_wrap=name == "style")
+        for st in r.per_style:
+            by_style.add_row(st.style, str(st.pages), *(f(st.cross_style_knn[kk]) for kk in r.k), f(st.noise_share, ".0%"))
+        out.print(by_style)
     if r.confusion:
         cols = r.confusion["clusters"]
         conf = Table(title="confusion (rows: categories, columns: clusters, -1 = noise)")

@@ -18,6 +18,25 @@ each row to a stored page and measures:
   majority category), **per-category** figures, and the **confusion table** (categories x
   clusters, noise as cluster -1; scikit-learn's ``contingency_matrix``).
 
+When ``labels.csv`` also has a ``style`` column (how each page was scanned: e.g. ``fax_bilevel``,
+``grey_jpeg``; any strings), the evaluation adds what tells sorting by type from sorting by scan
+style (issue 13):
+
+* **cross-style kNN precision@k**: kNN precision where a page's neighbours are searched only
+  among pages scanned in *another* style than the page (same-style pages skipped, as the
+  other-documents figure skips the page's own document). High means a type is found across
+  scanners; a sorter that groups by scan style scores low here however high its plain kNN.
+* **style kNN@k**: the share of a page's k nearest neighbours (all pages) that share its style,
+  next to its chance level (the share a random other page would have, averaged over pages): far
+  above chance means the vectors encode the scanner.
+* **style leakage**: NMI between the stored clusters and the styles (noise pages as
+  singletons, and on the clustered pages only), to read next to NMI with the categories: low is
+  good (0 = the clusters say nothing about the scanner).
+* per-style figures (pages, cross-style kNN, noise share).
+
+Without a ``style`` column these figures are ``None`` and the evaluation says why
+(``style_note``).
+
 Rows are matched to documents by the sha256 of the labelled file's bytes when the file exists
 (so renamed copies and paths ingested relative to another folder match), otherwise by the
 resolved path. Stored pages without a label are ignored and counted; labels that match no stored
@@ -47,7 +66,11 @@ __all__ = [
     "read_labels",
     "match_labels",
     "knn_precision",
+    "cross_style_knn_precision",
+    "style_leakage",
     "cluster_scores",
+    "StyleStats",
+    "match_label_rows",
     "evaluate",
 ]
 
@@ -66,6 +89,7 @@ class LabelRow:
         category: the ground-truth kind of document.
         path: ``file`` resolved against the CSV's folder.
         line: line number in the CSV (for messages).
+        style: the scan style from the optional ``style`` column (``None`` without that column).
     """
 
     file: str
@@ -73,6 +97,7 @@ class LabelRow:
     category: str
     path: Path
     line: int
+    style: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +144,23 @@ class ClusterStats:
 
 
 @dataclass
+class StyleStats:
+    """Per-scan-style figures (only with a ``style`` column).
+
+    Attributes:
+        style, pages: the style and its number of matched pages.
+        cross_style_knn: ``{k: precision@k}`` over this style's pages, neighbours searched among
+            pages of other styles (``None`` where not measurable).
+        noise_share: share of its clustered pages in noise (``None`` unclustered).
+    """
+
+    style: str
+    pages: int
+    cross_style_knn: dict[int, float | None]
+    noise_share: float | None = None
+
+
+@dataclass
 class Evaluation:
     """Everything :func:`evaluate` measured; :meth:`to_dict` is what ``docsort evaluate --json`` writes.
 
@@ -140,6 +182,16 @@ class Evaluation:
             categories, columns = clusters (noise = -1 first).
         features, clustering: what made the vectors and clusters (from the manifest and the
             last clustering run).
+        vectors: which vectors the kNN figures judge (stored visual, or those given).
+        styles: the scan styles, sorted (``None`` without a ``style`` column; then
+            ``style_note`` says so and every style figure is ``None``).
+        cross_style_knn_precision: ``{k: precision@k}``, neighbours among pages of other styles.
+        style_knn_precision: ``{k: share of the k nearest neighbours with the page's style}``;
+            style_knn_chance: that share for random neighbours (mean over pages of
+            ``(n_style - 1) / (n - 1)``).
+        style_nmi, style_nmi_clustered: NMI of clusters vs styles (noise as singletons / on
+            clustered pages only): *style leakage*, low is good.
+        per_style: :class:`StyleStats` rows.
     """
 
     labels_file: str
@@ -165,14 +217,26 @@ class Evaluation:
     confusion: dict | None = None
     features: dict = field(default_factory=dict)
     clustering: dict | None = None
+    vectors: str = "stored visual vectors"
+    styles: list[str] | None = None
+    style_note: str | None = None
+    cross_style_knn_precision: dict[int, float | None] | None = None
+    style_knn_precision: dict[int, float | None] | None = None
+    style_knn_chance: float | None = None
+    style_nmi: float | None = None
+    style_nmi_clustered: float | None = None
+    per_style: list[StyleStats] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (k values become string keys, as JSON requires)."""
         d = asdict(self)
-        d["knn_precision"] = {str(k): v for k, v in self.knn_precision.items()}
-        d["knn_precision_other_documents"] = {str(k): v for k, v in self.knn_precision_other_documents.items()}
+        for key in ("knn_precision", "knn_precision_other_documents", "cross_style_knn_precision", "style_knn_precision"):
+            if d[key] is not None:
+                d[key] = {str(k): v for k, v in d[key].items()}
         for row in d["per_category"]:
             row["knn"] = {str(k): v for k, v in row["knn"].items()}
+        for row in d["per_style"]:
+            row["cross_style_knn"] = {str(k): v for k, v in row["cross_style_knn"].items()}
         return d
 
 
@@ -185,14 +249,16 @@ def read_labels(path: str | os.PathLike[str]) -> list[LabelRow]:
     """Read ``labels.csv``.
 
     Args:
-        path: a CSV with a header row holding at least ``file``, ``page`` and ``category``.
+        path: a CSV with a header row holding at least ``file``, ``page`` and ``category``; an
+            optional ``style`` column gives each page's scan style.
 
     Returns:
-        The rows, in file order, with ``file`` resolved against the CSV's folder.
+        The rows, in file order, with ``file`` resolved against the CSV's folder (``style``
+        ``None`` without a ``style`` column).
 
     Raises:
         LabelsError: file missing or unreadable, a required column missing, a page that is not a
-            positive integer, an empty category, or no rows.
+            positive integer, an empty category, an empty style where the column exists, or no rows.
     """
     path = Path(path)
     try:
@@ -201,6 +267,7 @@ def read_labels(path: str | os.PathLike[str]) -> list[LabelRow]:
             missing = {"file", "page", "category"} - set(reader.fieldnames or [])
             if missing:
                 raise LabelsError(f"{path}: missing column(s) {sorted(missing)} (need file, page, category)")
+            has_style = "style" in (reader.fieldnames or [])
             rows = []
             for line, r in enumerate(reader, start=2):
                 try:
@@ -212,7 +279,10 @@ def read_labels(path: str | os.PathLike[str]) -> list[LabelRow]:
                 category = (r["category"] or "").strip()
                 if not category or not (r["file"] or "").strip():
                     raise LabelsError(f"{path}:{line}: empty file or category")
-                rows.append(LabelRow(r["file"], page, category, (path.parent / r["file"]).resolve(), line))
+                style = (r["style"] or "").strip() if has_style else None
+                if has_style and not style:
+                    raise LabelsError(f"{path}:{line}: empty style (the style column, when present, needs a value on every row)")
+                rows.append(LabelRow(r["file"], page, category, (path.parent / r["file"]).resolve(), line, style))
     except OSError as exc:
         raise LabelsError(f"{path}: cannot read labels: {exc.strerror or exc}") from exc
     except (csv.Error, UnicodeDecodeError) as exc:
@@ -232,7 +302,20 @@ def match_labels(collection: Collection, rows: list[LabelRow]) -> tuple[np.ndarr
     Returns:
         ``(page_ids, categories, missing)``: int64 (n,) page ids, ascending; str (n,) their
         categories; and the rows that matched nothing, or that gave one page two categories
-        (``conflicting labels``; such pages are left out).
+        or two styles (``conflicting labels``; such pages are left out). :func:`match_label_rows`
+        gives the matched rows themselves (styles included).
+    """
+    ids, chosen, missing = match_label_rows(collection, rows)
+    return ids, np.array([chosen[int(i)].category for i in ids], dtype=object).astype(str), missing
+
+
+def match_label_rows(collection: Collection, rows: list[LabelRow]) -> tuple[np.ndarray, dict[int, LabelRow], list[MissingLabel]]:
+    """Match label rows to stored pages, as :func:`match_labels` does, keeping the rows.
+
+    Returns:
+        ``(page_ids, rows_by_id, missing)``: int64 (n,) page ids, ascending; ``{page id: the
+        first row that labelled it}``; and the rows that matched nothing or conflict (two
+        categories, or two styles, for one page: that page is left out).
     """
     table = collection.page_table()
     by_doc_page = {(int(d), int(p)): int(pid) for d, p, pid in zip(table["document_id"], table["page"], table["page_id"])}
@@ -261,7 +344,7 @@ def match_labels(collection: Collection, rows: list[LabelRow]) -> tuple[np.ndarr
             return doc, ""
         return None, "not in the collection" if sha is not None else "file not found"
 
-    chosen: dict[int, str] = {}
+    chosen: dict[int, LabelRow] = {}
     rows_of: dict[int, list[LabelRow]] = {}
     missing: list[MissingLabel] = []
     for row in rows:
@@ -274,14 +357,14 @@ def match_labels(collection: Collection, rows: list[LabelRow]) -> tuple[np.ndarr
             missing.append(MissingLabel(row.file, row.page, row.category, f"document has {pages_of[doc]} pages"))
             continue
         rows_of.setdefault(pid, []).append(row)
-        chosen.setdefault(pid, row.category)
+        chosen.setdefault(pid, row)
     for pid, rs in rows_of.items():
-        if len({r.category for r in rs}) > 1:
+        if len({r.category for r in rs}) > 1 or len({r.style for r in rs}) > 1:
             del chosen[pid]
-            cats = ", ".join(sorted({r.category for r in rs}))
-            missing += [MissingLabel(r.file, r.page, r.category, f"conflicting labels ({cats})") for r in rs]
+            what = sorted({r.category for r in rs}) + sorted({f"style {r.style}" for r in rs} if len({r.style for r in rs}) > 1 else [])
+            missing += [MissingLabel(r.file, r.page, r.category, f"conflicting labels ({', '.join(what)})") for r in rs]
     ids = np.array(sorted(chosen), dtype=np.int64)
-    return ids, np.array([chosen[int(i)] for i in ids], dtype=object).astype(str), missing
+    return ids, chosen, missing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,12 +472,73 @@ def cluster_scores(categories: np.ndarray, clusters: np.ndarray) -> dict:
     return out
 
 
+def cross_style_knn_precision(
+    vectors: np.ndarray, categories: np.ndarray, styles: np.ndarray, ks: list[int] | tuple[int, ...]
+) -> tuple[dict[int, float | None], dict[int, np.ndarray]]:
+    """Leave-one-out kNN precision@k with each page's neighbours searched among other scan styles.
+
+    :func:`knn_precision` with the styles as the groups: a neighbour scanned in the page's own
+    style is skipped, so only pages of another scanner can vouch for the page's type (issue 13).
+
+    Args:
+        vectors: float (n, D); categories: (n,) labels; styles: (n,) scan style of each page.
+        ks: the k values, each >= 1.
+
+    Returns:
+        As :func:`knn_precision`: ``{k: mean precision@k}`` (``None`` where fewer than k pages of
+        other styles exist for the largest style) and ``{k: float (n,) per page}``.
+
+    Raises:
+        ValueError: a k below 1, or arrays of different lengths.
+    """
+    return knn_precision(vectors, categories, ks, groups=np.asarray(styles))
+
+
+def style_leakage(styles: np.ndarray, clusters: np.ndarray) -> dict:
+    """How much a clustering tells about the scan style: NMI of clusters vs styles (low is good).
+
+    Args:
+        styles: (n,) scan style of each page; clusters: int (n,), -1 = noise.
+
+    Returns:
+        ``{"style_nmi"}`` with each noise page as a singleton cluster (as :func:`cluster_scores`
+        counts NMI with the categories) and ``{"style_nmi_clustered"}`` over the pages in a
+        cluster only (``None`` when fewer than 2 are). scikit-learn's
+        ``normalized_mutual_info_score`` (arithmetic normalisation; Strehl & Ghosh 2002).
+        A single cluster, or a single style, gives 0.
+
+    Raises:
+        ValueError: arrays of different lengths.
+    """
+    from sklearn.metrics import normalized_mutual_info_score
+
+    styles = np.asarray(styles)
+    clusters = np.asarray(clusters, dtype=np.int64)
+    if len(styles) != len(clusters):
+        raise ValueError(f"{len(styles)} styles but {len(clusters)} cluster labels")
+    noise = clusters < 0
+    singletons = clusters.copy()
+    top = int(clusters.max()) + 1 if len(clusters) else 0
+    singletons[noise] = top + np.arange(int(noise.sum()))
+    kept = ~noise
+    return {
+        "style_nmi": float(normalized_mutual_info_score(styles, singletons)) if len(styles) else None,
+        "style_nmi_clustered": float(normalized_mutual_info_score(styles[kept], clusters[kept])) if kept.sum() >= 2 else None,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # the whole evaluation
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate(collection: Collection, labels: str | os.PathLike[str], ks: list[int] | tuple[int, ...] = (1, 5, 10)) -> Evaluation:
+def evaluate(
+    collection: Collection,
+    labels: str | os.PathLike[str],
+    ks: list[int] | tuple[int, ...] = (1, 5, 10),
+    vectors: tuple[np.ndarray, np.ndarray] | None = None,
+    vectors_note: str | None = None,
+) -> Evaluation:
     """Evaluate a collection's vectors and its stored clustering against ``labels.csv``.
 
     Args:
@@ -402,21 +546,38 @@ def evaluate(collection: Collection, labels: str | os.PathLike[str], ks: list[in
             ``docsort cluster``; pages added since the last clustering are left out of them).
         labels: path to the labels CSV (see :func:`read_labels`).
         ks: neighbour counts for precision@k.
+        vectors: ``(page_ids, vectors)``, int64 (m,) and float (m, D), the vectors to judge
+            with kNN (e.g. the projected or fused ones that index and clustering use); they must
+            cover every labelled page. Default: the stored visual vectors.
+        vectors_note: what ``vectors`` are, recorded as ``Evaluation.vectors`` (default
+            ``"stored visual vectors"`` without ``vectors``, ``"given vectors"`` with).
 
     Returns:
         An :class:`Evaluation`.
 
     Raises:
         LabelsError: the labels file is bad, or no label matches a stored page.
+        ValueError: ``vectors`` lacks a labelled page, or its ids and rows differ in number.
     """
     from sklearn.metrics.cluster import contingency_matrix
 
     rows = read_labels(labels)
-    ids, cats, missing = match_labels(collection, rows)
+    ids, matched, missing = match_label_rows(collection, rows)
+    cats = np.array([matched[int(i)].category for i in ids], dtype=object).astype(str)
     n_pages = len(collection.page_ids())
     if len(ids) == 0:
         raise LabelsError(f"{labels}: none of the {len(rows)} labels matches a page in {collection.root}")
-    _, vecs = collection.vectors(ids)
+    if vectors is None:
+        _, vecs = collection.vectors(ids)
+    else:
+        given_ids, given = np.asarray(vectors[0], dtype=np.int64), np.asarray(vectors[1])
+        if len(given_ids) != len(given):
+            raise ValueError(f"{len(given_ids)} page ids but {len(given)} vectors")
+        row = {int(i): r for r, i in enumerate(given_ids)}
+        lacking = [int(i) for i in ids if int(i) not in row]
+        if lacking:
+            raise ValueError(f"the vectors given lack {len(lacking)} labelled pages (e.g. page id {lacking[0]})")
+        vecs = given[[row[int(i)] for i in ids]]
     ks = sorted({int(k) for k in ks})
     knn, per_page = knn_precision(vecs, cats, ks)
     table = collection.page_table().set_index("page_id")
@@ -437,6 +598,7 @@ def evaluate(collection: Collection, labels: str | os.PathLike[str], ks: list[in
         knn_precision_other_documents=knn_other,
         features={key: feats.get(key) for key in ("backbone", "layer", "pooling", "dim", "input_size", "input_mode", "preprocessing")}
         | {"weights": (feats.get("weights") or {}).get("source")},
+        vectors=vectors_note or ("stored visual vectors" if vectors is None else "given vectors"),
     )
     cl = table.loc[ids, "cluster"]
     has = cl.notna().to_numpy()
@@ -477,4 +639,35 @@ def evaluate(collection: Collection, labels: str | os.PathLike[str], ks: list[in
         run = collection.last_cluster_run()
         result.clustering = None if run is None else {"created_at": run["created_at"], **run["settings"]}
     result.per_category = list(stats.values())
+    _style_figures(result, ids, matched, vecs, cats, ks, table)
     return result
+
+
+def _style_figures(result: Evaluation, ids: np.ndarray, matched: dict[int, LabelRow], vecs: np.ndarray, cats: np.ndarray,
+                   ks: list[int], table) -> None:
+    """Fill the scan-style figures of ``result`` (or its ``style_note`` without a style column)."""
+    if any(matched[int(i)].style is None for i in ids):
+        result.style_note = "labels have no 'style' column: cross-style kNN and style leakage not measured"
+        return
+    styles = np.array([matched[int(i)].style for i in ids], dtype=object).astype(str)
+    result.styles = sorted(set(styles.tolist()))
+    if len(result.styles) < 2:
+        result.style_note = f"every labelled page has the style {result.styles[0]!r}: cross-style kNN and style leakage need two styles"
+        return
+    cross, per_page = cross_style_knn_precision(vecs, cats, styles, ks)
+    result.cross_style_knn_precision = cross
+    result.style_knn_precision, _ = knn_precision(vecs, styles, ks)
+    _, inverse, counts = np.unique(styles, return_inverse=True, return_counts=True)
+    result.style_knn_chance = float(((counts[inverse] - 1) / max(1, len(styles) - 1)).mean())
+    cl = table.loc[ids, "cluster"]
+    has = cl.notna().to_numpy()
+    clusters = cl[has].to_numpy(dtype=np.int64) if has.any() else None
+    if clusters is not None:
+        leak = style_leakage(styles[has], clusters)
+        result.style_nmi, result.style_nmi_clustered = leak["style_nmi"], leak["style_nmi_clustered"]
+    for st in result.styles:
+        mine = styles == st
+        row = StyleStats(st, int(mine.sum()), {k: (float(per_page[k][mine].mean()) if k in per_page else None) for k in ks})
+        if clusters is not None and (mine & has).any():
+            row.noise_share = float((clusters[mine[has]] < 0).mean())
+        result.per_style.append(row)
