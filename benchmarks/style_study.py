@@ -120,6 +120,8 @@ def variant_settings(base, name: str, seed: int):
             hdb["min_cluster_size"] = int(part[3:])
         elif part.startswith("ms"):
             hdb["min_samples"] = int(part[2:])
+        elif part == "photo":
+            pass  # the "page photo" rendering added to the invariance fit (below)
         elif part.startswith("w"):
             s = s.model_copy(update={"text": s.text.model_copy(update={"fusion_weight": float(part[1:])})})
     if hdb:
@@ -129,7 +131,8 @@ def variant_settings(base, name: str, seed: int):
     if inv:
         dims = int(inv[0][3:])
     if hasattr(s, "invariance"):
-        inv = s.invariance.model_copy(update={"enabled": dims is not None, **({"dims": dims} if dims else {})})
+        extra = {"styles": tuple(dict.fromkeys((*s.invariance.styles, "photo")))} if "photo" in parts else {}
+        inv = s.invariance.model_copy(update={"enabled": dims is not None, **({"dims": dims} if dims else {}), **extra})
         s = s.model_copy(update={"invariance": inv})
     elif dims is not None:
         raise SystemExit(f"variant {name}: this docsort has no invariance settings (merge issue 13's branch)")
