@@ -74,14 +74,27 @@ __all__ = [
     "info",
     "export_pages",
     "library_versions",
+    "check_engine_parity",
+    "recorded_engine",
+    "ENGINE_PROBE_MIN_COSINE",
 ]
 
 #: Fields of the features description that must match for vectors to be comparable.
 _PINNED_FEATURE_KEYS = ("backbone", "layer", "pooling", "dim", "input_size", "channels_in", "preprocessing")
 
 #: Feature settings free to differ between ingests: weights are compared by sha256 instead,
-#: and batch size and precision do not change what a vector means.
-_FEATURE_KEYS_NOT_IN_VECTORS = {"weights", "weights_sha256", "batch_size", "precision"}
+#: batch size does not change what a vector means, and another engine or precision is let in
+#: only when its vectors pass the probe check (:func:`check_engine_parity`).
+_FEATURE_KEYS_NOT_IN_VECTORS = {"weights", "weights_sha256", "batch_size", "precision", "engine"}
+
+#: Smallest cosine, over the 8 :func:`docsort.features.probe_pages`, between the vectors of the
+#: engine and precision a collection was built with and those of another one, for the collection
+#: to take the other one's vectors. Measured here (benchmarks/RESULTS.md, "Inference engines
+#: (issue 16)"): OpenVINO bfloat16 vs TensorFlow float32 gives probe cosines >= 0.99999 and real
+#: pages' cosines >= 0.99997 (sample_docs), with kNN@5 and ARI unchanged to 0.005; vectors
+#: perturbed so that their cosine to the originals is 0.9995 still kept kNN@5 within 0.005 on the
+#: development corpus. The threshold leaves a 50x margin over bfloat16's 1 - cos.
+ENGINE_PROBE_MIN_COSINE = 0.999
 #: Render settings that do not change the vectors (free to differ between ingests).
 _RENDER_KEYS_NOT_IN_VECTORS = ("pdf_chunk_pages", "workers", "thumbnail_px")
 
@@ -148,7 +161,10 @@ def effective_settings(
                 + "\n  ".join(diffs)
                 + "\nUse a new --collection for these settings."
             )
-        pinned = pinned.model_copy(update={"index": requested.index, "umap": requested.umap, "hdbscan": requested.hdbscan,
+        # Engine and precision follow the request; the probe check decides whether they may.
+        features = pinned.features.model_copy(update={"engine": requested.features.engine,
+                                                      "precision": requested.features.precision})
+        pinned = pinned.model_copy(update={"features": features, "index": requested.index, "umap": requested.umap, "hdbscan": requested.hdbscan,
                                            "classifier": requested.classifier, "ocr": requested.ocr, "text": requested.text,
                                            "name": requested.name})
     if weights is not None:
@@ -156,7 +172,116 @@ def effective_settings(
     return pinned
 
 
-def _check_extractor(collection: Collection, extractor: FeatureExtractor) -> None:
+def recorded_engine(features: dict) -> dict:
+    """The engine a collection's vectors were made with, from its manifest's ``features``.
+
+    Collections made before engines were recorded (no ``engine`` key) were made by the Keras model
+    on TensorFlow, in float32 unless their ``dtype_policy`` is ``mixed_bfloat16``; for them
+    ``recorded`` is False and there is no stored probe.
+    """
+    eng = features.get("engine")
+    if eng:
+        return {**eng, "recorded": True}
+    precision = "bfloat16" if features.get("dtype_policy") == "mixed_bfloat16" else "float32"
+    return {"name": "tensorflow", "version": None, "precision": precision, "recorded": False}
+
+
+def _probe_record(vectors: np.ndarray) -> dict:
+    import base64
+
+    from .features import PROBE_SEED
+
+    v = np.ascontiguousarray(vectors, dtype="<f4")
+    return {"seed": PROBE_SEED, "shape": list(v.shape), "dtype": "float32", "base64": base64.b64encode(v.tobytes()).decode()}
+
+
+def _probe_vectors_of(record: dict) -> np.ndarray | None:
+    import base64
+
+    from .features import PROBE_SEED
+
+    try:
+        if record.get("seed") != PROBE_SEED:
+            return None
+        return np.frombuffer(base64.b64decode(record["base64"]), "<f4").reshape(record["shape"]).astype(np.float32)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _same_engine(a: dict, b: dict) -> bool:
+    keys = ("name", "precision") if not (a.get("version") and b.get("version")) else ("name", "precision", "version")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def check_engine_parity(collection: Collection, extractor: FeatureExtractor, *, store: bool = False) -> dict | None:
+    """Let ``extractor`` add or query vectors of ``collection`` only if its engine matches.
+
+    Same engine, precision and version as recorded: nothing to check (``None``). Otherwise the 8
+    :func:`docsort.features.probe_pages` are embedded by ``extractor`` and compared with the
+    reference: the probe vectors stored at the collection's creation, or, for a collection made
+    before engines were recorded (TensorFlow float32), the Keras model run eagerly in float32.
+    A passed check is remembered in the manifest's ``engine_checks`` (with ``store``), so the next
+    run with that engine does not repeat it.
+
+    Returns:
+        The check (engine, version, precision, CPU flags, reference, probe cosine min/mean,
+        threshold, passed), or ``None`` when none was needed.
+
+    Raises:
+        CollectionError: the probe's smallest cosine is below :data:`ENGINE_PROBE_MIN_COSINE`,
+            or there is no reference to check against.
+    """
+    import datetime as dt
+
+    manifest = collection.manifest()
+    if manifest is None:
+        return None
+    old, new = recorded_engine(manifest["features"]), extractor.description.get("engine", {})
+    if _same_engine(old, new):
+        return None
+    ident = {k: new.get(k) for k in ("name", "version", "precision", "cpu_flags")}
+    for check in manifest.get("engine_checks", []):
+        if check.get("passed") and all(check.get(k) == v for k, v in ident.items()):
+            return check
+    ref = _probe_vectors_of(old.get("probe") or {})
+    source = "stored probe"
+    if ref is None:
+        if old["recorded"] or old["precision"] != "float32" or extractor.description.get("dtype_policy") != "float32":
+            raise CollectionError(
+                f"{collection.root} was built with {old['name']} {old['precision']} and holds no probe to compare "
+                f"{new.get('name')} {new.get('precision')} vectors with; refusing to mix them. "
+                f"Use [features] engine = {old['name']!r}, precision = {old['precision']!r}, or a new --collection."
+            )
+        ref, source = extractor.reference_probe_vectors(), "keras float32 (collection made before engines were recorded)"
+    got = extractor.probe_vectors()
+    if ref.shape != got.shape:
+        raise CollectionError(f"{collection.root}: stored probe has shape {ref.shape}, this extractor gives {got.shape}")
+    cos = (ref * got).sum(axis=1)
+    check = {
+        **ident,
+        "reference": source,
+        "reference_engine": f"{old['name']} {old.get('version') or ''} {old['precision']}".replace("  ", " "),
+        "probe_min_cosine": round(float(cos.min()), 7),
+        "probe_mean_cosine": round(float(cos.mean()), 7),
+        "threshold": ENGINE_PROBE_MIN_COSINE,
+        "passed": bool(cos.min() >= ENGINE_PROBE_MIN_COSINE),
+        "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if not check["passed"]:
+        raise CollectionError(
+            f"{collection.root} was built with {check['reference_engine']}; {new.get('name')} {new.get('precision')} "
+            f"vectors of the probe pages differ from its own (smallest cosine {cos.min():.6f} < {ENGINE_PROBE_MIN_COSINE}); "
+            f"refusing to mix them. Use [features] engine = {old['name']!r}, precision = {old['precision']!r}, "
+            f"or a new --collection."
+        )
+    if store:
+        manifest = collection.manifest() or manifest
+        manifest["engine_checks"] = [*manifest.get("engine_checks", []), check]
+        collection.write_manifest(manifest)
+    return check
+
+
+def _check_extractor(collection: Collection, extractor: FeatureExtractor, *, store: bool = False) -> None:
     manifest = collection.manifest()
     if manifest is None:
         return
@@ -173,6 +298,7 @@ def _check_extractor(collection: Collection, extractor: FeatureExtractor) -> Non
             + "\n  ".join(diffs)
             + "\nUse a new --collection, or the weights the collection was built with."
         )
+    check_engine_parity(collection, extractor, store=store)
 
 
 def make_extractor(settings: PipelineSettings, *, announce: bool = True) -> FeatureExtractor:
@@ -237,6 +363,14 @@ class _Pending:
     failed: bool = False
 
 
+def _features_record(extractor: FeatureExtractor) -> dict:
+    """The manifest's ``features``: the extractor's description, its engine with the probe vectors."""
+    desc = dict(extractor.description)
+    if "engine" in desc and desc.get("backbone") == "keras.applications.InceptionV3":
+        desc["engine"] = {**desc["engine"], "probe": _probe_record(extractor.probe_vectors())}
+    return desc
+
+
 def _new_manifest(settings: PipelineSettings, extractor: FeatureExtractor) -> dict:
     import datetime as dt
 
@@ -245,7 +379,7 @@ def _new_manifest(settings: PipelineSettings, extractor: FeatureExtractor) -> di
         "docsort_version": __version__,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "pipeline": settings.model_dump(mode="json"),
-        "features": extractor.description,
+        "features": _features_record(extractor),
         "render": settings.render.model_dump(mode="json"),
         "seeds": {"weights_init": settings.features.seed, "umap_random_state": settings.umap.random_state},
         "libraries": library_versions(),
@@ -308,7 +442,7 @@ def ingest(
         t = time.perf_counter()
         extractor = extractor or make_extractor(settings)
         report.stage_seconds["model_build"] += time.perf_counter() - t
-        _check_extractor(collection, extractor)
+        _check_extractor(collection, extractor, store=True)
         report.weights_note = extractor.description["weights"]["note"]
         if collection.manifest() is None:
             collection.write_manifest(_new_manifest(settings, extractor))
@@ -1141,7 +1275,8 @@ def search_text(collection: Collection, query: str, k: int = 20) -> list[TextHit
 
 
 def info(collection: Collection) -> dict:
-    """Collection summary: counts, backbone, layer, pooling, weights source and sha256, last run
+    """Collection summary: counts, backbone, layer, pooling, weights source and sha256, the engine
+    and precision the vectors were made with (and passed checks of other engines), last run
     (and whether it clustered visual or fused vectors), OCR text counts, OCR engine and text model."""
     manifest = collection.manifest() or {}
     feats = manifest.get("features", {})
@@ -1157,6 +1292,11 @@ def info(collection: Collection) -> dict:
         "weights_source": feats.get("weights", {}).get("source"),
         "weights_sha256": feats.get("weights", {}).get("sha256"),
         "weights_note": feats.get("weights", {}).get("note"),
+        "engine": (lambda e: f"{e['name']} {e.get('version') or '(version not recorded)'}")(recorded_engine(feats)) if feats else None,
+        "precision": recorded_engine(feats)["precision"] if feats else None,
+        "engine_cpu_flags": " ".join(recorded_engine(feats).get("cpu_flags") or []) or None if feats else None,
+        "engine_checks": "; ".join(f"{c['name']} {c['precision']} passed, probe cosine >= {c['probe_min_cosine']} "
+                                   f"vs {c['reference_engine']}" for c in manifest.get("engine_checks", [])) or None,
         "pipeline": manifest.get("pipeline", {}).get("name"),
         "created_at": manifest.get("created_at"),
         "last_clustered": run["created_at"] if run else None,

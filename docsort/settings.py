@@ -89,10 +89,23 @@ class FeatureSettings(_Strict):
             when pages carry specks. Collections keep the pooling they were built with.
         batch_size: pages per forward pass.
         seed: seed for ``random`` weights.
-        precision: compute dtype of the backbone. ``auto`` = Keras ``mixed_bfloat16`` when a GPU
-            is visible, float32 on CPU (bit-reproducible vectors). ``bfloat16`` on a CPU with
-            AVX512-BF16 (oneDNN) ran the backbone 1.6x faster here (24.5 vs 15.3 img/s, same run);
-            its vectors differ from float32 ones by ~1e-2 relative, still comparable.
+        engine: what runs the network. ``openvino``: the Keras model converted at load by
+            ``openvino.convert_model`` (pooling and L2 normalisation inside the converted graph,
+            static batch shape, the IR cached on disk, :mod:`docsort.openvino_engine`) and compiled
+            for the CPU. ``tensorflow``: the Keras model compiled by its Keras backend
+            (``tf.function`` on TensorFlow, the default backend; ``jax.jit`` with
+            ``KERAS_BACKEND=jax``). ``auto``: OpenVINO on a CPU-only machine when it is installed
+            and compiles, else TensorFlow with a one-line notice on stderr; TensorFlow when a GPU is
+            visible, for a ``hub:`` backbone, or when the Keras backend is not TensorFlow.
+            Measured here, 2 cores, batch 32 (benchmarks/RESULTS.md, "Inference engines (issue 16)"):
+            OpenVINO bfloat16 233 img/s, OpenVINO float32 59, TensorFlow float32 24-37.
+        precision: compute precision. ``auto``: on OpenVINO, bfloat16 when the CPU reports
+            ``BF16`` in OpenVINO's ``OPTIMIZATION_CAPABILITIES`` (AMX or AVX-512 BF16), else
+            float32; on TensorFlow, Keras ``mixed_bfloat16`` when a GPU is visible, else float32.
+            OpenVINO bfloat16 vectors against TensorFlow float32 on the 41 sample_docs pages:
+            cosine >= 0.99997 (benchmarks/RESULTS.md gives the kNN@5 and ARI deltas). A collection
+            takes vectors of another engine or precision only when they pass the probe check of
+            :func:`docsort.pipeline.check_engine_parity`.
     """
 
     backbone: str = "inception_v3"
@@ -104,6 +117,17 @@ class FeatureSettings(_Strict):
     batch_size: int = Field(32, ge=1, le=4096)
     seed: int = 0
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    engine: Literal["auto", "tensorflow", "openvino"] = "auto"
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_known(cls, v):
+        if v in ("jax", "torch", "pytorch"):
+            raise ValueError(
+                f"engine {v!r} is not an engine of its own: choose engine = 'tensorflow' and run Python "
+                f"with KERAS_BACKEND={'torch' if v == 'pytorch' else v} to run the Keras model on that backend"
+            )
+        return v
 
     @field_validator("input_size")
     @classmethod
