@@ -38,6 +38,11 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Python's sqlite3 must be loaded before TensorFlow: TensorFlow's shared libraries appear to bring their own
+# SQLite without FTS5, and a later `import sqlite3` then binds to it ("no such module: fts5" in
+# docsort.storage). Measured with TensorFlow 2.21 here: `import tensorflow, sqlite3` loses FTS5.
+import sqlite3  # noqa: E402,F401
+
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
