@@ -328,7 +328,7 @@ class _Forward:
 
 
 class FeatureExtractor:
-    """Pages in, L2-normalised feature vectors out.
+    """Pages in, L2-normalised feature vectors out, on the engine ``settings.engine`` picks.
 
     Args:
         settings: backbone, layer, weights, input size, pooling, batch size.
@@ -338,11 +338,17 @@ class FeatureExtractor:
     Attributes:
         dim: length D of each vector (288 for ``mixed1`` with ``gap``).
         description: what the manifest records (backbone, layer, output shape, pooling, weights
-            source and sha256, preprocessing, input size, dtype policy, Keras backend).
+            source and sha256, preprocessing, input size, dtype policy, Keras backend, and
+            ``engine``: name, version, precision, device, CPU flags).
+        engine_fallback: why ``auto`` fell back from OpenVINO to TensorFlow (None when it did not).
+        cache_hit, cache_entry: (OpenVINO) whether the converted model came from the IR cache,
+            and its folder.
 
     Raises:
         WeightsError: weights unavailable or failing their sha256 check.
-        BackboneError: bad backbone, layer, pooling or hub handle.
+        BackboneError: bad backbone, layer, pooling or hub handle; ``engine = "openvino"`` chosen
+            explicitly and OpenVINO missing or failing to convert / compile (``auto`` falls back
+            to TensorFlow with a one-line notice on stderr instead).
     """
 
     def __init__(self, settings: FeatureSettings, channels: int = 1, *, announce: bool = True):
@@ -485,7 +491,7 @@ class FeatureExtractor:
         ir, hit, entry = ove.load_or_convert(parts, convert, log=_notice)
         core = ov.Core()
         bf16 = s.precision == "bfloat16" or (s.precision == "auto" and ove.supports_bf16(core))
-        compiled, props = ove.compile_for_cpu(ir, "bfloat16" if bf16 else "float32")
+        compiled, props = ove.compile_for_cpu(ir, "bfloat16" if bf16 else "float32", s.threads)
         request = compiled.create_infer_request()
         output = compiled.outputs[0]
 
@@ -504,6 +510,8 @@ class FeatureExtractor:
             "version": str(ov.get_version()),
             "precision": "bfloat16" if bf16 else "float32",
             "inference_precision": props["inference_precision"],
+            "threads": props["threads"],
+            "streams": props["streams"],
             "device": "CPU",
             "cpu_flags": ove.cpu_flags(),
         }
@@ -639,8 +647,10 @@ class FeatureExtractor:
         """
         if not hasattr(self, "_keras_fn"):
             raise BackboneError("reference probe vectors need the InceptionV3 backbone")
-        x = ops.convert_to_tensor(probe_pages(self.input_size, self.channels))
-        return keras.ops.convert_to_numpy(self._keras_fn(x)).astype(np.float32)
+        if getattr(self, "_reference_probe", None) is None:
+            x = ops.convert_to_tensor(probe_pages(self.input_size, self.channels))
+            self._reference_probe = keras.ops.convert_to_numpy(self._keras_fn(x)).astype(np.float32)
+        return self._reference_probe
 
     def feature_map(self, batch: np.ndarray) -> np.ndarray:
         """The raw backbone output before pooling (InceptionV3 only), for inspection and tests.

@@ -97,14 +97,20 @@ class FeatureSettings(_Strict):
             ``KERAS_BACKEND=jax``). ``auto``: OpenVINO on a CPU-only machine when it is installed
             and compiles, else TensorFlow with a one-line notice on stderr; TensorFlow when a GPU is
             visible, for a ``hub:`` backbone, or when the Keras backend is not TensorFlow.
-            Measured here, 2 cores, batch 32 (benchmarks/RESULTS.md, "Inference engines (issue 16)"):
-            OpenVINO bfloat16 233 img/s, OpenVINO float32 59, TensorFlow float32 24-37.
+            Measured here, 2 shared cores, batch 32, in one run (benchmarks/RESULTS.md, "Inference
+            engines (issue 16)"): OpenVINO bfloat16 3.8x TensorFlow float32 under a load average of
+            8, 9.7x (233 vs 24 img/s) under a lighter one; OpenVINO float32 about 1-2.4x.
+        threads: OpenVINO ``INFERENCE_NUM_THREADS`` (0 = OpenVINO's default, one per core). The
+            rendering workers run beside it; benchmarks/RESULTS.md ("Inference engines (issue
+            16)") gives the pages/s of the combinations tried. Keep it fixed on a machine: the
+            split of the work over threads may change the last bits of bfloat16 vectors.
         precision: compute precision. ``auto``: on OpenVINO, bfloat16 when the CPU reports
             ``BF16`` in OpenVINO's ``OPTIMIZATION_CAPABILITIES`` (AMX or AVX-512 BF16), else
             float32; on TensorFlow, Keras ``mixed_bfloat16`` when a GPU is visible, else float32.
-            OpenVINO bfloat16 vectors against TensorFlow float32 on the 41 sample_docs pages:
-            cosine >= 0.99997 (benchmarks/RESULTS.md gives the kNN@5 and ARI deltas). A collection
-            takes vectors of another engine or precision only when they pass the probe check of
+            OpenVINO bfloat16 vectors against TensorFlow float32 on real pages (sample_docs and
+            the development corpus): cosine >= 0.99996, kNN@5 moved by <= 0.0008 (the project's
+            rule for a default: <= 0.005; benchmarks/RESULTS.md). A collection takes vectors of
+            another engine or precision only when they pass the probe check of
             :func:`docsort.pipeline.check_engine_parity`.
     """
 
@@ -118,6 +124,7 @@ class FeatureSettings(_Strict):
     seed: int = 0
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     engine: Literal["auto", "tensorflow", "openvino"] = "auto"
+    threads: int = Field(0, ge=0, le=256)
 
     @field_validator("engine", mode="before")
     @classmethod
