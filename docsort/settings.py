@@ -102,8 +102,9 @@ class FeatureSettings(_Strict):
             8, 9.7x (233 vs 24 img/s) under a lighter one; OpenVINO float32 about 1-2.4x.
         threads: OpenVINO ``INFERENCE_NUM_THREADS`` (0 = OpenVINO's default, one per core). The
             rendering workers run beside it; benchmarks/RESULTS.md ("Inference engines (issue
-            16)") gives the pages/s of the combinations tried. Keep it fixed on a machine: the
-            split of the work over threads may change the last bits of bfloat16 vectors.
+            16)") gives the pages/s of the combinations tried. Vectors were bit-identical with 1
+            and 2 threads here (bfloat16, the probe pages); oneDNN does not promise it for every
+            CPU, so keep it fixed on a machine for bit-reproducible collections.
         precision: compute precision. ``auto``: on OpenVINO, bfloat16 when the CPU reports
             ``BF16`` in OpenVINO's ``OPTIMIZATION_CAPABILITIES`` (AMX or AVX-512 BF16), else
             float32; on TensorFlow, Keras ``mixed_bfloat16`` when a GPU is visible, else float32.
