@@ -535,7 +535,8 @@ def ingest(
         workers = settings.render.workers or os.cpu_count() or 1
         t_wait = time.perf_counter()
         try:
-            for doc, pages, error, seconds, last_chunk in _render_stream(tasks, settings.render, extractor.input_size, workers, log):
+            for doc, pages, error, seconds, last_chunk in _render_stream(tasks, settings.render, extractor.input_size, workers, log,
+                                                                         ahead_pages=2 * extractor.batch_size):
                 stages["render"] += seconds
                 if doc.failed:
                     continue
@@ -576,12 +577,14 @@ def ingest(
 _without_main_module = without_main_module
 
 
-def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr):
+def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr, ahead_pages: int = 0):
     """Yield ``(doc, pages, error, seconds, last_chunk)`` for each task, in task order.
 
     With ``workers > 1`` the chunks are rendered by a pool of ``spawn``-ed worker processes
-    (no TensorFlow in them), at most ``2 * workers`` chunks in flight, so rasterization overlaps
-    the forward pass in this process and memory stays flat whatever the corpus size. A worker
+    (no TensorFlow in them), with at least ``2 * workers`` chunks and, beyond that, up to
+    ``ahead_pages`` pages in flight (the ingest asks for two batches), so the workers keep
+    rendering the next batch while this process runs the forward pass on the current one, and
+    memory stays flat whatever the corpus size. A worker
     that dies fails only its chunk's document; if a fresh pool cannot finish a single chunk,
     the rest is rendered in this process.
     """
@@ -608,21 +611,32 @@ def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr):
     in_process = False
     pending: deque = deque()
     next_task = 0
+    inflight_pages = 0
+
+    def n_pages(i):
+        return tasks[i][2] - tasks[i][1] + 1
 
     def submit(i):
+        nonlocal inflight_pages
         doc, first, last = tasks[i]
+        inflight_pages += n_pages(i)
         if in_process:
             pending.append((i, None))
             return
         with _without_main_module():  # worker processes start inside submit()
             pending.append((i, pool.submit(render_for_network, doc.src, render, input_size, first, last)))
 
-    try:
-        while next_task < min(len(tasks), 2 * workers):
+    def fill():
+        nonlocal next_task
+        while next_task < len(tasks) and (len(pending) < 2 * workers or inflight_pages < ahead_pages):
             submit(next_task)
             next_task += 1
+
+    try:
+        fill()
         while pending:
             i, fut = pending.popleft()
+            inflight_pages -= n_pages(i)
             doc, first, last = tasks[i]
             try:
                 result = render_for_network(doc.src, render, input_size, first, last) if fut is None else fut.result()
@@ -631,6 +645,7 @@ def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr):
                 pool.shutdown(wait=False, cancel_futures=True)
                 inflight = [j for j, _ in pending]
                 pending.clear()
+                inflight_pages = 0
                 if pool_done == 0:
                     # The pool never worked (workers cannot start here): render in this process.
                     log("warning: rasterization worker processes failed; rendering in this process instead")
@@ -643,9 +658,7 @@ def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr):
                     pool, pool_done = new_pool(), 0
                 for j in inflight:
                     submit(j)
-            if next_task < len(tasks):
-                submit(next_task)
-                next_task += 1
+            fill()
             yield (doc, *result, last_of[id(doc)] == i)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
