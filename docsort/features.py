@@ -13,6 +13,12 @@ extractor (``tf.function`` on TensorFlow: ~45 img/s on 2 CPU cores here vs 12-30
 ``model.predict``; ``jax.jit`` on JAX) and takes ``uint8`` pages, normalised on the device. When
 a GPU is visible (or ``precision = "bfloat16"``) the model runs under the ``mixed_bfloat16`` policy.
 
+Two engines run the InceptionV3 forward pass (``FeatureSettings.engine``): the Keras backend's
+compiler as above (``tensorflow``), or OpenVINO (``openvino``, :mod:`docsort.openvino_engine`),
+to which the same Keras forward function is converted at load. ``auto`` takes OpenVINO on a CPU.
+Every extractor can embed a fixed synthetic :func:`probe_pages` set, which collections store to
+check that vectors of another engine or precision still match (:mod:`docsort.pipeline`).
+
 Any TF2 image feature-vector SavedModel can be the backbone instead (``hub:HANDLE``, loaded with
 ``tensorflow_hub.load``; TensorFlow backend only). SavedModels contain runnable graphs: only load
 ones you trust.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +53,8 @@ __all__ = [
     "build_inception_backbone",
     "FeatureExtractor",
     "validate_hub_handle",
+    "probe_pages",
+    "PROBE_SEED",
 ]
 
 
@@ -248,6 +257,66 @@ def validate_hub_handle(handle: str) -> str:
     return str(path.resolve())
 
 
+#: Seed of the synthetic probe pages (numpy PCG64, stable across platforms and numpy versions).
+PROBE_SEED = 20261201
+
+
+def probe_pages(input_size: tuple[int, int] = (299, 299), channels: int = 1, n: int = 8) -> np.ndarray:
+    """A fixed set of synthetic, document-like pages for comparing engines and precisions.
+
+    Each page is white paper with dark text-like lines of random lengths in one or two columns,
+    and, depending on the page, a ruled table, a dark block (a photo or logo) or a grey
+    background (a greyscale scan); drawn with numpy only (no fonts, no resampling), from
+    :data:`PROBE_SEED`, so the pixels are identical on every machine.
+
+    Args:
+        input_size: (height, width) in pixels, the network input size.
+        channels: 1 (grey) or 3 (the grey page repeated, with a tinted block on odd pages).
+        n: number of pages.
+
+    Returns:
+        uint8 array (n, H, W, channels).
+    """
+    h, w = input_size
+    rng = np.random.default_rng(PROBE_SEED)
+    out = np.empty((n, h, w, channels), np.uint8)
+    for i in range(n):
+        paper = 255 if i % 4 != 3 else 205
+        page = np.full((h, w, channels), paper, np.uint8)
+        margin = max(2, w // 12)
+        cols = 1 + (i % 2)
+        col_w = (w - 2 * margin) // cols
+        line_h = max(2, h // int(rng.integers(28, 60)))
+        for c in range(cols):
+            x0 = margin + c * col_w
+            for y in range(margin, h - margin - line_h, line_h * 2):
+                x = x0
+                end = x0 + int(col_w * rng.uniform(0.5, 0.95))
+                while x < end:  # words
+                    ww = int(rng.integers(3, max(4, col_w // 6)))
+                    page[y : y + line_h, x : min(x + ww, end)] = int(rng.integers(0, 70))
+                    x += ww + max(2, line_h // 2)
+        if i % 3 == 1:  # a ruled table
+            ty0, ty1, tx0, tx1 = h // 2, h - margin, margin, w - margin
+            page[ty0:ty1, tx0:tx1] = paper
+            for y in range(ty0, ty1, max(4, h // 20)):
+                page[y, tx0:tx1] = 0
+            for x in range(tx0, tx1, max(4, w // 6)):
+                page[ty0:ty1, x] = 0
+        if i % 3 == 2:  # a dark block
+            bh, bw = h // int(rng.integers(4, 7)), w // int(rng.integers(3, 5))
+            by, bx = int(rng.integers(margin, h - bh - margin)), int(rng.integers(margin, w - bw - margin))
+            page[by : by + bh, bx : bx + bw] = int(rng.integers(20, 120))
+            if channels == 3 and i % 2:
+                page[by : by + bh, bx : bx + bw, 2] = 200
+        out[i] = page
+    return out
+
+
+def _notice(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 @dataclass(frozen=True)
 class _Forward:
     fn: Callable[[np.ndarray], np.ndarray]
@@ -256,7 +325,7 @@ class _Forward:
 
 
 class FeatureExtractor:
-    """Pages in, L2-normalised feature vectors out.
+    """Pages in, L2-normalised feature vectors out, on the engine ``settings.engine`` picks.
 
     Args:
         settings: backbone, layer, weights, input size, pooling, batch size.
@@ -266,11 +335,17 @@ class FeatureExtractor:
     Attributes:
         dim: length D of each vector (288 for ``mixed1`` with ``gap``).
         description: what the manifest records (backbone, layer, output shape, pooling, weights
-            source and sha256, preprocessing, input size, dtype policy, Keras backend).
+            source and sha256, preprocessing, input size, dtype policy, Keras backend, and
+            ``engine``: name, version, precision, device, CPU flags).
+        engine_fallback: why ``auto`` fell back from OpenVINO to TensorFlow (None when it did not).
+        cache_hit, cache_entry: (OpenVINO) whether the converted model came from the IR cache,
+            and its folder.
 
     Raises:
         WeightsError: weights unavailable or failing their sha256 check.
-        BackboneError: bad backbone, layer, pooling or hub handle.
+        BackboneError: bad backbone, layer, pooling or hub handle; ``engine = "openvino"`` chosen
+            explicitly and OpenVINO missing or failing to convert / compile (``auto`` falls back
+            to TensorFlow with a one-line notice on stderr instead).
     """
 
     def __init__(self, settings: FeatureSettings, channels: int = 1, *, announce: bool = True):
@@ -291,13 +366,56 @@ class FeatureExtractor:
         self._fn = fwd.fn
         self.dim = fwd.dim
         self.description = fwd.description
+        self._probe: np.ndarray | None = None
 
     # -- builders -------------------------------------------------------------------------
+    def _wanted_engine(self, s: FeatureSettings, gpu: bool) -> str:
+        """``openvino`` or ``tensorflow`` for an InceptionV3 backbone, before trying to build it."""
+        if s.engine == "tensorflow":
+            return "tensorflow"
+        if keras.backend.backend() != "tensorflow":
+            if s.engine == "openvino":
+                raise BackboneError(
+                    f"engine 'openvino' converts the model through TensorFlow; the Keras backend is {keras.backend.backend()!r}"
+                )
+            return "tensorflow"
+        if s.engine == "auto" and gpu:
+            return "tensorflow"  # the GPU path
+        return "openvino"
+
     def _build_inception(self, s: FeatureSettings, announce: bool) -> _Forward:
         weights = resolve_weights(s.weights, s.weights_sha256, announce=announce)
         gpu = _gpu_visible()
+        engine = self._wanted_engine(s, gpu)
+        self.weights = weights
+        self.engine_fallback: str | None = None
+        if engine == "openvino":
+            from . import openvino_engine as ove
+
+            try:
+                return self._build_openvino(s, weights, ove)
+            except ove.EngineUnavailable as exc:
+                if s.engine == "openvino":
+                    raise BackboneError(f"engine 'openvino': {exc}") from exc
+                self.engine_fallback = str(exc)
+                _notice(f"notice: {exc}; features run on TensorFlow instead (engine = 'auto')")
         bf16 = s.precision == "bfloat16" or (s.precision == "auto" and gpu)
         policy = "mixed_bfloat16" if bf16 else "float32"
+        model, forward, description = self._keras_forward(s, weights, policy)
+        description["engine"] = {
+            "name": "tensorflow" if keras.backend.backend() == "tensorflow" else f"keras-{keras.backend.backend()}",
+            "version": _backend_version(),
+            "precision": "bfloat16" if bf16 else "float32",
+            "device": "GPU" if gpu else "CPU",
+            "cpu_flags": _cpu_flags(),
+        }
+        return _Forward(self._compile(forward), description["dim"], description)
+
+    def _keras_forward(self, s: FeatureSettings, weights: ResolvedWeights, policy: str):
+        """Build the Keras model under ``policy``; returns ``(model, forward, description)``.
+
+        ``forward`` maps uint8 (n, H, W, C) to L2-normalised float32 (n, D) in backend ops.
+        """
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy(policy)
         try:
@@ -335,12 +453,74 @@ class FeatureExtractor:
             "keras_backend": keras.backend.backend(),
         }
         self.model = model
-        self.weights = weights
-        return _Forward(self._compile(forward), dim, description)
+        self._keras_fn = forward
+        return model, forward, description
+
+    def _build_openvino(self, s: FeatureSettings, weights: ResolvedWeights, ove) -> _Forward:
+        """Convert the float32 Keras forward function with OpenVINO (cached) and compile it for the CPU.
+
+        Raises:
+            EngineUnavailable: OpenVINO missing, or conversion / compilation failing.
+        """
+        ov = ove.import_openvino()
+        model, forward, description = self._keras_forward(s, weights, "float32")
+        import tensorflow as tf
+
+        shape = (self.batch_size, *self.input_size, self.channels)
+        parts = {
+            "weights_sha256": weights.sha256,
+            "weights_seed": s.seed if weights.sha256 is None else None,
+            "layer": s.layer,
+            "input_size": list(self.input_size),
+            "channels": self.channels,
+            "pooling": s.pooling,
+            "preprocessing": weights.preprocessing,
+            "batch": self.batch_size,
+            "openvino": str(ov.get_version()),
+            "keras": keras.__version__,
+            "docsort": _docsort_version(),
+        }
+
+        def convert():
+            fn = tf.function(forward, input_signature=[tf.TensorSpec(shape, tf.uint8)])
+            return ov.convert_model(fn)
+
+        ir, hit, entry = ove.load_or_convert(parts, convert, log=_notice)
+        core = ov.Core()
+        bf16 = s.precision == "bfloat16" or (s.precision == "auto" and ove.supports_bf16(core))
+        compiled, props = ove.compile_for_cpu(ir, "bfloat16" if bf16 else "float32", s.threads)
+        request = compiled.create_infer_request()
+        output = compiled.outputs[0]
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.array(request.infer({0: x})[output], dtype=np.float32, copy=True)
+
+        try:  # a compiled model that cannot run counts as a failed compile
+            probe = run(np.zeros(shape, np.uint8))
+        except Exception as exc:
+            raise ove.EngineUnavailable(f"OpenVINO cannot run the compiled model ({type(exc).__name__}: {exc})") from exc
+        if probe.shape != (self.batch_size, description["dim"]):
+            raise ove.EngineUnavailable(f"OpenVINO returned shape {probe.shape}, expected {(self.batch_size, description['dim'])}")
+        self.cache_hit, self.cache_entry = hit, entry
+        description["engine"] = {
+            "name": "openvino",
+            "version": str(ov.get_version()),
+            "precision": "bfloat16" if bf16 else "float32",
+            "inference_precision": props["inference_precision"],
+            "threads": props["threads"],
+            "streams": props["streams"],
+            "device": "CPU",
+            "cpu_flags": ove.cpu_flags(),
+        }
+        self.engine_properties = props
+        return _Forward(run, description["dim"], description)
 
     def _build_hub(self, s: FeatureSettings) -> _Forward:
         if keras.backend.backend() != "tensorflow":
             raise BackboneError("hub: backbones need the TensorFlow backend")
+        if s.engine == "openvino":
+            raise BackboneError("engine 'openvino' runs the InceptionV3 backbone only; use engine 'tensorflow' or 'auto' for hub: backbones")
+        self.engine_fallback = None
         import tensorflow as tf
 
         with quiet_native_stderr():
@@ -386,6 +566,8 @@ class FeatureExtractor:
             "seed": s.seed,
             "dtype_policy": "float32",
             "keras_backend": "tensorflow",
+            "engine": {"name": "tensorflow", "version": _backend_version(), "precision": "float32", "device": "CPU",
+                       "cpu_flags": _cpu_flags()},
         }
         return _Forward(self._compile(forward, force_tf=True), dim, description)
 
@@ -448,6 +630,27 @@ class FeatureExtractor:
         arr = np.stack([to_network_input(im.convert(mode), self.input_size) for im in images])
         return self.embed(arr)
 
+    def probe_vectors(self) -> np.ndarray:
+        """This extractor's vectors of :func:`probe_pages` (computed once): float32 (8, dim)."""
+        if self._probe is None:
+            self._probe = self.embed(probe_pages(self.input_size, self.channels))
+        return self._probe
+
+    def reference_probe_vectors(self) -> np.ndarray:
+        """The probe's vectors from the Keras model itself, run eagerly in its own dtype policy
+        (TensorFlow float32 unless built as ``mixed_bfloat16``): the reference that collections
+        made before engines were recorded were built with. float32 (8, dim).
+
+        Raises:
+            BackboneError: not an InceptionV3 backbone.
+        """
+        if not hasattr(self, "_keras_fn"):
+            raise BackboneError("reference probe vectors need the InceptionV3 backbone")
+        if getattr(self, "_reference_probe", None) is None:
+            x = ops.convert_to_tensor(probe_pages(self.input_size, self.channels))
+            self._reference_probe = keras.ops.convert_to_numpy(self._keras_fn(x)).astype(np.float32)
+        return self._reference_probe
+
     def feature_map(self, batch: np.ndarray) -> np.ndarray:
         """The raw backbone output before pooling (InceptionV3 only), for inspection and tests.
 
@@ -461,6 +664,29 @@ class FeatureExtractor:
             raise BackboneError("feature_map is only available for the InceptionV3 backbone")
         x = preprocess(ops.convert_to_tensor(batch), self.weights.preprocessing)
         return keras.ops.convert_to_numpy(self.model(x, training=False)).astype(np.float32)
+
+
+def _backend_version() -> str:
+    """Version of the library behind the Keras backend (TensorFlow, JAX or PyTorch)."""
+    from importlib import metadata
+
+    dist = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(keras.backend.backend(), "keras")
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _cpu_flags() -> list[str]:
+    from .openvino_engine import cpu_flags
+
+    return cpu_flags()
+
+
+def _docsort_version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _dir_sha256(path: Path) -> str:

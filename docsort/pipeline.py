@@ -86,14 +86,29 @@ __all__ = [
     "fit_invariance",
     "InvarianceReport",
     "visual_index_path",
+    "check_engine_parity",
+    "recorded_engine",
+    "ENGINE_PROBE_MIN_COSINE",
 ]
 
 #: Fields of the features description that must match for vectors to be comparable.
 _PINNED_FEATURE_KEYS = ("backbone", "layer", "pooling", "dim", "input_size", "channels_in", "preprocessing")
 
 #: Feature settings free to differ between ingests: weights are compared by sha256 instead,
-#: and batch size and precision do not change what a vector means.
-_FEATURE_KEYS_NOT_IN_VECTORS = {"weights", "weights_sha256", "batch_size", "precision"}
+#: batch size does not change what a vector means, and another engine or precision is let in
+#: only when its vectors pass the probe check (:func:`check_engine_parity`).
+_FEATURE_KEYS_NOT_IN_VECTORS = {"weights", "weights_sha256", "batch_size", "precision", "engine", "threads"}
+
+#: Smallest cosine, over the 8 :func:`docsort.features.probe_pages`, between the vectors of the
+#: engine and precision a collection was built with and those of another one, for the collection
+#: to take the other one's vectors. Measured here (benchmarks/RESULTS.md, "Inference engines
+#: (issue 16)"): OpenVINO bfloat16 vs TensorFlow float32 gives probe cosines >= 0.99999 and real
+#: pages' cosines >= 0.99996 (sample_docs and the development corpus), kNN@5 moving by <= 0.0008.
+#: Vectors turned by random directions to cosine c with the originals moved kNN@5 (worst of 10
+#: seeds, sample_docs / development corpus) by 0.024 / 0.009 at c = 0.999, 0.010 / 0.007 at
+#: 0.9998 and 0.005 / 0.003 at 0.9999: so 0.9999, the loosest tested that keeps kNN@5 within the
+#: project's 0.005, 10x bfloat16's 1 - cos on the probe.
+ENGINE_PROBE_MIN_COSINE = 0.9999
 #: Render settings that do not change the vectors (free to differ between ingests).
 _RENDER_KEYS_NOT_IN_VECTORS = ("pdf_chunk_pages", "workers", "thumbnail_px")
 
@@ -160,7 +175,11 @@ def effective_settings(
                 + "\n  ".join(diffs)
                 + "\nUse a new --collection for these settings."
             )
-        pinned = pinned.model_copy(update={"index": requested.index, "umap": requested.umap, "hdbscan": requested.hdbscan,
+        # Engine and precision follow the request; the probe check decides whether they may.
+        features = pinned.features.model_copy(update={"engine": requested.features.engine,
+                                                      "precision": requested.features.precision,
+                                                      "threads": requested.features.threads})
+        pinned = pinned.model_copy(update={"features": features, "index": requested.index, "umap": requested.umap, "hdbscan": requested.hdbscan,
                                            "classifier": requested.classifier, "ocr": requested.ocr, "text": requested.text,
                                            "invariance": requested.invariance, "name": requested.name})
     if weights is not None:
@@ -168,7 +187,116 @@ def effective_settings(
     return pinned
 
 
-def _check_extractor(collection: Collection, extractor: FeatureExtractor) -> None:
+def recorded_engine(features: dict) -> dict:
+    """The engine a collection's vectors were made with, from its manifest's ``features``.
+
+    Collections made before engines were recorded (no ``engine`` key) were made by the Keras model
+    on TensorFlow, in float32 unless their ``dtype_policy`` is ``mixed_bfloat16``; for them
+    ``recorded`` is False and there is no stored probe.
+    """
+    eng = features.get("engine")
+    if eng:
+        return {**eng, "recorded": True}
+    precision = "bfloat16" if features.get("dtype_policy") == "mixed_bfloat16" else "float32"
+    return {"name": "tensorflow", "version": None, "precision": precision, "recorded": False}
+
+
+def _probe_record(vectors: np.ndarray) -> dict:
+    import base64
+
+    from .features import PROBE_SEED
+
+    v = np.ascontiguousarray(vectors, dtype="<f4")
+    return {"seed": PROBE_SEED, "shape": list(v.shape), "dtype": "float32", "base64": base64.b64encode(v.tobytes()).decode()}
+
+
+def _probe_vectors_of(record: dict) -> np.ndarray | None:
+    import base64
+
+    from .features import PROBE_SEED
+
+    try:
+        if record.get("seed") != PROBE_SEED:
+            return None
+        return np.frombuffer(base64.b64decode(record["base64"]), "<f4").reshape(record["shape"]).astype(np.float32)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _same_engine(a: dict, b: dict) -> bool:
+    keys = ("name", "precision") if not (a.get("version") and b.get("version")) else ("name", "precision", "version")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def check_engine_parity(collection: Collection, extractor: FeatureExtractor, *, store: bool = False) -> dict | None:
+    """Let ``extractor`` add or query vectors of ``collection`` only if its engine matches.
+
+    Same engine, precision and version as recorded: nothing to check (``None``). Otherwise the 8
+    :func:`docsort.features.probe_pages` are embedded by ``extractor`` and compared with the
+    reference: the probe vectors stored at the collection's creation, or, for a collection made
+    before engines were recorded (TensorFlow float32), the Keras model run eagerly in float32.
+    A passed check is remembered in the manifest's ``engine_checks`` (with ``store``), so the next
+    run with that engine does not repeat it.
+
+    Returns:
+        The check (engine, version, precision, CPU flags, reference, probe cosine min/mean,
+        threshold, passed), or ``None`` when none was needed.
+
+    Raises:
+        CollectionError: the probe's smallest cosine is below :data:`ENGINE_PROBE_MIN_COSINE`,
+            or there is no reference to check against.
+    """
+    import datetime as dt
+
+    manifest = collection.manifest()
+    if manifest is None:
+        return None
+    old, new = recorded_engine(manifest["features"]), extractor.description.get("engine", {})
+    if _same_engine(old, new):
+        return None
+    ident = {k: new.get(k) for k in ("name", "version", "precision", "cpu_flags")}
+    for check in manifest.get("engine_checks", []):
+        if check.get("passed") and all(check.get(k) == v for k, v in ident.items()):
+            return check
+    ref = _probe_vectors_of(old.get("probe") or {})
+    source = "stored probe"
+    if ref is None:
+        if old["recorded"] or old["precision"] != "float32" or extractor.description.get("dtype_policy") != "float32":
+            raise CollectionError(
+                f"{collection.root} was built with {old['name']} {old['precision']} and holds no probe to compare "
+                f"{new.get('name')} {new.get('precision')} vectors with; refusing to mix them. "
+                f"Use [features] engine = {old['name']!r}, precision = {old['precision']!r}, or a new --collection."
+            )
+        ref, source = extractor.reference_probe_vectors(), "keras float32 (collection made before engines were recorded)"
+    got = extractor.probe_vectors()
+    if ref.shape != got.shape:
+        raise CollectionError(f"{collection.root}: stored probe has shape {ref.shape}, this extractor gives {got.shape}")
+    cos = (ref * got).sum(axis=1)
+    check = {
+        **ident,
+        "reference": source,
+        "reference_engine": f"{old['name']} {old.get('version') or ''} {old['precision']}".replace("  ", " "),
+        "probe_min_cosine": round(float(cos.min()), 7),
+        "probe_mean_cosine": round(float(cos.mean()), 7),
+        "threshold": ENGINE_PROBE_MIN_COSINE,
+        "passed": bool(cos.min() >= ENGINE_PROBE_MIN_COSINE),
+        "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if not check["passed"]:
+        raise CollectionError(
+            f"{collection.root} was built with {check['reference_engine']}; {new.get('name')} {new.get('precision')} "
+            f"vectors of the probe pages differ from its own (smallest cosine {cos.min():.6f} < {ENGINE_PROBE_MIN_COSINE}); "
+            f"refusing to mix them. Use [features] engine = {old['name']!r}, precision = {old['precision']!r}, "
+            f"or a new --collection."
+        )
+    if store:
+        manifest = collection.manifest() or manifest
+        manifest["engine_checks"] = [*manifest.get("engine_checks", []), check]
+        collection.write_manifest(manifest)
+    return check
+
+
+def _check_extractor(collection: Collection, extractor: FeatureExtractor, *, store: bool = False) -> None:
     manifest = collection.manifest()
     if manifest is None:
         return
@@ -185,6 +313,7 @@ def _check_extractor(collection: Collection, extractor: FeatureExtractor) -> Non
             + "\n  ".join(diffs)
             + "\nUse a new --collection, or the weights the collection was built with."
         )
+    check_engine_parity(collection, extractor, store=store)
 
 
 def make_extractor(settings: PipelineSettings, *, announce: bool = True) -> FeatureExtractor:
@@ -249,6 +378,14 @@ class _Pending:
     failed: bool = False
 
 
+def _features_record(extractor: FeatureExtractor) -> dict:
+    """The manifest's ``features``: the extractor's description, its engine with the probe vectors."""
+    desc = dict(extractor.description)
+    if "engine" in desc and desc.get("backbone") == "keras.applications.InceptionV3":
+        desc["engine"] = {**desc["engine"], "probe": _probe_record(extractor.probe_vectors())}
+    return desc
+
+
 def _new_manifest(settings: PipelineSettings, extractor: FeatureExtractor) -> dict:
     import datetime as dt
 
@@ -257,7 +394,7 @@ def _new_manifest(settings: PipelineSettings, extractor: FeatureExtractor) -> di
         "docsort_version": __version__,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "pipeline": settings.model_dump(mode="json"),
-        "features": extractor.description,
+        "features": _features_record(extractor),
         "render": settings.render.model_dump(mode="json"),
         "seeds": {"weights_init": settings.features.seed, "umap_random_state": settings.umap.random_state},
         "libraries": library_versions(),
@@ -322,7 +459,7 @@ def ingest(
         t = time.perf_counter()
         extractor = extractor or make_extractor(settings)
         report.stage_seconds["model_build"] += time.perf_counter() - t
-        _check_extractor(collection, extractor)
+        _check_extractor(collection, extractor, store=True)
         report.weights_note = extractor.description["weights"]["note"]
         if collection.manifest() is None:
             collection.write_manifest(_new_manifest(settings, extractor))
@@ -412,7 +549,8 @@ def ingest(
         workers = settings.render.workers or os.cpu_count() or 1
         t_wait = time.perf_counter()
         try:
-            for doc, pages, error, seconds, last_chunk in _render_stream(tasks, settings.render, extractor.input_size, workers, log):
+            for doc, pages, error, seconds, last_chunk in _render_stream(tasks, settings.render, extractor.input_size, workers, log,
+                                                                         ahead_pages=2 * extractor.batch_size):
                 stages["render"] += seconds
                 if doc.failed:
                     continue
@@ -459,12 +597,14 @@ def ingest(
 _without_main_module = without_main_module
 
 
-def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr):
+def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr, ahead_pages: int = 0):
     """Yield ``(doc, pages, error, seconds, last_chunk)`` for each task, in task order.
 
     With ``workers > 1`` the chunks are rendered by a pool of ``spawn``-ed worker processes
-    (no TensorFlow in them), at most ``2 * workers`` chunks in flight, so rasterization overlaps
-    the forward pass in this process and memory stays flat whatever the corpus size. A worker
+    (no TensorFlow in them), with at least ``2 * workers`` chunks and, beyond that, up to
+    ``ahead_pages`` pages in flight (the ingest asks for two batches), so the workers keep
+    rendering the next batch while this process runs the forward pass on the current one, and
+    memory stays flat whatever the corpus size. A worker
     that dies fails only its chunk's document; if a fresh pool cannot finish a single chunk,
     the rest is rendered in this process.
     """
@@ -491,21 +631,32 @@ def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr):
     in_process = False
     pending: deque = deque()
     next_task = 0
+    inflight_pages = 0
+
+    def n_pages(i):
+        return tasks[i][2] - tasks[i][1] + 1
 
     def submit(i):
+        nonlocal inflight_pages
         doc, first, last = tasks[i]
+        inflight_pages += n_pages(i)
         if in_process:
             pending.append((i, None))
             return
         with _without_main_module():  # worker processes start inside submit()
             pending.append((i, pool.submit(render_for_network, doc.src, render, input_size, first, last)))
 
-    try:
-        while next_task < min(len(tasks), 2 * workers):
+    def fill():
+        nonlocal next_task
+        while next_task < len(tasks) and (len(pending) < 2 * workers or inflight_pages < ahead_pages):
             submit(next_task)
             next_task += 1
+
+    try:
+        fill()
         while pending:
             i, fut = pending.popleft()
+            inflight_pages -= n_pages(i)
             doc, first, last = tasks[i]
             try:
                 result = render_for_network(doc.src, render, input_size, first, last) if fut is None else fut.result()
@@ -514,6 +665,7 @@ def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr):
                 pool.shutdown(wait=False, cancel_futures=True)
                 inflight = [j for j, _ in pending]
                 pending.clear()
+                inflight_pages = 0
                 if pool_done == 0:
                     # The pool never worked (workers cannot start here): render in this process.
                     log("warning: rasterization worker processes failed; rendering in this process instead")
@@ -526,9 +678,7 @@ def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr):
                     pool, pool_done = new_pool(), 0
                 for j in inflight:
                     submit(j)
-            if next_task < len(tasks):
-                submit(next_task)
-                next_task += 1
+            fill()
             yield (doc, *result, last_of[id(doc)] == i)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -1480,7 +1630,8 @@ def search_text(collection: Collection, query: str, k: int = 20) -> list[TextHit
 
 
 def info(collection: Collection) -> dict:
-    """Collection summary: counts, backbone, layer, pooling, weights source and sha256, last run
+    """Collection summary: counts, backbone, layer, pooling, weights source and sha256, the engine
+    and precision the vectors were made with (and passed checks of other engines), last run
     (and whether it clustered visual or fused vectors), OCR text counts, OCR engine and text model."""
     manifest = collection.manifest() or {}
     feats = manifest.get("features", {})
@@ -1496,6 +1647,11 @@ def info(collection: Collection) -> dict:
         "weights_source": feats.get("weights", {}).get("source"),
         "weights_sha256": feats.get("weights", {}).get("sha256"),
         "weights_note": feats.get("weights", {}).get("note"),
+        "engine": (lambda e: f"{e['name']} {e.get('version') or '(version not recorded)'}")(recorded_engine(feats)) if feats else None,
+        "precision": recorded_engine(feats)["precision"] if feats else None,
+        "engine_cpu_flags": " ".join(recorded_engine(feats).get("cpu_flags") or []) or None if feats else None,
+        "engine_checks": "; ".join(f"{c['name']} {c['precision']} passed, probe cosine >= {c['probe_min_cosine']} "
+                                   f"vs {c['reference_engine']}" for c in manifest.get("engine_checks", [])) or None,
         "pipeline": manifest.get("pipeline", {}).get("name"),
         "created_at": manifest.get("created_at"),
         "last_clustered": run["created_at"] if run else None,

@@ -25,6 +25,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+# Python's sqlite3 must be loaded before TensorFlow: TensorFlow's shared libraries bring their own
+# SQLite without FTS5, and an `import sqlite3` after `import tensorflow` binds to it ("no such
+# module: fts5" in docsort.storage; seen with TensorFlow 2.21). docsort imports this module first.
+import sqlite3  # noqa: F401
 import sys
 import tempfile
 from collections.abc import Iterator

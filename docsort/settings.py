@@ -90,10 +90,30 @@ class FeatureSettings(_Strict):
             when pages carry specks. Collections keep the pooling they were built with.
         batch_size: pages per forward pass.
         seed: seed for ``random`` weights.
-        precision: compute dtype of the backbone. ``auto`` = Keras ``mixed_bfloat16`` when a GPU
-            is visible, float32 on CPU (bit-reproducible vectors). ``bfloat16`` on a CPU with
-            AVX512-BF16 (oneDNN) ran the backbone 1.6x faster here (24.5 vs 15.3 img/s, same run);
-            its vectors differ from float32 ones by ~1e-2 relative, still comparable.
+        engine: what runs the network. ``openvino``: the Keras model converted at load by
+            ``openvino.convert_model`` (pooling and L2 normalisation inside the converted graph,
+            static batch shape, the IR cached on disk, :mod:`docsort.openvino_engine`) and compiled
+            for the CPU. ``tensorflow``: the Keras model compiled by its Keras backend
+            (``tf.function`` on TensorFlow, the default backend; ``jax.jit`` with
+            ``KERAS_BACKEND=jax``). ``auto``: OpenVINO on a CPU-only machine when it is installed
+            and compiles, else TensorFlow with a one-line notice on stderr; TensorFlow when a GPU is
+            visible, for a ``hub:`` backbone, or when the Keras backend is not TensorFlow.
+            Measured here, 2 shared cores, batch 32, in one run (benchmarks/RESULTS.md, "Inference
+            engines (issue 16)"): OpenVINO bfloat16 3.8x TensorFlow float32 under a load average of
+            8, 9.7x (233 vs 24 img/s) under a lighter one; OpenVINO float32 about 1-2.4x.
+        threads: OpenVINO ``INFERENCE_NUM_THREADS`` (0 = OpenVINO's default, one per core). The
+            rendering workers run beside it; benchmarks/RESULTS.md ("Inference engines (issue
+            16)") gives the pages/s of the combinations tried. Vectors were bit-identical with 1
+            and 2 threads here (bfloat16, the probe pages); oneDNN does not promise it for every
+            CPU, so keep it fixed on a machine for bit-reproducible collections.
+        precision: compute precision. ``auto``: on OpenVINO, bfloat16 when the CPU reports
+            ``BF16`` in OpenVINO's ``OPTIMIZATION_CAPABILITIES`` (AMX or AVX-512 BF16), else
+            float32; on TensorFlow, Keras ``mixed_bfloat16`` when a GPU is visible, else float32.
+            OpenVINO bfloat16 vectors against TensorFlow float32 on real pages (sample_docs and
+            the development corpus): cosine >= 0.99996, kNN@5 moved by <= 0.0008 (the project's
+            rule for a default: <= 0.005; benchmarks/RESULTS.md). A collection takes vectors of
+            another engine or precision only when they pass the probe check of
+            :func:`docsort.pipeline.check_engine_parity`.
     """
 
     backbone: str = "inception_v3"
@@ -105,6 +125,18 @@ class FeatureSettings(_Strict):
     batch_size: int = Field(32, ge=1, le=4096)
     seed: int = 0
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    engine: Literal["auto", "tensorflow", "openvino"] = "auto"
+    threads: int = Field(0, ge=0, le=256)
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_known(cls, v):
+        if v in ("jax", "torch", "pytorch"):
+            raise ValueError(
+                f"engine {v!r} is not an engine of its own: choose engine = 'tensorflow' and run Python "
+                f"with KERAS_BACKEND={'torch' if v == 'pytorch' else v} to run the Keras model on that backend"
+            )
+        return v
 
     @field_validator("input_size")
     @classmethod

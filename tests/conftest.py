@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Tests never reach the network: 'auto' weights resolve to the bundled file without a fetch.
 os.environ.setdefault("DOCSORT_OFFLINE", "1")
+# The converted OpenVINO models of a test session go to a folder of their own, not the user's cache.
+os.environ.setdefault("DOCSORT_CACHE_DIR", tempfile.mkdtemp(prefix="docsort-test-cache-"))
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DOCS = REPO / "sample_docs"

@@ -112,8 +112,11 @@ def test_sigkill_at_random_points_then_resume_stores_every_page_once(tmp_path):
         # the others once a random number of further pages is stored, plus a random few ms, so
         # they land inside embedding, a document's transaction, or the index write.
         at_time = rng.uniform(0.5, 6.0) if run == 0 else None
-        target = min(total - 1, before + rng.randint(1, 12)) if run else None
-        extra = rng.uniform(0.0, 0.3)
+        # The targets stop 8 pages short of the end and the extra wait is short: with OpenVINO
+        # bfloat16 the last documents are stored within a few tenths of a second, and a kill that
+        # lands after them tests nothing.
+        target = min(total - 8, before + rng.randint(1, 10)) if run else None
+        extra = rng.uniform(0.0, 0.1)
         proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         t0 = time.monotonic()
         while proc.poll() is None and time.monotonic() - t0 < 240:

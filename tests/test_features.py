@@ -32,7 +32,12 @@ def test_mixed1_is_mixed_5c_35x35x288(extractor):
     cells = np.sort(fmap.reshape(2, 35 * 35, 288), axis=1)[:, -37:, :]
     topk = cells.mean(axis=1)
     topk /= np.linalg.norm(topk, axis=1, keepdims=True)
-    np.testing.assert_allclose(extractor.embed(batch), topk, atol=1e-5)
+    got = extractor.embed(batch)
+    if extractor.description["engine"]["precision"] == "float32":
+        np.testing.assert_allclose(got, topk, atol=1e-5)
+    else:  # the engine computed in bfloat16 (OpenVINO on AMX / AVX-512 BF16): same direction
+        assert (got * topk).sum(axis=1).min() >= 0.9999
+        np.testing.assert_allclose(got, topk, atol=5e-3)
 
 
 def test_vectors_are_unit_float32_and_identical_for_identical_input(extractor, settings):

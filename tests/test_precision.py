@@ -11,10 +11,13 @@ from docsort.settings import RenderSettings
 from .conftest import SAMPLE_DOCS
 
 
-def test_bfloat16_vectors_match_float32_neighbourhoods(settings, extractor):
+def test_bfloat16_vectors_match_float32_neighbourhoods(settings):
+    """Keras' own mixed_bfloat16 policy on the TensorFlow engine (OpenVINO's bf16: tests/test_engine.py)."""
     files = [f for f in discover_files([SAMPLE_DOCS / "leptonica"]) if hasattr(f, "format")][:12]
     batch = np.stack([to_network_input(next(iter_pages(f, RenderSettings())).image, (299, 299)) for f in files])
-    bf16 = FeatureExtractor(settings.features.model_copy(update={"precision": "bfloat16"}), channels=1, announce=False)
+    tf_features = settings.features.model_copy(update={"engine": "tensorflow"})
+    extractor = FeatureExtractor(tf_features, channels=1, announce=False)
+    bf16 = FeatureExtractor(tf_features.model_copy(update={"precision": "bfloat16"}), channels=1, announce=False)
     assert bf16.description["dtype_policy"] == "mixed_bfloat16"
     assert extractor.description["dtype_policy"] == "float32"  # CPU, precision auto
     a, b = extractor.embed(batch), bf16.embed(batch)
