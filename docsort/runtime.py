@@ -101,16 +101,22 @@ configure()
 
 
 #: Largest difference, per vector component, between the same page's L2-normalised vectors computed
-#: by other kernels for the same network and weights (another CPU's instruction set, TensorFlow's
-#: Eigen kernels instead of oneDNN, Keras on JAX). Measured (benchmarks/reproducibility.py and
-#: benchmarks/backend_check.py, sample_docs): 6.5e-8 oneDNN vs Eigen, 2.2e-7 TensorFlow vs JAX; this
-#: leaves a margin of 4x. Vectors that close still give other UMAP embeddings, so clusters may differ.
+#: in float32 by other kernels for the same network and weights (another CPU's instruction set,
+#: TensorFlow's Eigen kernels instead of oneDNN, Keras on JAX, OpenVINO float32). Measured
+#: (benchmarks/reproducibility.py, benchmarks/backend_check.py, sample_docs): 6.5e-8 oneDNN vs
+#: Eigen, 2.2e-7 TensorFlow vs JAX, 2.5e-7 OpenVINO f32 vs TensorFlow f32; a margin of 4x. Vectors
+#: that close still give other UMAP embeddings, so clusters may differ. Another *precision*
+#: (bfloat16, which OpenVINO's ``auto`` picks where the CPU has AMX or AVX-512 BF16) differs more:
+#: up to 2.4e-3 per component, cosine >= 0.99997; the collection's engine probe decides whether such
+#: vectors may be mixed (``docsort.pipeline.ENGINE_PROBE_MIN_COSINE``).
 CROSS_MACHINE_VECTOR_TOLERANCE = 1e-6
 
 #: What a collection's manifest says is reproducible (README, "Reproducible").
 REPRODUCIBILITY = {
     "same_machine": "same files, settings, library versions and machine: bit-identical vectors, neighbours and clusters",
-    "other_cpu": f"vectors equal within {CROSS_MACHINE_VECTOR_TOLERANCE:g} per component (max abs); UMAP, and so "
+    "other_cpu": f"same engine and precision: vectors equal within {CROSS_MACHINE_VECTOR_TOLERANCE:g} per component "
+                 "(max abs); another precision (bfloat16 where the CPU has AMX or AVX-512 BF16, float32 elsewhere): "
+                 "cosine >= 0.9999, checked by the engine probe before vectors are mixed; either way UMAP, and so "
                  "HDBSCAN's clusters, may differ (numba compiles other code for another CPU)",
 }
 

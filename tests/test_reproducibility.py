@@ -27,6 +27,7 @@ from docsort.pipeline import ingest, make_extractor
 from docsort.settings import load_pipeline
 from docsort.storage import Collection
 s = load_pipeline("default").with_overrides(weights="bundled")
+s = s.model_copy(update={"features": s.features.model_copy(update={"engine": "tensorflow", "precision": "float32"})})
 with Collection(sys.argv[1], create=True) as col:
     ingest(col, sys.argv[3:], s, extractor=make_extractor(s, announce=False), progress=False, log=lambda m: None)
     np.save(sys.argv[2], col.vectors()[1])
@@ -34,9 +35,14 @@ with Collection(sys.argv[1], create=True) as col:
 
 
 @pytest.mark.slow
-def test_vectors_from_other_kernels_agree_within_the_stated_tolerance(tmp_path, settings, extractor):
+def test_vectors_from_other_kernels_agree_within_the_stated_tolerance(tmp_path, settings):
+    from docsort.pipeline import make_extractor
+
+    # TensorFlow float32 both times: the tolerance is about kernels, not about precision (an
+    # engine or precision of its own is checked by the collection's probe, tests/test_engine.py).
+    tf32 = settings.model_copy(update={"features": settings.features.model_copy(update={"engine": "tensorflow", "precision": "float32"})})
     with Collection(tmp_path / "here", create=True) as col:
-        ingest(col, FILES, settings, extractor=extractor, progress=False, log=lambda m: None)
+        ingest(col, FILES, tf32, extractor=make_extractor(tf32, announce=False), progress=False, log=lambda m: None)
         here = col.vectors()[1]
         manifest = col.manifest()
     assert manifest["reproducibility"] == REPRODUCIBILITY
