@@ -69,16 +69,12 @@ def openvino_version() -> str:
 
 
 def cpu_flags() -> list[str]:
-    """The flags of :data:`CPU_FLAGS_OF_INTEREST` that ``/proc/cpuinfo`` lists (sorted; [] where unreadable)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return sorted(fl for fl in CPU_FLAGS_OF_INTEREST if fl in have)
-    except OSError:
-        pass
-    return []
+    """The flags of :data:`CPU_FLAGS_OF_INTEREST` that the CPU has (sorted; [] where ``/proc/cpuinfo``
+    is unreadable), from :func:`docsort.runtime.machine`, which the manifest's machine record uses."""
+    from .runtime import machine
+
+    have = set(machine()["cpu_flags"])
+    return sorted(fl for fl in CPU_FLAGS_OF_INTEREST if fl in have)
 
 
 def supports_bf16(core) -> bool:
