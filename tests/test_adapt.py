@@ -209,3 +209,26 @@ def test_pages_whose_file_moved_are_skipped_for_training_and_block_the_swap(base
         (tmp_path / "moved.png").rename(tmp_path / "docs" / "pageseg1.png")
         report = adapt(col, effective_settings(col, small_settings), **TINY, **QUIET)
         assert not report.trained and report.pages_embedded == 1 and report.pages_resumed == 11
+
+
+def test_cli_adapt_then_info_says_adapted(base, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = _copy(base, tmp_path)
+    docsort = str(Path(sys.executable).with_name("docsort"))
+    env = {**os.environ, "DOCSORT_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "200"}
+
+    def run(*args):
+        return subprocess.run([docsort, *args], capture_output=True, text=True, env=env, timeout=600)
+
+    bad = run("adapt", "-c", str(root), "--layers", "mixed9", "--no-progress")
+    assert bad.returncode == 2 and "unknown --layers" in bad.stderr
+    res = run("adapt", "-c", str(root), "--epochs", "1", "--seed", "5", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "trained 1 epoch(s) on 12 pages" in res.stdout and "re-embedded 12 pages" in res.stdout
+    data = json.loads(run("info", "-c", str(root), "--json").stdout)
+    assert data["adapted_weights"].startswith("yes") and data["weights_source"] == "path"
+    assert data["weights_sha256"] == file_sha256(root / Collection.ADAPTED_WEIGHTS)
