@@ -111,6 +111,10 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-invariance", action="store_true")
+    ap.add_argument("--adapted-invariance", action="store_true",
+                    help="also fit the invariance projection on the adapted network's renderings (what docsort cluster does next)")
+    ap.add_argument("--ari", type=int, default=0, metavar="N",
+                    help="also ARI of UMAP + HDBSCAN (pipeline defaults) over N UMAP seeds (42, 43, ...) per vector kind")
     args = ap.parse_args()
     docs = Path(args.docs)
     size = (args.size, args.size)
@@ -146,8 +150,10 @@ def main() -> None:
             res["cross_style_knn5"] = round(float(knn_precision(vecs, cats, [5], groups=styles)[0][5]), 3)
         return res
 
+    kinds: dict = {}
     t = time.perf_counter()
     frozen = embed_fn(trunk)(as_is)
+    kinds["frozen"] = frozen
     out["embed_s_per_1000"] = 1000 * (time.perf_counter() - t) / n
     out["frozen"] = measure(frozen)
     if not args.no_invariance:
@@ -158,6 +164,7 @@ def main() -> None:
         views = np.stack(per_style, axis=1)
         proj = fit_projection(views, dims=32)
         out["frozen_invariance32"] = measure(proj.transform(frozen))
+        kinds["frozen_invariance32"] = proj.transform(frozen)
         out["invariance_fit_s"] = round(time.perf_counter() - t, 1)
     print(json.dumps(out), flush=True)
 
@@ -221,6 +228,25 @@ def main() -> None:
                     "minutes_per_1000_pages_per_epoch": round(train_s / 60 * 1000 / max(seen, 1), 2)}
     adapted = embed_fn(trunk)(as_is)
     out["adapted"] = measure(adapted)
+    kinds["adapted"] = adapted
+    if args.adapted_invariance:
+        f = embed_fn(trunk)
+        rend = [render_styles(im, DEFAULT_STYLES, page_rng(0, i)) for i, im in enumerate(images)]
+        views = np.stack([f(np.stack([to_network_input(r[j], size) for r in rend])) for j in range(len(DEFAULT_STYLES))], axis=1)
+        kinds["adapted_invariance32"] = fit_projection(views, dims=32).transform(adapted)
+        out["adapted_invariance32"] = measure(kinds["adapted_invariance32"])
+    if args.ari:
+        from sklearn.metrics import adjusted_rand_score
+
+        from docsort.clustering import cluster_vectors
+
+        out["ari"] = {}
+        for name, vecs in kinds.items():
+            aris = []
+            for k in range(args.ari):
+                um = settings.umap.model_copy(update={"random_state": 42 + k})
+                aris.append(round(float(adjusted_rand_score(cats, cluster_vectors(vecs, um, settings.hdbscan).labels)), 3))
+            out["ari"][name] = {"mean": round(float(np.mean(aris)), 3), "seeds": aris}
     out["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     print(json.dumps(out, indent=2))
 
