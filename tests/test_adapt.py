@@ -211,6 +211,7 @@ def test_pages_whose_file_moved_are_skipped_for_training_and_block_the_swap(base
         assert not report.trained and report.pages_embedded == 1 and report.pages_resumed == 11
 
 
+@pytest.mark.slow
 def test_cli_adapt_then_info_says_adapted(base, tmp_path):
     import os
     import subprocess
