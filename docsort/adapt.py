@@ -147,7 +147,7 @@ def train_contrastive(
     *,
     preprocessing: str,
     layers: str = "mixed1",
-    epochs: int = 3,
+    epochs: int = 5,
     minutes: float | None = None,
     batch_size: int = 16,
     learning_rate: float = 3e-4,

@@ -143,7 +143,7 @@ def adapt(
     collection: Collection,
     settings: PipelineSettings,
     *,
-    epochs: int = 3,
+    epochs: int = 5,
     minutes: float | None = None,
     layers: str = "mixed1",
     seed: int = 0,

@@ -427,7 +427,7 @@ def _cluster_label(cid, name) -> str:
 @app.command()
 def adapt(
     collection: CollectionOpt = DEFAULT_COLLECTION,
-    epochs: Annotated[int, typer.Option(min=1, help="Passes over the pages.")] = 3,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the pages (5: chosen on two development corpora, benchmarks/RESULTS.md).")] = 5,
     minutes: Annotated[Optional[float], typer.Option(min=0.0, help="Time budget for training, minutes (stops after the step that crosses it).")] = None,
     layers: Annotated[str, typer.Option(help="Blocks to train: mixed1 | mixed0,mixed1 | all.")] = "mixed1",
     seed: Annotated[int, typer.Option(help="Seed of the augmentations, page order and head.")] = 0,
