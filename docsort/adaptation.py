@@ -37,7 +37,7 @@ import numpy as np
 
 # docsort.storage first: it loads Python's sqlite3 (with FTS5) before TensorFlow, whose bundled
 # SQLite lacks FTS5 and would otherwise be the one _sqlite3 binds to.
-from .storage import Collection, CollectionError  # noqa: I001
+from .storage import Collection  # noqa: I001
 
 from .adapt import AUGMENTATIONS, LAYER_CHOICES, OBJECTIVE, AdaptError, train_contrastive
 from .pages import PageError, iter_pages, to_network_input
