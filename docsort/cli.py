@@ -425,6 +425,50 @@ def _cluster_label(cid, name) -> str:
 
 
 @app.command()
+def adapt(
+    collection: CollectionOpt = DEFAULT_COLLECTION,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the pages (5: chosen on two development corpora, benchmarks/RESULTS.md).")] = 5,
+    minutes: Annotated[Optional[float], typer.Option(min=0.0, help="Time budget for training, minutes (stops after the step that crosses it).")] = None,
+    layers: Annotated[str, typer.Option(help="Blocks to train: mixed1 | mixed0,mixed1 | all.")] = "mixed1",
+    seed: Annotated[int, typer.Option(help="Seed of the augmentations, page order and head.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another process is writing.")] = 600.0,
+) -> None:
+    """Fine-tune the network on this collection's own pages (no labels), then re-embed every page and rebuild the index. Resumable."""
+    from .adapt import AdaptError
+    from .adaptation import adapt as run_adapt
+    from .pipeline import effective_settings
+    from .storage import CollectionError
+
+    requested, _ = _pipeline(None)
+    col = _open(collection)
+    try:
+        settings = effective_settings(col, requested)
+        report = run_adapt(col, settings, epochs=epochs, minutes=minutes, layers=layers, seed=seed, progress=progress,
+                           lock_timeout_s=lock_timeout)
+    except AdaptError as exc:
+        raise _fail(str(exc), 2) from exc
+    except _environment_errors() as exc:
+        raise _fail(str(exc), 3) from exc
+    except CollectionError as exc:
+        raise _fail(str(exc), 2) from exc
+    except KeyboardInterrupt:
+        err.print("interrupted: the collection keeps its old vectors; run docsort adapt again to finish")
+        raise typer.Exit(130)
+    finally:
+        col.close()
+    if report.trained:
+        out.print(f"trained {report.epochs_run} epoch(s) on {report.pages_trained} pages in {report.train_seconds:.1f} s"
+                  + (" (time budget reached)" if report.stopped_by_budget else "")
+                  + (f"; {report.pages_skipped} pages skipped (file moved or changed)" if report.pages_skipped else ""),
+                  highlight=False)
+    out.print(f"re-embedded {report.pages_embedded} pages in {report.embed_seconds:.1f} s"
+              + (f" ({report.pages_resumed} from an earlier run)" if report.pages_resumed else "")
+              + f"; adapted weights sha256 {report.weights_sha256[:16]}; index: {report.index}", highlight=False)
+    out.print("run `docsort cluster` to re-cluster with the adapted vectors", highlight=False)
+
+
+@app.command()
 def info(
     collection: CollectionOpt = DEFAULT_COLLECTION,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,

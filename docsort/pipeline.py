@@ -158,10 +158,16 @@ def effective_settings(
     """
     manifest = collection.manifest()
     if manifest is None:
+        if weights is not None and weights not in ("auto", "imagenet", "bundled", "random"):
+            from .adaptation import check_adapted_weights
+
+            check_adapted_weights(weights)  # another collection's adapted weights: its recorded sha256
         return requested.with_overrides(weights=weights)
     pinned = PipelineSettings(**manifest["pipeline"])
     recorded = manifest["features"]["weights"]
     pinned_weights = recorded["source"] if recorded["source"] in ("imagenet", "bundled", "random") else recorded["spec"]
+    if (manifest.get("adaptation") or {}).get("state") == "done" and recorded.get("sha256") == manifest["adaptation"].get("sha256"):
+        pinned_weights = str(collection.adapted_weights_path)  # adapted by docsort adapt: the file inside the collection
     pinned = pinned.with_overrides(weights=pinned_weights)
     if explicit:
         a = requested.features.model_dump(exclude=_FEATURE_KEYS_NOT_IN_VECTORS)
@@ -1661,6 +1667,11 @@ def info(collection: Collection) -> dict:
         "text_model": (lambda t: f"{t.get('method')} {t.get('dim')}-d on {t.get('pages_fitted')} pages" if t else None)(manifest.get("text")),
         "built_on": _machine_line(manifest.get("machine")),
         "clustered_on": _machine_line((manifest.get("clustering") or {}).get("machine")),
+        "adapted_weights": (lambda a: (f"yes: {a.get('objective', {}).get('name')}, {a.get('epochs_run')} epoch(s), layers "
+                                       f"{a.get('layers')}, seed {a.get('seed')}, sha256 {str(a.get('sha256'))[:12]}"
+                                       if a.get("state") == "done" else
+                                       f"re-embedding unfinished (sha256 {str(a.get('sha256'))[:12]}): run docsort adapt to finish")
+                            if a else "no")(manifest.get("adaptation")),
         "invariance": (lambda v: (f"{v.get('dims')}-d from {v.get('n_pages_fitted')} pages x {len(v.get('styles', []))} styles, "
                                   f"sha256 {str(v.get('sha256'))[:12]}" + ("" if v.get("active") else " (not in use)")) if v else None)(
             manifest.get("invariance")),

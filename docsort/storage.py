@@ -100,6 +100,12 @@ CREATE TABLE IF NOT EXISTS cluster_runs(
     seconds REAL NOT NULL,
     n_reassigned INTEGER NOT NULL DEFAULT 0
 );
+-- docsort adapt: vectors of the adapted network, staged until every page has one (then swapped in).
+CREATE TABLE IF NOT EXISTS staged_vectors(
+    page_id INTEGER PRIMARY KEY REFERENCES pages(id),
+    weights_sha256 TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS failures(path TEXT PRIMARY KEY, reason TEXT NOT NULL, at TEXT NOT NULL);
 -- docsort.classify: document types given by a user (one per page) and the classifier's predictions.
 CREATE TABLE IF NOT EXISTS page_labels(
@@ -250,6 +256,9 @@ class Collection:
     #: The scan-style-invariant projection (:mod:`docsort.invariance`), described under
     #: ``"invariance"`` in the manifest with its sha256.
     INVARIANCE = "invariance.bin"
+    #: ``docsort adapt``'s fine-tuned backbone (Keras ``.weights.h5`` of the truncated network) and
+    #: its sidecar (:func:`docsort.weights.sidecar_path`).
+    ADAPTED_WEIGHTS = "adapted.weights.h5"
     LOCK = ".lock"
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = False):
@@ -442,6 +451,80 @@ class Collection:
         except OSError:
             return None
         return data if hashlib.sha256(data).hexdigest() == entry.get("sha256") else None
+
+    # -- adapted weights and staged vectors (docsort adapt) -------------------------------
+    @property
+    def adapted_weights_path(self) -> Path:
+        """Where ``docsort adapt`` keeps the collection's fine-tuned weights."""
+        return self.root / self.ADAPTED_WEIGHTS
+
+    def write_adapted_weights(self, data: bytes, sidecar: dict) -> str:
+        """Store fine-tuned weights atomically, then their sidecar JSON (``sidecar`` plus the
+        ``sha256`` of ``data``) next to them. The caller holds the write lock.
+
+        Returns:
+            The hex sha256 of ``data``.
+        """
+        import hashlib
+
+        from .weights import sidecar_path
+
+        sha = hashlib.sha256(data).hexdigest()
+        atomic_write_bytes(self.adapted_weights_path, data)
+        side = json.dumps({**sidecar, "sha256": sha}, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+        atomic_write_bytes(sidecar_path(self.adapted_weights_path), side)
+        return sha
+
+    def stage_vectors(self, page_ids: Sequence[int], vectors: np.ndarray, weights_sha256: str) -> None:
+        """Keep new vectors of ``page_ids`` (float32 (n, D)) aside, tagged with the weights that
+        made them, without touching the vectors in use. One transaction per call."""
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO staged_vectors(page_id, weights_sha256, vector) VALUES(?, ?, ?) "
+                "ON CONFLICT(page_id) DO UPDATE SET weights_sha256 = excluded.weights_sha256, vector = excluded.vector",
+                [(int(i), weights_sha256, v.tobytes()) for i, v in zip(page_ids, vecs)],
+            )
+
+    def staged_page_ids(self, weights_sha256: str) -> set[int]:
+        """Pages with a staged vector made by these weights."""
+        rows = self._conn.execute("SELECT page_id FROM staged_vectors WHERE weights_sha256 = ?", (weights_sha256,)).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def discard_staged_vectors(self, keep_sha256: str | None = None) -> int:
+        """Delete staged vectors (all, or all but those of ``keep_sha256``). Returns how many."""
+        with self.transaction() as c:
+            if keep_sha256 is None:
+                return c.execute("DELETE FROM staged_vectors").rowcount
+            return c.execute("DELETE FROM staged_vectors WHERE weights_sha256 != ?", (keep_sha256,)).rowcount
+
+    def swap_in_staged_vectors(self, weights_sha256: str) -> int:
+        """Replace every page's vector by its staged one, in one transaction, and record in
+        ``meta`` (key ``vectors_weights_sha256``) which weights the vectors now come from.
+
+        Returns:
+            The number of pages swapped.
+
+        Raises:
+            CollectionError: some page has no staged vector of these weights (nothing changed).
+        """
+        with self.transaction() as c:
+            missing = c.execute(
+                "SELECT COUNT(*) FROM pages WHERE id NOT IN (SELECT page_id FROM staged_vectors WHERE weights_sha256 = ?)",
+                (weights_sha256,)).fetchone()[0]
+            if missing:
+                raise CollectionError(f"{self.root}: {missing} pages have no vector from weights {weights_sha256[:12]}; not swapping")
+            n = c.execute(
+                "UPDATE pages SET vector = (SELECT s.vector FROM staged_vectors s WHERE s.page_id = pages.id)").rowcount
+            c.execute("DELETE FROM staged_vectors")
+            c.execute("INSERT INTO meta VALUES('vectors_weights_sha256', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                      (weights_sha256,))
+        return int(n)
+
+    def vectors_weights_sha256(self) -> str | None:
+        """The weights sha256 recorded by the last :meth:`swap_in_staged_vectors`, or ``None``."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'vectors_weights_sha256'").fetchone()
+        return None if row is None else str(row[0])
 
     # -- documents and pages ---------------------------------------------------------------
     def find_document(self, sha256: str) -> int | None:

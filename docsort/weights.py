@@ -49,6 +49,8 @@ __all__ = [
     "IMAGENET_NOTOP_MD5",
     "resolve_weights",
     "file_sha256",
+    "sidecar_path",
+    "read_sidecar",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -94,6 +96,33 @@ class ResolvedWeights:
     preprocessing: str
     scope: str
     note: str
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The JSON file that describes a weights file made by docsort (``docsort adapt``):
+    ``<file>.json`` next to it, with ``sha256`` (of the weights file), ``preprocessing``
+    (``unit`` | ``inception``), ``scope`` and the base weights it was trained from."""
+    return Path(str(path) + ".json")
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> dict | None:
+    """The sidecar of a weights file (:func:`sidecar_path`), or ``None`` when there is none.
+
+    Raises:
+        WeightsError: the sidecar exists but is not a JSON object.
+    """
+    import json
+
+    side = sidecar_path(path)
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{side}: unreadable weights sidecar: {exc}") from exc
+    if not isinstance(data, dict):
+        raise WeightsError(f"{side}: weights sidecar is not a JSON object")
+    return data
 
 
 def _check(path: Path, expected: str | None) -> str:
@@ -201,12 +230,18 @@ def resolve_weights(spec: str, expected_sha256: str | None = None, *, announce: 
         if not path.is_file():
             raise WeightsError(f"{path}: weights file not found")
         sha = _check(path, expected_sha256 or KNOWN_SHA256.get(path.name))
+        side = read_sidecar(path)
+        if side is not None and side.get("sha256") != sha:
+            raise WeightsError(f"{path}: sha256 {sha} does not match its sidecar {sidecar_path(path).name} "
+                               f"({side.get('sha256')}); the file was changed or only half written")
+        preprocessing = (side or {}).get("preprocessing") or (
+            PREPROCESSING["bundled"] if path.name == BUNDLED_WEIGHTS.name else PREPROCESSING["path"])
         resolved = ResolvedWeights(
             source="path",
             path=path.resolve(),
             sha256=sha,
-            preprocessing=PREPROCESSING["bundled"] if path.name == BUNDLED_WEIGHTS.name else PREPROCESSING["path"],
-            scope="unknown",
+            preprocessing=preprocessing,
+            scope=(side or {}).get("scope", "unknown"),
             note=f"using weights from {path} (sha256 {sha[:12]}...)",
         )
     if announce and resolved.source in ("bundled", "random"):
