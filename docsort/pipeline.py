@@ -1407,15 +1407,15 @@ def score_note(collection: Collection, settings: PipelineSettings, mode: str = "
     collection: the cosine similarity of the vectors actually searched (1 = same page)."""
     projection = active_projection(collection, settings) if mode != "text" else None
     if mode == "text":
-        what = "of the OCR text vectors (TF-IDF + LSA)"
-    elif projection is not None:
+        return "score: cosine similarity of the OCR text vectors (TF-IDF + LSA); 1 = the same words, about 0 = unrelated"
+    if projection is not None:
         what = (f"of the scan-style-invariant page vectors ({projection.dims}-d, centred"
                 + (", fused with the OCR text vectors" if mode == "fused" else "") + ")")
-    else:
-        what = ("of the raw page features (all-positive activations, so unrelated pages also score near 1; "
-                "`docsort cluster` fits the scan-style-invariant projection that spreads them)"
-                + ("; fused with the OCR text vectors" if mode == "fused" else ""))
-    return f"score: cosine similarity {what}; 1 = the same page, about 0 = unrelated"
+        return f"score: cosine similarity {what}; 1 = the same page, about 0 = unrelated"
+    return ("score: cosine similarity of the raw page features" + (", fused with the OCR text vectors" if mode == "fused" else "")
+            + "; 1 = the same page, but unrelated pages score 0.9 and more too (the features are all positive); "
+            f"from {settings.invariance.min_pages} pages `docsort cluster` fits a scan-style-invariant projection "
+            "whose scores fall to about 0 for unrelated pages")
 
 
 def _search_vectors(collection: Collection, settings: PipelineSettings, queries: np.ndarray, k: int, query: str, index=None,
