@@ -107,9 +107,19 @@ def set_trainable(model, layers: str) -> int:
         AdaptError: an unknown choice, or a model without those layers.
     """
     names = [layer.name for layer in model.layers]
+
+    def after_stem() -> int:
+        # The stem's last max pooling, found by type: Keras numbers auto-named layers per process
+        # ("max_pooling2d_1" only in the first model built), so the name cannot be relied on.
+        end = names.index("mixed0")
+        pools = [i for i, layer in enumerate(model.layers[:end]) if type(layer).__name__ == "MaxPooling2D"]
+        if not pools:
+            raise ValueError("no max pooling before 'mixed0'")
+        return pools[-1] + 1
+
     try:
         start = {"mixed1": lambda: names.index("mixed0") + 1,
-                 "mixed0,mixed1": lambda: names.index("max_pooling2d_1") + 1,
+                 "mixed0,mixed1": after_stem,
                  "all": lambda: 0}[layers]()
     except KeyError:
         raise AdaptError(f"unknown --layers {layers!r}; use one of {', '.join(LAYER_CHOICES)}") from None
