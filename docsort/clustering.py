@@ -144,8 +144,6 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
     Raises:
         ClusteringError: fewer than :data:`MIN_PAGES` vectors.
     """
-    import hdbscan
-
     from .runtime import quiet_native_stderr
 
     with quiet_native_stderr():  # umap-learn imports TensorFlow (parametric UMAP) when it is installed
