@@ -28,7 +28,6 @@ import os
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ import numpy as np
 from .storage import Collection  # noqa: I001
 
 from .adapt import AUGMENTATIONS, LAYER_CHOICES, OBJECTIVE, AdaptError, train_contrastive
-from .pages import PageError, iter_pages, to_network_input
+from .pages import to_network_input
 from .settings import PipelineSettings
 
 __all__ = ["AdaptReport", "adapt", "check_adapted_weights"]
@@ -110,35 +109,6 @@ def check_adapted_weights(path: str | os.PathLike[str]) -> str:
     return sha
 
 
-def _reread(collection: Collection, settings: PipelineSettings, page_ids, log: Log):
-    """Yield ``(page_id, Page image)`` for ``page_ids`` re-read from their files, by document;
-    then the generator's return value is the list of page ids that could not be read."""
-    from .ocr import _find_source  # the same re-read rule as the OCR back-fill
-
-    by_doc: dict[int, dict[int, int]] = defaultdict(dict)
-    for rec in collection.pages(page_ids):
-        by_doc[rec.document_id][rec.page_no] = rec.page_id
-    missing: list[int] = []
-    for doc_id in sorted(by_doc):
-        wanted = by_doc[doc_id]
-        src, first_path, _ = _find_source(collection, doc_id)
-        if src is None:
-            log(f"adapt: {first_path}: file moved or changed; its {len(wanted)} page(s) skipped")
-            missing += list(wanted.values())
-            continue
-        got = set()
-        try:
-            for page in iter_pages(src, settings.render, min(wanted), max(wanted)):
-                pid = wanted.get(page.page_no)
-                if pid is not None:
-                    got.add(pid)
-                    yield pid, page.image
-        except PageError as exc:
-            log(f"adapt: skipping pages of {first_path}: {exc}")
-        missing += [p for p in wanted.values() if p not in got]
-    return missing
-
-
 def adapt(
     collection: Collection,
     settings: PipelineSettings,
@@ -177,7 +147,7 @@ def adapt(
     """
     from tqdm import tqdm
 
-    from .pipeline import _check_extractor, library_versions, make_extractor
+    from .pipeline import _check_extractor, library_versions, make_extractor, reread_pages
     from .weights import read_sidecar
 
     if layers not in LAYER_CHOICES:
@@ -206,15 +176,13 @@ def adapt(
             else:
                 sample = ids
             bar = tqdm(total=len(sample), desc="reading pages", unit="page", disable=not progress, file=sys.stderr)
-            gen = _reread(collection, settings, sample, log)
             pages, skipped = [], []
-            while True:
-                try:
-                    pages.append(next(gen)[1])
+            for pid, image in reread_pages(collection, settings.render, sample, log=log, what="adapt"):
+                if image is None:
+                    skipped.append(pid)
+                else:
+                    pages.append(image)
                     bar.update(1)
-                except StopIteration as stop:
-                    skipped = stop.value or []
-                    break
             bar.close()
             report.pages_trained, report.pages_skipped = len(pages), len(skipped)
             if len(pages) < 2:
@@ -277,15 +245,12 @@ def adapt(
                 batch.clear()
                 owners.clear()
 
-        gen = _reread(collection, settings, todo, log) if todo else iter(())
         missing: list[int] = []
         try:
-            while True:
-                try:
-                    pid, image = next(gen)
-                except StopIteration as stop:
-                    missing = list(stop.value or [])
-                    break
+            for pid, image in (reread_pages(collection, settings.render, todo, log=log, what="adapt") if todo else ()):
+                if image is None:
+                    missing.append(pid)
+                    continue
                 batch.append(to_network_input(image, extractor.input_size))
                 owners.append(pid)
                 if len(batch) >= extractor.batch_size:

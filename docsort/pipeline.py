@@ -991,6 +991,50 @@ def prepare_invariance(collection: Collection, settings: PipelineSettings, *, lo
         return fit_invariance(collection, settings, progress=progress, log=log)
 
 
+def reread_pages(collection: Collection, render, page_ids, *, log: Log, what: str, tell_moved: bool = True):
+    """Stored pages re-read from their files, as the OCR back-fill reads them: each document from the
+    first recorded path whose bytes still have the stored sha256 (:func:`docsort.ocr._find_source`),
+    rendered with ``render`` (:func:`docsort.pages.iter_pages`, only the wanted page range).
+
+    Args:
+        page_ids: the stored pages wanted (any order).
+        render: :class:`~docsort.settings.RenderSettings`.
+        log: where per-file notices go, prefixed with ``what``; a document whose file moved or
+            changed is said only when ``tell_moved``; a file that fails to render always is.
+
+    Yields:
+        ``(page_id, image)`` by document (ascending id), pages in order: a PIL image for each page
+        read, ``None`` for each that could not be (file moved or changed, unreadable, or missing
+        pages of a document that failed part-way; those come after the document's good pages).
+    """
+    from .ocr import _find_source  # the same re-read rule as the OCR back-fill
+
+    by_doc: dict[int, dict[int, int]] = defaultdict(dict)  # document -> {page_no: page_id}
+    for rec in collection.pages(np.asarray(page_ids, np.int64)):
+        by_doc[rec.document_id][rec.page_no] = rec.page_id
+    for doc_id in sorted(by_doc):
+        wanted = by_doc[doc_id]
+        src, first_path, _ = _find_source(collection, doc_id)
+        if src is None:
+            if tell_moved:
+                log(f"{what}: {first_path}: file moved or changed; its {len(wanted)} page(s) skipped")
+            for pid in wanted.values():
+                yield pid, None
+            continue
+        got = set()
+        try:
+            for page in iter_pages(src, render, min(wanted), max(wanted)):
+                pid = wanted.get(page.page_no)
+                if pid is not None:
+                    got.add(pid)
+                    yield pid, page.image
+        except PageError as exc:
+            log(f"{what}: skipping pages of {first_path}: {exc}")
+        for pid in wanted.values():
+            if pid not in got:
+                yield pid, None
+
+
 def style_views(
     collection: Collection, settings: PipelineSettings, page_ids, *, extractor: FeatureExtractor, progress: bool = False,
     log: Log = _stderr,
@@ -1018,16 +1062,11 @@ def style_views(
     """
     from tqdm import tqdm
 
-    from .ocr import _find_source  # the same re-read rule as the OCR back-fill
-
     inv = settings.invariance
     sample = np.asarray(page_ids, np.int64)
     _check_extractor(collection, extractor)
     stored_ids, stored = collection.vectors(sample)
     stored_of = {int(i): v for i, v in zip(stored_ids, stored)}
-    by_doc: dict[int, dict[int, int]] = defaultdict(dict)  # document -> {page_no: page_id}
-    for rec in collection.pages(sample):
-        by_doc[rec.document_id][rec.page_no] = rec.page_id
     styles = tuple(inv.styles)
     embed_styles = [i for i, s in enumerate(styles) if s != "as_is"]
     views: dict[int, np.ndarray] = {}
@@ -1045,37 +1084,22 @@ def style_views(
 
     bar = tqdm(total=len(sample), desc="fitting scan-style invariance", unit="page", disable=not progress, file=sys.stderr)
     try:
-        for doc_id in sorted(by_doc):
-            wanted = by_doc[doc_id]
-            src, first_path, _ = _find_source(collection, doc_id)
-            if src is None:
-                skipped += len(wanted)
-                bar.update(len(wanted))
+        for pid, image in reread_pages(collection, settings.render, sample, log=log, what="invariance fit", tell_moved=False):
+            bar.update(1)
+            if image is None:
+                failed.add(pid)
+                skipped += 1
                 continue
-            got = set()
-            try:
-                for page in iter_pages(src, settings.render, min(wanted), max(wanted)):
-                    pid = wanted.get(page.page_no)
-                    if pid is None:
-                        continue
-                    got.add(pid)
-                    renders = render_styles(page.image, styles, page_rng(inv.seed, pid))
-                    views[pid] = np.zeros((len(styles), stored.shape[1]), np.float32)
-                    for slot, s in enumerate(styles):
-                        if s == "as_is":
-                            views[pid][slot] = stored_of[pid]
-                    for slot in embed_styles:
-                        batch.append(to_network_input(renders[slot], extractor.input_size))
-                        owners.append((pid, slot))
-                        if len(batch) >= extractor.batch_size:
-                            flush()
-                    bar.update(1)
-            except PageError as exc:
-                log(f"invariance fit: skipping pages of {first_path}: {exc}")
-            missing = [p for p in wanted.values() if p not in got]
-            failed.update(missing)
-            skipped += len(missing)
-            bar.update(len(missing))
+            renders = render_styles(image, styles, page_rng(inv.seed, pid))
+            views[pid] = np.zeros((len(styles), stored.shape[1]), np.float32)
+            for slot, s in enumerate(styles):
+                if s == "as_is":
+                    views[pid][slot] = stored_of[pid]
+            for slot in embed_styles:
+                batch.append(to_network_input(renders[slot], extractor.input_size))
+                owners.append((pid, slot))
+                if len(batch) >= extractor.batch_size:
+                    flush()
         flush()  # batches stay full across documents (embed pads a short batch to batch_size)
     finally:
         bar.close()
