@@ -4,7 +4,7 @@ Fine-tunes the ``mixed1``-truncated InceptionV3 (bundled weights) plus a project
 (topk pooling -> Dense 128 -> ReLU -> Dense 64) with SimCLR's NT-Xent loss (Chen, Kornblith,
 Norouzi & Hinton 2020, "A Simple Framework for Contrastive Learning of Visual Representations",
 arXiv:2002.05709, eq. 1) on two views per page. A view is the page restyled by
-:func:`docsort.styles.restyle` (a style drawn from ``DEFAULT_STYLES``), then rotated by -2..2
+:func:`docsort.core.styles.restyle` (a style drawn from ``DEFAULT_STYLES``), then rotated by -2..2
 degrees, scaled by 0.92..1.08 and cropped/padded so that at least ~90 % of the page stays in view
 (the layout is kept). BatchNorm statistics stay frozen (inference mode), as usual when
 fine-tuning with small batches. Only ``--layers`` are trained.
@@ -15,7 +15,7 @@ does, and compares with the frozen vectors and with frozen + the invariance proj
 
 * kNN@5: leave-one-out cosine kNN precision against the labels;
 * cross-style kNN@5: the same, with neighbours of the query's own scan style skipped
-  (``labels.csv``'s ``style`` column; ``docsort.evaluate.knn_precision(groups=style)``).
+  (``labels.csv``'s ``style`` column; ``docsort.queries.evaluate.knn_precision(groups=style)``).
 
 Usage::
 
@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 def load_corpus(docs: Path, render):
     """Pages of the labelled folder: (images, categories, styles)."""
-    from docsort.pages import discover_files, iter_pages
+    from docsort.core.pages import discover_files, iter_pages
 
     rows = {}
     with open(docs / "labels.csv", newline="") as fh:
@@ -70,8 +70,8 @@ def augment(image, size, rng):
     """One view: a scan style, a small rotation/scale, a crop that keeps the layout; uint8 (H, W, 1)."""
     from PIL import Image
 
-    from docsort.pages import to_network_input
-    from docsort.styles import DEFAULT_STYLES, restyle
+    from docsort.core.pages import to_network_input
+    from docsort.core.styles import DEFAULT_STYLES, restyle
 
     im = restyle(image, DEFAULT_STYLES[int(rng.integers(len(DEFAULT_STYLES)))], rng)
     im = im.rotate(float(rng.uniform(-2, 2)), resample=Image.Resampling.BILINEAR, fillcolor=255)
@@ -92,13 +92,13 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from docsort.evaluate import knn_precision
-    from docsort.features import _topk, build_inception_backbone, preprocess
-    from docsort.invariance import fit_projection
-    from docsort.pages import to_network_input
-    from docsort.settings import load_pipeline
-    from docsort.styles import DEFAULT_STYLES, page_rng, render_styles
-    from docsort.weights import resolve_weights
+    from docsort.queries.evaluate import knn_precision
+    from docsort.core.features import _topk, build_inception_backbone, preprocess
+    from docsort.core.invariance import fit_projection
+    from docsort.core.pages import to_network_input
+    from docsort.config.settings import load_pipeline
+    from docsort.core.styles import DEFAULT_STYLES, page_rng, render_styles
+    from docsort.core.weights import resolve_weights
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", required=True)
@@ -238,7 +238,7 @@ def main() -> None:
     if args.ari:
         from sklearn.metrics import adjusted_rand_score
 
-        from docsort.clustering import cluster_vectors
+        from docsort.core.clustering import cluster_vectors
 
         out["ari"] = {}
         for name, vecs in kinds.items():

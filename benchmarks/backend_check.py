@@ -3,7 +3,7 @@
     python benchmarks/backend_check.py                        # tensorflow and jax, CPU
     python benchmarks/backend_check.py --backends jax --batch 256 --repeat 20   # e.g. on a GPU box
 
-docsort's :class:`~docsort.features.FeatureExtractor` is backend-neutral Keras 3 (TensorFlow by
+docsort's :class:`~docsort.core.features.FeatureExtractor` is backend-neutral Keras 3 (TensorFlow by
 default; the GPU machines this project is sometimes lent have JAX and PyTorch but no TensorFlow).
 For each backend, in a fresh process with ``KERAS_BACKEND`` set, this renders the pages of
 ``sample_docs/`` with docsort's pages stage, embeds them with the bundled weights and the default
@@ -33,9 +33,9 @@ def _worker(backend: str, out: Path, batch: int, repeat: int, precision: str) ->
     sys.path.insert(0, str(ROOT))
     import keras
 
-    from docsort.pages import discover_files, iter_pages, to_network_input
-    from docsort.pipeline import make_extractor
-    from docsort.settings import load_pipeline
+    from docsort.core.pages import discover_files, iter_pages, to_network_input
+    from docsort.jobs.pipeline import make_extractor
+    from docsort.config.settings import load_pipeline
 
     settings = load_pipeline("default").with_overrides(weights="bundled", batch_size=batch, precision=precision)
     extractor = make_extractor(settings, announce=False)
@@ -60,7 +60,7 @@ def _worker(backend: str, out: Path, batch: int, repeat: int, precision: str) ->
 
 
 def _gpu() -> bool:
-    from docsort.features import _gpu_visible
+    from docsort.core.features import _gpu_visible
 
     return _gpu_visible()
 

@@ -6,9 +6,9 @@ For each labelled corpus (a ``labels.csv`` whose files are relative to its folde
 engine x precision (TensorFlow float32, OpenVINO float32, OpenVINO bfloat16, and Keras'
 ``mixed_bfloat16`` on TensorFlow), the corpus is ingested into its own collection with the
 default pipeline and the bundled weights, clustered (UMAP + HDBSCAN, default settings), and
-measured with ``docsort.evaluate.evaluate``: kNN precision@5 and ARI. Each page's vector is
+measured with ``docsort.queries.evaluate.evaluate``: kNN precision@5 and ARI. Each page's vector is
 compared with its TensorFlow float32 vector (cosine, min and mean), as are the
-:func:`docsort.features.probe_pages` vectors (what a collection's engine check compares). A
+:func:`docsort.core.features.probe_pages` vectors (what a collection's engine check compares). A
 last row perturbs the TensorFlow float32 vectors with seeded noise scaled so that their cosine to
 the originals is the engine check's threshold, to see what that threshold would let through.
 
@@ -36,7 +36,7 @@ CONFIGS = [("tensorflow", "float32"), ("openvino", "float32"), ("openvino", "bfl
 
 
 def _settings(engine: str, precision: str):
-    from docsort.settings import load_pipeline
+    from docsort.config.settings import load_pipeline
 
     s = load_pipeline("default").with_overrides(weights="bundled")
     return s.model_copy(update={"features": s.features.model_copy(update={"engine": engine, "precision": precision})})
@@ -52,9 +52,9 @@ def _aligned_vectors(col) -> tuple[list[tuple[str, int]], np.ndarray]:
 
 
 def study(labels: Path, workdir: Path, threshold: float) -> list[dict]:
-    from docsort.evaluate import evaluate, knn_precision
-    from docsort.pipeline import cluster, ingest, make_extractor
-    from docsort.storage import Collection
+    from docsort.queries.evaluate import evaluate, knn_precision
+    from docsort.jobs.pipeline import cluster, ingest, make_extractor
+    from docsort.store.storage import Collection
 
     rows, ref = [], None
     for engine, precision in CONFIGS:
@@ -80,7 +80,7 @@ def study(labels: Path, workdir: Path, threshold: float) -> list[dict]:
         rows.append(row)
         print(f"  {row['corpus']} {engine} {precision}: kNN@5 {row['knn5']:.4f} cos min {row['cos_min']:.6f}", file=sys.stderr)
     # What the engine check's threshold lets through: noise with cosine = threshold to the originals.
-    from docsort.evaluate import match_labels, read_labels
+    from docsort.queries.evaluate import match_labels, read_labels
 
     with Collection(workdir / f"{labels.parent.name}-tensorflow-float32") as col:
         ids, cats, _ = match_labels(col, read_labels(labels))
@@ -104,7 +104,7 @@ def study(labels: Path, workdir: Path, threshold: float) -> list[dict]:
 
 
 def speed(pages: np.ndarray) -> list[dict]:
-    from docsort.pipeline import make_extractor
+    from docsort.jobs.pipeline import make_extractor
 
     out = []
     for engine, precision in CONFIGS:
@@ -124,9 +124,9 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     a = ap.parse_args()
 
-    from docsort.pages import discover_files, iter_pages, to_network_input
-    from docsort.pipeline import ENGINE_PROBE_MIN_COSINE
-    from docsort.settings import RenderSettings
+    from docsort.core.pages import discover_files, iter_pages, to_network_input
+    from docsort.jobs.pipeline import ENGINE_PROBE_MIN_COSINE
+    from docsort.config.settings import RenderSettings
 
     load = open("/proc/loadavg").read().split()[:3]
     result: dict = {"loadavg_start": load, "date": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -7,20 +7,20 @@
 Stages (each caches its output under ``--out``, default ``benchmarks/out/feature_study``):
 
 1. **embed**: every labelled page is rendered by docsort's own pages stage
-   (:func:`docsort.pages.iter_pages` at the render size the input needs), fitted to the network
-   in each *input variant* (docsort's squash, :func:`docsort.pages.to_network_input`, or the
+   (:func:`docsort.core.pages.iter_pages` at the render size the input needs), fitted to the network
+   in each *input variant* (docsort's squash, :func:`docsort.core.pages.to_network_input`, or the
    aspect-keeping pad of :func:`fit_to_input`; several sizes), and run once through InceptionV3 up to ``mixed1``; every pooling of
-   :data:`docsort.features.POOLINGS` is computed from that one feature map (with docsort's own
+   :data:`docsort.core.features.POOLINGS` is computed from that one feature map (with docsort's own
    pooling functions) and L2-normalised. Two orientation baselines: 30x30 raw pixels and
    random-init weights. Vectors go to ``vectors.npz``.
-2. **knn**: leave-one-out kNN precision@1/5/10 (:func:`docsort.evaluate.knn_precision`), also
+2. **knn**: leave-one-out kNN precision@1/5/10 (:func:`docsort.queries.evaluate.knn_precision`), also
    with neighbours from the page's own source document skipped ("other docs"), for every
    variant x pooling, and for PCA-whitened / mean-centred versions of the best ones.
    **family**: every pooling of the registry and its neighbours between average and max (GeM
    exponents, top-k fractions, max of a 3x3-averaged map), on clean pages and with specks and a
    stain on every page (:func:`add_specks`).
 3. **cluster**: UMAP + HDBSCAN, with the same calls and clamping as
-   :func:`docsort.clustering.cluster_vectors` (checked against it), over a grid of UMAP
+   :func:`docsort.core.clustering.cluster_vectors` (checked against it), over a grid of UMAP
    ``n_neighbors`` / ``n_components`` / ``min_dist`` (three UMAP seeds each) and HDBSCAN
    ``min_cluster_size`` / ``min_samples``, on the baseline and the best vectors; then
    ``min_cluster_size`` against collection size on stratified subsamples.
@@ -49,9 +49,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from docsort.evaluate import cluster_scores, knn_precision  # noqa: E402
-from docsort.pages import discover_files, iter_pages, to_network_input  # noqa: E402
-from docsort.settings import FeatureSettings, RenderSettings  # noqa: E402
+from docsort.queries.evaluate import cluster_scores, knn_precision  # noqa: E402
+from docsort.core.pages import discover_files, iter_pages, to_network_input  # noqa: E402
+from docsort.config.settings import FeatureSettings, RenderSettings  # noqa: E402
 from PIL import Image  # noqa: E402
 
 #: (name, input mode, (height, width), render long side px). The render long side is the
@@ -76,7 +76,7 @@ BATCH = 16
 
 
 def fit_to_input(image, size: tuple[int, int], mode: str) -> np.ndarray:
-    """The page as network input: docsort's ``squash`` (:func:`docsort.pages.to_network_input`), or
+    """The page as network input: docsort's ``squash`` (:func:`docsort.core.pages.to_network_input`), or
     ``pad``: scaled to fit inside ``size`` keeping its aspect ratio, centred, the rest filled with
     the median of the page's outermost pixel ring (its paper colour).
 
@@ -131,7 +131,7 @@ def embed_variant(images: list, mode: str, size: tuple[int, int], weights: str |
     import tensorflow as tf
     from keras import ops
 
-    from docsort.features import POOLINGS, FeatureExtractor, preprocess
+    from docsort.core.features import POOLINGS, FeatureExtractor, preprocess
 
     ex = FeatureExtractor(FeatureSettings(weights=weights or WEIGHTS, input_size=size, batch_size=BATCH), channels=1, announce=False)
     scheme = ex.weights.preprocessing
@@ -228,7 +228,7 @@ def pooling_family() -> dict:
     1 % / 10 % of cells (the registry's ``topk`` is 3 %), and the max of a 3x3-averaged map."""
     from keras import ops
 
-    from docsort.features import _gem, _topk
+    from docsort.core.features import _gem, _topk
 
     fam = {f"gem p={p:g}": (lambda x, p=p: _gem(x, p)) for p in (1.5, 2.0, 4.0, 6.0)}
     fam |= {f"top {f:.0%}": (lambda x, f=f: _topk(x, f)) for f in (0.01, 0.10)}
@@ -297,7 +297,7 @@ def stage_knn(rows: list[dict], out: Path) -> dict:
 
 
 def umap_embed(v: np.ndarray, n_neighbors: int, n_components: int, min_dist: float, seed: int) -> np.ndarray:
-    """UMAP exactly as :func:`docsort.clustering.cluster_vectors` calls it (cosine, clamped)."""
+    """UMAP exactly as :func:`docsort.core.clustering.cluster_vectors` calls it (cosine, clamped)."""
     import umap
 
     n = len(v)
@@ -309,7 +309,7 @@ def umap_embed(v: np.ndarray, n_neighbors: int, n_components: int, min_dist: flo
 
 
 def hdbscan_labels(emb: np.ndarray, mcs: int, ms: int) -> np.ndarray:
-    """HDBSCAN exactly as :func:`docsort.clustering.cluster_vectors` calls it (eom, epsilon 0)."""
+    """HDBSCAN exactly as :func:`docsort.core.clustering.cluster_vectors` calls it (eom, epsilon 0)."""
     import hdbscan
 
     return hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=ms, cluster_selection_method="eom",
@@ -317,20 +317,20 @@ def hdbscan_labels(emb: np.ndarray, mcs: int, ms: int) -> np.ndarray:
 
 
 def auto_mcs(n: int) -> int:
-    from docsort.clustering import auto_min_cluster_size
+    from docsort.core.clustering import auto_min_cluster_size
 
     return auto_min_cluster_size(n)
 
 
 def check_mirror(v: np.ndarray) -> None:
     """The study's UMAP + HDBSCAN give the same labels as docsort's cluster_vectors (default settings)."""
-    from docsort.clustering import cluster_vectors
-    from docsort.settings import HdbscanSettings, UmapSettings
+    from docsort.core.clustering import cluster_vectors
+    from docsort.config.settings import HdbscanSettings, UmapSettings
 
     ref = cluster_vectors(v, UmapSettings(), HdbscanSettings()).labels
     mcs = auto_mcs(len(v))
     mine = hdbscan_labels(umap_embed(v, 15, 10, 0.0, 42), mcs, max(1, mcs // 2))
-    assert np.array_equal(ref, mine), "study clustering differs from docsort.clustering.cluster_vectors"
+    assert np.array_equal(ref, mine), "study clustering differs from docsort.core.clustering.cluster_vectors"
 
 
 SEEDS = (42, 7, 2024)

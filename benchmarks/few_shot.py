@@ -5,7 +5,7 @@
 
 For each n in ``--shots`` and each of ``--repeats`` random draws (seeded): pick n labelled pages of
 every type that has at least n + 1 pages (types with fewer are skipped and reported: they would
-leave nothing to test), train :func:`docsort.classify.train` exactly as ``docsort classify`` does
+leave nothing to test), train :func:`docsort.jobs.classify.train` exactly as ``docsort classify`` does
 (standardised vectors, balanced multinomial logistic regression, temperature scaling from 3 labels
 per type), and predict every other page of those types. Reported per n, mean ± sd over draws:
 
@@ -90,14 +90,14 @@ def few_shot(X: np.ndarray, y: np.ndarray, centre: np.ndarray, settings, shots: 
 
     Args:
         X: float32 (n, D) labelled pages' vectors; y: str (n,) their types; centre: float32 (D,)
-        the collection's mean vector; settings: :class:`docsort.settings.ClassifierSettings`;
+        the collection's mean vector; settings: :class:`docsort.config.settings.ClassifierSettings`;
         shots: labelled pages per type; repeats: random draws per n; seed: for the draws.
 
     Returns:
         One dict per n: shots, types (list), skipped ({type: pages}), test_pages, and mean/sd of
         accuracy, balanced_accuracy, unsure, sure_accuracy, chance; plus train_seconds (mean).
     """
-    from docsort.classify import train
+    from docsort.jobs.classify import train
 
     rng = np.random.default_rng(seed)
     types, counts = np.unique(y, return_counts=True)
@@ -187,13 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-    from docsort.settings import load_pipeline
-    from docsort.storage import Collection
+    from docsort.config.settings import load_pipeline
+    from docsort.store.storage import Collection
 
     settings = load_pipeline(args.pipeline)
     tmp = None
     if args.collection is None:
-        from docsort.pipeline import ingest
+        from docsort.jobs.pipeline import ingest
 
         tmp = tempfile.TemporaryDirectory(prefix="docsort-few-shot-")
         root = Path(tmp.name) / "collection"

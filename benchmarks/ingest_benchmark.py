@@ -8,7 +8,7 @@ The corpus (``benchmarks/corpus.py``) is N pages of sample_docs' real scans (PDF
 mixed), each file a unique copy. Each contender runs in its own fresh process so its peak RSS is
 its own:
 
-* **docsort**: ``docsort.pipeline.ingest`` with the default pipeline and the bundled weights
+* **docsort**: ``docsort.jobs.pipeline.ingest`` with the default pipeline and the bundled weights
   (rasterization in worker processes overlapped with batched inference, batched SQLite writes,
   FAISS index), once per ``--engines`` entry (``engine:precision``, e.g. ``openvino:bfloat16``,
   ``tensorflow:float32``) and ``--threads`` / ``--workers`` setting. Per-stage times come from
@@ -100,9 +100,9 @@ def _cpu_seconds() -> float:
 
 def run_docsort(corpus: str, collection: str, workers: int, engine: str = "auto", precision: str = "auto", threads: int = 0) -> dict:
     """Ingest ``corpus`` into a fresh collection; returns timings, CPU use and peak RSS."""
-    from docsort.pipeline import ingest
-    from docsort.settings import load_pipeline
-    from docsort.storage import Collection
+    from docsort.jobs.pipeline import ingest
+    from docsort.config.settings import load_pipeline
+    from docsort.store.storage import Collection
 
     settings = load_pipeline("default").with_overrides(weights="bundled")
     features = settings.features.model_copy(update={"engine": engine, "precision": precision, "threads": threads})
@@ -136,9 +136,9 @@ def run_model_only(engine: str, precision: str, threads: int = 0, n: int = 256) 
     """img/s of the forward pass alone (``FeatureExtractor.embed``, batch 32) on real sample_docs pages."""
     import numpy as np
 
-    from docsort.pages import discover_files, iter_pages, to_network_input
-    from docsort.pipeline import make_extractor
-    from docsort.settings import RenderSettings, load_pipeline
+    from docsort.core.pages import discover_files, iter_pages, to_network_input
+    from docsort.jobs.pipeline import make_extractor
+    from docsort.config.settings import RenderSettings, load_pipeline
 
     settings = load_pipeline("default").with_overrides(weights="bundled")
     settings = settings.model_copy(update={"features": settings.features.model_copy(
@@ -162,8 +162,8 @@ def run_seed(corpus: str) -> dict:
     from PIL import Image
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from docsort.features import build_inception_backbone
-    from docsort.weights import resolve_weights
+    from docsort.core.features import build_inception_backbone
+    from docsort.core.weights import resolve_weights
 
     t0 = time.perf_counter()
     model = build_inception_backbone(resolve_weights("bundled", announce=False), "mixed1", (299, 299))

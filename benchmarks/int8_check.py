@@ -2,7 +2,7 @@
 
     python benchmarks/int8_check.py sample_docs/labels.csv benchmarks/out/dev_corpus/labels.csv
 
-Converts the default extractor's forward function as docsort does (``docsort.openvino_engine``),
+Converts the default extractor's forward function as docsort does (``docsort.core.openvino_engine``),
 quantises it with ``nncf.quantize`` (default preset, calibrated on a fixed, seeded sample of 96
 rendered pages of the first corpus: 3 batches of 32, ``subset_size=3`` as NNCF counts batches), compiles it for the CPU and compares it
 with TensorFlow float32 on every page of each corpus: per-page cosine, probe cosine, kNN@5, and
@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 
 
 def _pages(folder: Path):
-    from docsort.pages import discover_files, iter_pages, to_network_input
-    from docsort.settings import RenderSettings
+    from docsort.core.pages import discover_files, iter_pages, to_network_input
+    from docsort.config.settings import RenderSettings
 
     keys, imgs = [], []
     for f in discover_files([folder]):
@@ -44,10 +44,10 @@ def main() -> None:
     import openvino as ov
     import tensorflow as tf
 
-    from docsort.evaluate import knn_precision, read_labels
-    from docsort.features import probe_pages
-    from docsort.pipeline import make_extractor
-    from docsort.settings import load_pipeline
+    from docsort.queries.evaluate import knn_precision, read_labels
+    from docsort.core.features import probe_pages
+    from docsort.jobs.pipeline import make_extractor
+    from docsort.config.settings import load_pipeline
 
     s = load_pipeline("default").with_overrides(weights="bundled")
     tf32 = make_extractor(s.model_copy(update={"features": s.features.model_copy(update={"engine": "tensorflow"})}), announce=False)

@@ -4,7 +4,7 @@ Builds a collection of FOLDER (default sample_docs/, bundled weights), then meas
 
 * ingest: wall seconds per page, and the cost of applying the projection to a page's vector
   (the (1, D) x (D, dims) product; timed over many vectors) as a share of it;
-* the fit (:func:`docsort.pipeline.fit_invariance`, forced): wall seconds, and per 1,000 pages;
+* the fit (:func:`docsort.jobs.pipeline.fit_invariance`, forced): wall seconds, and per 1,000 pages;
 * sorting quality before (raw vectors) and after (projected): kNN precision@5 against
   labels.csv (leave-one-out, cosine), and ARI of UMAP + HDBSCAN with the pipeline's settings over
   several UMAP seeds.
@@ -38,11 +38,11 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     from sklearn.metrics import adjusted_rand_score
 
-    from docsort.clustering import cluster_vectors
-    from docsort.evaluate import knn_precision, match_labels, read_labels
-    from docsort.pipeline import fit_invariance, ingest, make_extractor
-    from docsort.settings import load_pipeline
-    from docsort.storage import Collection
+    from docsort.core.clustering import cluster_vectors
+    from docsort.queries.evaluate import knn_precision, match_labels, read_labels
+    from docsort.jobs.pipeline import fit_invariance, ingest, make_extractor
+    from docsort.config.settings import load_pipeline
+    from docsort.store.storage import Collection
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", default=str(REPO / "sample_docs"))

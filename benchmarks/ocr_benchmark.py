@@ -5,7 +5,7 @@
 
 Four parts, each on real pages:
 
-* **throughput**: :func:`docsort.ocr.backfill` exactly as ``docsort ocr`` runs it (default OCR
+* **throughput**: :func:`docsort.jobs.ocr.backfill` exactly as ``docsort ocr`` runs it (default OCR
   settings), with 1 and with 2 worker processes, on a fresh collection of ``sample_docs/`` (41
   pages) and of a subset of the development corpus (every ``--dev-every``-th file of
   ``benchmarks/out/dev_corpus``, see ``benchmarks/dev_corpus.py``; its ``real_scans/`` are
@@ -13,7 +13,7 @@ Four parts, each on real pages:
   start-up included); confidence is the word-weighted mean of Tesseract's word confidences.
 * **dpi**: every PDF page of the development corpus (its synthetic kinds: pages scanned at 100-150
   dpi, stored as JPEG/CCITT images in the PDF; and sample_docs' two PDFs under ``real_scans/``)
-  rendered at 150, 200 and 300 dpi (:func:`docsort.pages.iter_ocr_pages`) and OCR'd.
+  rendered at 150, 200 and 300 dpi (:func:`docsort.core.pages.iter_ocr_pages`) and OCR'd.
 * **upscale**: image pages (PNG, JPEG, TIFF) of the development corpus's text kinds, OCR'd at their
   own resolution and upscaled 2x (Lanczos), every ``--upscale-every``-th page: does reading images
   "at their own resolution" lose anything?
@@ -137,9 +137,9 @@ def ocr_one(path: str, fmt: str, page_no: int, dpi: int, scale: float) -> dict:
     """OCR one page at ``dpi`` (PDFs) or upscaled by ``scale`` (images), as docsort does it."""
     from PIL import Image
 
-    from docsort.ocr import ocr_image
-    from docsort.pages import SourceFile, iter_ocr_pages
-    from docsort.settings import OcrSettings
+    from docsort.jobs.ocr import ocr_image
+    from docsort.core.pages import SourceFile, iter_ocr_pages
+    from docsort.config.settings import OcrSettings
 
     ocr = OcrSettings(dpi=dpi, max_long_side_px=8000)
     src = SourceFile(Path(path), fmt, Path(path).stat().st_size)
@@ -180,7 +180,7 @@ def run_pool(tasks: list[tuple], workers: int) -> list[dict]:
 
 def dev_pages(dev: Path) -> list[dict]:
     """Rows of the development corpus's labels.csv with the file's format and absolute path."""
-    from docsort.pages import detect_format
+    from docsort.core.pages import detect_format
 
     with open(dev / "labels.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -329,11 +329,11 @@ def part_exact(workers: int, n_pages: int) -> dict:
 
 
 def part_throughput(dev: Path | None, every: int, worker_counts: list[int]) -> dict:
-    """Fresh collections (bundled weights), then docsort.ocr.backfill with each worker count."""
-    from docsort.ocr import backfill, with_ocr
-    from docsort.pipeline import ingest, make_extractor
-    from docsort.settings import load_pipeline
-    from docsort.storage import Collection
+    """Fresh collections (bundled weights), then docsort.jobs.ocr.backfill with each worker count."""
+    from docsort.jobs.ocr import backfill, with_ocr
+    from docsort.jobs.pipeline import ingest, make_extractor
+    from docsort.config.settings import load_pipeline
+    from docsort.store.storage import Collection
 
     settings = load_pipeline("default").with_overrides(weights="bundled")
     extractor = make_extractor(settings, announce=False)
@@ -395,7 +395,7 @@ def markdown(result: dict) -> str:
     load = ", ".join(f"{v:.1f}" for v in result["load_average_at_start"])
     lines = [f"OCR benchmark ({result['engine']}, {result['machine']}; {result['date']}; load average at start {load})", ""]
     if "throughput" in result:
-        lines += ["### Throughput (`docsort.ocr.backfill`, default settings: eng, psm 3, PDFs at 200 dpi)", "",
+        lines += ["### Throughput (`docsort.jobs.ocr.backfill`, default settings: eng, psm 3, PDFs at 200 dpi)", "",
                   "| corpus | pages | workers | pages/s | wall s | CPU s/page | load before | words | mean confidence |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, c in result["throughput"].items():
@@ -460,7 +460,7 @@ def main() -> None:
     os.environ.setdefault("DOCSORT_OFFLINE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-    from docsort.ocr import require_tesseract
+    from docsort.jobs.ocr import require_tesseract
 
     dev = args.dev_corpus if (args.dev_corpus / "labels.csv").is_file() else None
     result = {"engine": require_tesseract("eng"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",

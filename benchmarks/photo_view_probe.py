@@ -3,13 +3,13 @@
     python benchmarks/photo_view_probe.py COLLECTION LABELS [--seeds 0,1,2,3,4]
 
 On a collection ingested by ``style_study.py``, the pages' renderings of docsort's invariance fit
-(``docsort.pipeline.style_views``: as is, bilevel, bilevel + blur, grey paper, low JPEG) are
-computed once; then two projections are fitted with ``docsort.invariance.fit_projection`` (32-d,
+(``docsort.jobs.pipeline.style_views``: as is, bilevel, bilevel + blur, grey paper, low JPEG) are
+computed once; then two projections are fitted with ``docsort.core.invariance.fit_projection`` (32-d,
 shrinkage 0.1): on those 5 views (docsort's default; a control that must match the ``inv32``
 row of ``style_study.py``), and on those plus a sixth view, the page photographed on a desk by
 ``scan_styles._photograph`` (perspective, desk border, light fall-off). Each is judged by kNN@5,
 cross-style kNN@5 (overall and for the photo pages), and UMAP + HDBSCAN as docsort runs them
-(``docsort.clustering.cluster_vectors``, default settings) over the UMAP seeds: ARI, style
+(``docsort.core.clustering.cluster_vectors``, default settings) over the UMAP seeds: ARI, style
 leakage NMI, seed-to-seed ARI.
 
 Caveat printed with the results: the sixth view comes from the same generator as the corpus's
@@ -51,8 +51,8 @@ def generic_photo(image, rng: np.random.Generator):
 def photo_views(collection, settings, ids: np.ndarray, extractor, generic: bool = False) -> np.ndarray:
     """float32 (n, D): each page re-read, photographed (``scan_styles._photograph``, or
     :func:`generic_photo`), embedded."""
-    from docsort.ocr import _find_source
-    from docsort.pages import iter_pages, to_network_input
+    from docsort.jobs.ocr import _find_source
+    from docsort.core.pages import iter_pages, to_network_input
     from scan_styles import _photograph, rng_for
 
     want = {int(i) for i in ids}
@@ -85,8 +85,8 @@ def judge(name, vecs, cats, styles, settings, seeds):
     """Print kNN, cross-style kNN (all / photo pages) and clustering figures of one set of vectors."""
     from sklearn.metrics import adjusted_rand_score
 
-    from docsort.clustering import cluster_vectors
-    from docsort.evaluate import cluster_scores, cross_style_knn_precision, knn_precision, style_leakage
+    from docsort.core.clustering import cluster_vectors
+    from docsort.queries.evaluate import cluster_scores, cross_style_knn_precision, knn_precision, style_leakage
 
     knn, _ = knn_precision(vecs, cats, (5,))
     cross, per = cross_style_knn_precision(vecs, cats, styles, (5,))
@@ -111,11 +111,11 @@ def main() -> None:
     ap.add_argument("--generic", action="store_true", help="also fit with generic_photo as the sixth view (a generator unlike the corpus's)")
     a = ap.parse_args()
     os.environ.setdefault("DOCSORT_OFFLINE", "1")
-    from docsort.evaluate import match_label_rows, read_labels
-    from docsort.invariance import fit_projection
-    from docsort.pipeline import effective_settings, make_extractor, style_views
-    from docsort.settings import load_pipeline
-    from docsort.storage import Collection
+    from docsort.queries.evaluate import match_label_rows, read_labels
+    from docsort.core.invariance import fit_projection
+    from docsort.jobs.pipeline import effective_settings, make_extractor, style_views
+    from docsort.config.settings import load_pipeline
+    from docsort.store.storage import Collection
 
     seeds = [int(s) for s in a.seeds.split(",")]
     with Collection(a.collection) as col:

@@ -41,9 +41,9 @@ VARIANTS = {
 
 CHILD = r"""
 import sys, numpy as np
-from docsort.pipeline import ingest, make_extractor
-from docsort.settings import load_pipeline
-from docsort.storage import Collection
+from docsort.jobs.pipeline import ingest, make_extractor
+from docsort.config.settings import load_pipeline
+from docsort.store.storage import Collection
 s = load_pipeline("default").with_overrides(weights="bundled")
 s = s.model_copy(update={"render": s.render.model_copy(update={"workers": 1})})
 with Collection(sys.argv[1], create=True) as col:
@@ -78,9 +78,9 @@ def main() -> None:
 
     from sklearn.metrics import adjusted_rand_score
 
-    from docsort.clustering import cluster_vectors
-    from docsort.evaluate import knn_precision
-    from docsort.settings import load_pipeline
+    from docsort.core.clustering import cluster_vectors
+    from docsort.queries.evaluate import knn_precision
+    from docsort.config.settings import load_pipeline
 
     labels = {}
     with open(REPO / "sample_docs" / "labels.csv", newline="") as f:
@@ -103,7 +103,7 @@ def main() -> None:
                      "knn5": knn, "ari_vs_default_clusters": float(adjusted_rand_score(base_labels, lab)),
                      "n_clusters": int(len(set(lab.tolist()) - {-1}))})
     # The same vectors, UMAP compiled by numba for a generic x86-64 CPU (no AVX-512): clusters only.
-    code = ("import sys, numpy as np; from docsort.clustering import cluster_vectors; from docsort.settings import load_pipeline; "
+    code = ("import sys, numpy as np; from docsort.core.clustering import cluster_vectors; from docsort.config.settings import load_pipeline; "
             "s = load_pipeline('default'); d = np.load(sys.argv[1]); "
             "np.save(sys.argv[2], cluster_vectors(d['vectors'], s.umap, s.hdbscan).labels)")
     out = args.out / "labels-numba-generic.npy"

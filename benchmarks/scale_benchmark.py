@@ -5,10 +5,10 @@
 
 Vectors: a mixture of ``n_clusters`` Gaussian blobs in 288-d, made non-negative and
 L2-normalised like pooled ReLU features (seeded). FAISS indexes are built with
-``docsort.index.build_index`` (the code docsort runs), and for comparison IVF-Flat.
+``docsort.core.index.build_index`` (the code docsort runs), and for comparison IVF-Flat.
 Reports build time, p50/p99 single-query latency (1,000 queries, one at a time), batched
 throughput and recall@10 against the exact flat index; and UMAP + HDBSCAN wall time and peak RSS
-through ``docsort.clustering.cluster_vectors`` in a fresh process per size.
+through ``docsort.core.clustering.cluster_vectors`` in a fresh process per size.
 
 Writes ``OUT/scale.json`` and ``OUT/scale.md``. Not a test: run by hand (1M vectors take minutes).
 """
@@ -53,8 +53,8 @@ def synthetic(n: int, d: int = 288, n_clusters: int = 50, latent: int = 16, seed
 def bench_faiss(n: int, n_queries: int = 1000, k: int = 10) -> list[dict]:
     import faiss
 
-    from docsort.index import build_index, search_index
-    from docsort.settings import IndexSettings
+    from docsort.core.index import build_index, search_index
+    from docsort.config.settings import IndexSettings
 
     x = synthetic(n)
     q = synthetic(n_queries, seed=1)
@@ -103,8 +103,8 @@ def _measure(name, n, index, q, k, build, truth, search_index):
 
 
 def bench_cluster(n: int) -> dict:
-    from docsort.clustering import cluster_vectors
-    from docsort.settings import HdbscanSettings, UmapSettings
+    from docsort.core.clustering import cluster_vectors
+    from docsort.config.settings import HdbscanSettings, UmapSettings
 
     x = synthetic(n)
     t = time.perf_counter()

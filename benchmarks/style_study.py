@@ -7,8 +7,8 @@
 
 Per corpus, the pages are ingested once with the real CLI (``docsort ingest --weights bundled``;
 the binarised variant ingests an Otsu-binarised copy), then every variant is clustered through
-the API (``docsort.pipeline.cluster``, the function ``docsort cluster`` runs) with UMAP seeds
-0..4 and evaluated with ``docsort.evaluate.evaluate`` on the vectors the index and clustering
+the API (``docsort.jobs.pipeline.cluster``, the function ``docsort cluster`` runs) with UMAP seeds
+0..4 and evaluated with ``docsort.queries.evaluate.evaluate`` on the vectors the index and clustering
 use. Reported per corpus and variant: kNN@5, cross-style kNN@5 (neighbours among other scan
 styles only), ARI and NMI with the type (mean +- sd over the seeds), style leakage (NMI of
 clusters vs scan style), noise share, clusters, and seed-to-seed ARI (mean and min over the 10
@@ -16,7 +16,7 @@ pairs of seeds, noise pages as singletons). Writes ``OUT/results.json`` and ``OU
 
 Variants: ``baseline`` (the defaults before issue 13: raw visual vectors, no invariance);
 ``binarised`` (every page Otsu-thresholded before docsort sees it, raw vectors); ``invN`` (the
-scan-style-invariant projection of ``docsort.invariance`` with N dims, when the installed docsort
+scan-style-invariant projection of ``docsort.core.invariance`` with N dims, when the installed docsort
 has it); ``bin_invN`` (both).
 """
 
@@ -94,10 +94,10 @@ def ingest_cli(folder: Path, collection: Path, ocr: bool = False) -> float:
     if ocr and (plain / "manifest.json").exists():
         shutil.copytree(plain, collection)  # the same vectors; OCR added to the copy
     else:
-        subprocess.run([sys.executable, "-m", "docsort.cli", "ingest", str(folder), "--collection", str(collection), "--weights", "bundled",
+        subprocess.run([sys.executable, "-m", "docsort.faces.cli", "ingest", str(folder), "--collection", str(collection), "--weights", "bundled",
                         "--no-progress"], check=True, env=env, stdout=subprocess.DEVNULL)
     if ocr:
-        subprocess.run([sys.executable, "-m", "docsort.cli", "ocr", "--collection", str(collection), "--no-progress"], check=True, env=env,
+        subprocess.run([sys.executable, "-m", "docsort.faces.cli", "ocr", "--collection", str(collection), "--no-progress"], check=True, env=env,
                        stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
 
@@ -141,7 +141,7 @@ def variant_settings(base, name: str, seed: int):
 
 def clustering_vectors(col, settings):
     """(page ids, vectors) as the index and clustering use them (projected when the invariance is on)."""
-    from docsort import pipeline
+    from docsort.jobs import pipeline
 
     if hasattr(pipeline, "page_vectors"):
         pv = pipeline.page_vectors(col, settings, "fused")
@@ -156,10 +156,10 @@ def run_variant(collection: Path, labels: Path, name: str, seeds: list[int], log
     """Cluster ``collection`` with each UMAP seed under variant ``name`` and evaluate; the summary dict."""
     from sklearn.metrics import adjusted_rand_score
 
-    from docsort.evaluate import evaluate
-    from docsort.pipeline import cluster
-    from docsort.settings import load_pipeline
-    from docsort.storage import Collection
+    from docsort.queries.evaluate import evaluate
+    from docsort.jobs.pipeline import cluster
+    from docsort.config.settings import load_pipeline
+    from docsort.store.storage import Collection
 
     base = load_pipeline("default").with_overrides(weights="bundled")
     runs, labelings = [], []
@@ -169,7 +169,7 @@ def run_variant(collection: Path, labels: Path, name: str, seeds: list[int], log
         with Collection(collection) as col:
             kwargs = {}
             if "inv" in name:  # the invariance fit embeds renderings: one extractor for the process
-                from docsort.pipeline import make_extractor
+                from docsort.jobs.pipeline import make_extractor
 
                 if "extractor" not in _CACHE:
                     _CACHE["extractor"] = make_extractor(settings, announce=False)

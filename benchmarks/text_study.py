@@ -5,14 +5,14 @@
     python benchmarks/text_study.py --collection C --labels L.csv     # an existing collection with OCR text
 
 For the labelled pages it reports leave-one-out kNN precision@1/@5 (cosine;
-:func:`docsort.evaluate.knn_precision`) and UMAP + HDBSCAN ARI / NMI / noise share
-(:func:`docsort.clustering.cluster_vectors` with the pipeline's settings, mean over three UMAP
-seeds; :func:`docsort.evaluate.cluster_scores`) for
+:func:`docsort.queries.evaluate.knn_precision`) and UMAP + HDBSCAN ARI / NMI / noise share
+(:func:`docsort.core.clustering.cluster_vectors` with the pipeline's settings, mean over three UMAP
+seeds; :func:`docsort.queries.evaluate.cluster_scores`) for
 
 * ``visual``: the stored backbone vectors (what docsort used before issue 6);
 * ``text``: the OCR text's LSA vectors (pages without usable text are all-zero rows, so they find
   arbitrary neighbours: the price of text alone), and kNN among the pages with text only;
-* ``fused``: :func:`docsort.pipeline.page_vectors` in ``fused`` mode for each fusion weight w,
+* ``fused``: :func:`docsort.jobs.pipeline.page_vectors` in ``fused`` mode for each fusion weight w,
   plus the uncentred variant (visual vectors not centred on the collection mean) to show why
   docsort centres them.
 
@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("DOCSORT_OFFLINE", "1")
 
-    from docsort import pipeline
-    from docsort.clustering import cluster_vectors
-    from docsort.evaluate import cluster_scores, knn_precision, match_labels, read_labels
-    from docsort.settings import load_pipeline
-    from docsort.storage import Collection
-    from docsort.text import fuse
+    from docsort.jobs import pipeline
+    from docsort.core.clustering import cluster_vectors
+    from docsort.queries.evaluate import cluster_scores, knn_precision, match_labels, read_labels
+    from docsort.config.settings import load_pipeline
+    from docsort.store.storage import Collection
+    from docsort.core.text import fuse
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         timing["ingest_s"] = round(time.perf_counter() - t, 1)
         print(f"ingested {rep.pages_added} pages in {rep.seconds:.1f} s", file=sys.stderr)
     if col.pages_needing_text(settings.ocr.lang):
-        from docsort import ocr
+        from docsort.jobs import ocr
 
         rep = ocr.backfill(col, settings)
         timing["ocr"] = {"pages": rep.pages_done, "seconds": round(rep.seconds, 1), "pages_per_s": round(rep.pages_per_s, 3),

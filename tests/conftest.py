@@ -33,14 +33,14 @@ def sample_labels() -> dict[tuple[str, int], str]:
 
 @pytest.fixture(scope="session")
 def settings():
-    from docsort.settings import load_pipeline
+    from docsort.config.settings import load_pipeline
 
     return load_pipeline("default").with_overrides(weights="bundled")
 
 
 @pytest.fixture(scope="session")
 def extractor(settings):
-    from docsort.pipeline import make_extractor
+    from docsort.jobs.pipeline import make_extractor
 
     return make_extractor(settings, announce=False)
 
@@ -48,8 +48,8 @@ def extractor(settings):
 @pytest.fixture(scope="session")
 def sample_collection(tmp_path_factory, settings, extractor):
     """A clustered collection of sample_docs/ (bundled weights). Read-only for tests."""
-    from docsort.pipeline import cluster, ingest
-    from docsort.storage import Collection
+    from docsort.jobs.pipeline import cluster, ingest
+    from docsort.store.storage import Collection
 
     root = tmp_path_factory.mktemp("sample") / "collection"
     col = Collection(root, create=True)
@@ -76,7 +76,7 @@ def add_noise_pages(root: Path, n: int = 2) -> list[int]:
     depends on the machine; tests that need noise pages build them with this. Returns their ids."""
     import numpy as np
 
-    from docsort.storage import Collection
+    from docsort.store.storage import Collection
 
     with Collection(root) as col:
         table = col.page_table()
@@ -104,8 +104,8 @@ def collection_with_noise(collection_copy):
 def ocr_collection(tmp_path_factory, sample_collection, settings):
     """A copy of the sample collection with all 41 pages of sample_docs/ OCR'd (default OCR
     settings: eng, 200 dpi PDFs, psm 3; ~50 s on 2 cores). Read-only for tests."""
-    from docsort.ocr import backfill
-    from docsort.storage import Collection
+    from docsort.jobs.ocr import backfill
+    from docsort.store.storage import Collection
 
     root = tmp_path_factory.mktemp("ocr") / "collection"
     shutil.copytree(sample_collection, root, ignore=shutil.ignore_patterns(".lock", ".ocr.lock"))

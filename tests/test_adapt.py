@@ -15,11 +15,11 @@ import shutil
 import numpy as np
 import pytest
 
-from docsort.adaptation import adapt  # first: imports docsort.storage (sqlite3) before TensorFlow
-from docsort.adapt import AdaptError, augment_view, set_trainable
-from docsort.pipeline import effective_settings, info, ingest
-from docsort.storage import Collection, CollectionError
-from docsort.weights import BUNDLED_WEIGHTS, WeightsError, file_sha256, sidecar_path
+from docsort.jobs.adaptation import adapt  # first: imports docsort.store.storage (sqlite3) before TensorFlow
+from docsort.core.adapt import AdaptError, augment_view, set_trainable
+from docsort.jobs.pipeline import effective_settings, info, ingest
+from docsort.store.storage import Collection, CollectionError
+from docsort.core.weights import BUNDLED_WEIGHTS, WeightsError, file_sha256, sidecar_path
 
 from .conftest import SAMPLE_DOCS
 
@@ -83,8 +83,8 @@ def test_views_are_seeded_and_keep_the_page_size(small_settings):
 
 
 def test_layer_choices_train_nested_sets_of_parameters():
-    from docsort.features import build_inception_backbone
-    from docsort.weights import resolve_weights
+    from docsort.core.features import build_inception_backbone
+    from docsort.core.weights import resolve_weights
 
     model = build_inception_backbone(resolve_weights("bundled", None, announce=False), "mixed1", (128, 128))
     n1, n01, nall = (set_trainable(model, x) for x in ("mixed1", "mixed0,mixed1", "all"))

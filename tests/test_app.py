@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from docsort import browse
-from docsort.pipeline import cluster_table
-from docsort.storage import Collection
+from docsort.queries import browse
+from docsort.jobs.pipeline import cluster_table
+from docsort.store.storage import Collection
 
 from .conftest import REPO, SAMPLE_DOCS
 
@@ -276,16 +276,16 @@ def test_opening_and_browsing_never_reruns_umap_or_embeds(collection_with_noise,
     import umap
     from streamlit.testing.v1 import AppTest
 
-    import docsort.features
-    import docsort.pipeline
+    import docsort.core.features
+    import docsort.jobs.pipeline
 
     def forbidden(*_a, **_k):
         raise AssertionError("browsing must not cluster or embed")
 
     monkeypatch.setattr(umap.UMAP, "fit_transform", forbidden)
-    monkeypatch.setattr(docsort.pipeline, "cluster", forbidden)
-    monkeypatch.setattr(docsort.pipeline, "make_extractor", forbidden)
-    monkeypatch.setattr(docsort.features.FeatureExtractor, "__init__", forbidden)
+    monkeypatch.setattr(docsort.jobs.pipeline, "cluster", forbidden)
+    monkeypatch.setattr(docsort.jobs.pipeline, "make_extractor", forbidden)
+    monkeypatch.setattr(docsort.core.features.FeatureExtractor, "__init__", forbidden)
     monkeypatch.setenv("DOCSORT_COLLECTION", str(collection_with_noise))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, at.exception

@@ -10,9 +10,11 @@ import csv
 
 import pytest
 
-from docsort import browse, classify
-from docsort.pipeline import cluster_table
-from docsort.storage import Collection
+from docsort.queries import browse
+
+from docsort.jobs import classify
+from docsort.jobs.pipeline import cluster_table
+from docsort.store.storage import Collection
 
 from .conftest import sample_labels
 from .test_app import APP, _captions, _view, app  # noqa: F401  (app: the shared AppTest fixture)
@@ -70,8 +72,8 @@ def test_label_neighbours_from_the_similar_view(app, collection_copy):
 
 
 def _hits(col, pid):
-    from docsort.pipeline import effective_settings, search_page
-    from docsort.settings import load_pipeline
+    from docsort.jobs.pipeline import effective_settings, search_page
+    from docsort.config.settings import load_pipeline
 
     return search_page(col, pid, effective_settings(col, load_pipeline("default")), 8).pages
 

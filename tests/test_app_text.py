@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from docsort import pipeline
-from docsort.storage import Collection
-from docsort.text import usable_text
+from docsort.jobs import pipeline
+from docsort.store.storage import Collection
+from docsort.core.text import usable_text
 
 from .conftest import SAMPLE_DOCS
 from .test_app import APP, _captions, _view

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from docsort.pages import NotADocumentError, PageError, SourceFile, count_pages, discover_files, iter_pages
-from docsort.settings import RenderSettings
+from docsort.core.pages import NotADocumentError, PageError, SourceFile, count_pages, discover_files, iter_pages
+from docsort.config.settings import RenderSettings
 
 from .conftest import REPO
 from .test_collection import _assert_consistent
@@ -465,8 +465,8 @@ class _PixelStatsExtractor:
 
 
 def test_a_thousand_page_pdf_is_ingested_once_with_flat_memory(thousand_pages, settings, tmp_path):
-    from docsort.pipeline import ingest
-    from docsort.storage import Collection
+    from docsort.jobs.pipeline import ingest
+    from docsort.store.storage import Collection
 
     render = settings.render
     if "workers" in type(render).model_fields:  # render in this process, so its RSS counts it
@@ -503,15 +503,15 @@ def test_a_thousand_page_pdf_is_ingested_once_with_flat_memory(thousand_pages, s
     ],
 )
 def test_hub_backbones_need_a_versioned_https_handle_or_a_local_savedmodel(handle):
-    from docsort.features import BackboneError, validate_hub_handle
+    from docsort.core.features import BackboneError, validate_hub_handle
 
     with pytest.raises(BackboneError):
         validate_hub_handle(handle)
 
 
 def test_hub_handles_that_are_accepted_and_a_refused_one_is_never_loaded(tmp_path, monkeypatch):
-    from docsort.features import BackboneError, FeatureExtractor, validate_hub_handle
-    from docsort.settings import FeatureSettings
+    from docsort.core.features import BackboneError, FeatureExtractor, validate_hub_handle
+    from docsort.config.settings import FeatureSettings
 
     for ok in ("https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5",
                "https://www.kaggle.com/models/google/inception-v3/TensorFlow2/feature-vector/2"):
@@ -534,7 +534,7 @@ def test_hub_handles_that_are_accepted_and_a_refused_one_is_never_loaded(tmp_pat
 
 
 def test_weights_files_are_sha256_checked(tmp_path, monkeypatch):
-    from docsort import weights as w
+    from docsort.core import weights as w
 
     tampered = tmp_path / w.BUNDLED_WEIGHTS.name
     data = bytearray(w.BUNDLED_WEIGHTS.read_bytes())
@@ -564,7 +564,7 @@ def test_streamlit_config_is_local_with_xsrf_on_and_an_upload_cap():
 def test_docsort_ui_binds_127_0_0_1_unless_told(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    from docsort import cli
+    from docsort.faces import cli
 
     if not (REPO / "app.py").is_file():
         pytest.skip("app.py is not in this checkout")

@@ -1,4 +1,4 @@
-"""docsort.browse: galleries, paging, uploads, CSV export and sorting into folders."""
+"""docsort.queries.browse: galleries, paging, uploads, CSV export and sorting into folders."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from docsort import browse
-from docsort.storage import Collection, CollectionError
+from docsort.queries import browse
+from docsort.store.storage import Collection, CollectionError
 
 from .conftest import SAMPLE_DOCS
 

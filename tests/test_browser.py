@@ -67,7 +67,7 @@ def _free_port() -> int:
 def _serve(collection: Path, log_name: str, docsort: list[str] | None = None, cwd: Path = REPO, env: dict | None = None):
     """`docsort ui` on a free localhost port for ``collection``; yields its URL, stops it afterwards.
 
-    ``docsort`` is the command that runs docsort (default: this interpreter's ``-m docsort.cli``),
+    ``docsort`` is the command that runs docsort (default: this interpreter's ``-m docsort.faces.cli``),
     started in ``cwd`` with ``env`` (default: this process's environment)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     port = _free_port()
@@ -76,7 +76,7 @@ def _serve(collection: Path, log_name: str, docsort: list[str] | None = None, cw
     # Started the way a person starts it: `docsort ui` (which runs `streamlit run app.py` on 127.0.0.1),
     # in its own process group so that the Streamlit child is stopped with it.
     proc = subprocess.Popen(
-        [*(docsort or [sys.executable, "-m", "docsort.cli"]), "ui", "--collection", str(collection), "--port", str(port)],
+        [*(docsort or [sys.executable, "-m", "docsort.faces.cli"]), "ui", "--collection", str(collection), "--port", str(port)],
         cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/"

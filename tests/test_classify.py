@@ -1,4 +1,4 @@
-"""Labels and the document-type classifier (docsort.classify) on the real pages of sample_docs/.
+"""Labels and the document-type classifier (docsort.jobs.classify) on the real pages of sample_docs/.
 
 Every test works on its own copy of the session's sample collection (conftest.py); the truth is
 sample_docs/labels.csv (41 pages, 6 categories). Nothing here starts a process: the CLI runs
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from docsort import classify
-from docsort.classify import (
+from docsort.jobs import classify
+from docsort.jobs.classify import (
     UNSURE,
     ClassifierError,
     classify_collection,
@@ -29,8 +29,8 @@ from docsort.classify import (
     type_table,
     unlabel,
 )
-from docsort.settings import ClassifierSettings, PipelineError, load_pipeline
-from docsort.storage import Collection, CollectionError
+from docsort.config.settings import ClassifierSettings, PipelineError, load_pipeline
+from docsort.store.storage import Collection, CollectionError
 
 from .conftest import SAMPLE_DOCS, sample_labels
 
@@ -309,7 +309,7 @@ def test_retrains_when_labels_change(collection_copy):
 def test_new_ingests_are_classified_when_a_classifier_exists(collection_copy, settings, extractor, tmp_path):
     from PIL import Image
 
-    from docsort.pipeline import ingest
+    from docsort.jobs.pipeline import ingest
 
     def new_scan(name: str, source: str) -> Path:
         path = tmp_path / "scans" / name
@@ -372,7 +372,7 @@ def test_sort_by_type_copies_documents_with_a_csv_of_decisions(collection_copy, 
 def test_cli_label_labels_classify_sort_by_type(collection_copy, tmp_path):
     from typer.testing import CliRunner
 
-    from docsort.cli import app
+    from docsort.faces.cli import app
 
     runner = CliRunner()
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from docsort.clustering import cluster_vectors, match_cluster_ids, reassign_noise
-from docsort.pipeline import cluster, cluster_table, export_pages, ingest
-from docsort.storage import Collection
+from docsort.core.clustering import cluster_vectors, match_cluster_ids, reassign_noise
+from docsort.jobs.pipeline import cluster, cluster_table, export_pages, ingest
+from docsort.store.storage import Collection
 
 from .conftest import SAMPLE_DOCS, sample_labels
 
@@ -48,7 +48,7 @@ def test_soft_clustering_reassigns_noise_above_the_threshold_and_reports_it_apar
     import hdbscan
     import pandas as pd
 
-    from docsort.clustering import cluster_embedding
+    from docsort.core.clustering import cluster_embedding
 
     # HDBSCAN on an embedding built so that noise exists (UMAP's output differs across CPUs;
     # HDBSCAN on a given embedding does not).
@@ -244,7 +244,7 @@ def test_a_schema_1_collection_is_migrated_when_opened(collection_copy):
         assert col.last_cluster_run()["n_reassigned"] == 0
         assert col.next_cluster_id() == max(labels) + 1
     db = sqlite3.connect(collection_copy / Collection.DB)
-    from docsort.storage import SCHEMA_VERSION
+    from docsort.store.storage import SCHEMA_VERSION
 
     assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     db.close()
@@ -255,7 +255,7 @@ def test_a_schema_1_collection_is_migrated_when_opened(collection_copy):
 def test_reassign_noise_threshold_must_lie_in_0_1():
     from pydantic import ValidationError
 
-    from docsort.settings import HdbscanSettings
+    from docsort.config.settings import HdbscanSettings
 
     assert HdbscanSettings().reassign_noise_threshold == 0.0  # off by default (see HdbscanSettings)
     for bad in (-0.1, 1.5):
@@ -268,8 +268,8 @@ def test_cluster_command_prints_members_reassigned_and_noise_apart(collection_co
 
     from typer.testing import CliRunner
 
-    from docsort.cli import app, cluster_summary
-    from docsort.clustering import cluster_embedding
+    from docsort.faces.cli import app, cluster_summary
+    from docsort.core.clustering import cluster_embedding
 
     pattern = re.compile(r"(\d+) clusters: (\d+) pages confident members, (\d+) reassigned from noise "
                          r"\(soft membership >= ([\d.]+)\); (\d+) of (\d+) pages noise")

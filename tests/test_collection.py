@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from docsort.index import index_ids, load_index
-from docsort.pipeline import (
+from docsort.core.index import index_ids, load_index
+from docsort.jobs.pipeline import (
     cluster,
     cluster_table,
     effective_settings,
@@ -20,8 +20,8 @@ from docsort.pipeline import (
     search_file,
     search_page,
 )
-from docsort.settings import PipelineSettings
-from docsort.storage import Collection, CollectionError
+from docsort.config.settings import PipelineSettings
+from docsort.store.storage import Collection, CollectionError
 
 from .conftest import SAMPLE_DOCS, sample_labels
 
@@ -184,7 +184,7 @@ SAMPLE_ARI_MEAN_MIN, SAMPLE_ARI_SEED_MIN = 0.45, 0.2
 def test_clusters_match_the_document_kinds_over_several_umap_seeds(sample_collection, settings):
     from sklearn.metrics import adjusted_rand_score
 
-    from docsort.clustering import cluster_vectors
+    from docsort.core.clustering import cluster_vectors
 
     labels = sample_labels()
     with Collection(sample_collection) as col:
@@ -251,7 +251,7 @@ def test_info_records_backbone_weights_and_versions(sample_collection):
     assert manifest["pipeline"]["name"] == "default"
     assert manifest["clustering"]["umap"]["random_state"] == 42
     # The machine it was built and clustered on (issue 12: UMAP differs across CPUs).
-    from docsort.runtime import machine
+    from docsort.core.runtime import machine
 
     for key in ("machine",):
         assert manifest[key] == manifest["clustering"][key] == machine()

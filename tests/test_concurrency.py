@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from docsort.index import index_ids, load_index
-from docsort.pipeline import ingest, search_page
-from docsort.storage import Collection, CollectionBusyError
+from docsort.core.index import index_ids, load_index
+from docsort.jobs.pipeline import ingest, search_page
+from docsort.store.storage import Collection, CollectionBusyError
 
 from .conftest import SAMPLE_DOCS, sample_labels
 from .test_collection import _assert_consistent

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from docsort.index import index_ids, load_index
-from docsort.storage import Collection
+from docsort.core.index import index_ids, load_index
+from docsort.store.storage import Collection
 
 from .conftest import SAMPLE_DOCS, sample_labels
 from .test_collection import _assert_consistent
@@ -151,7 +151,7 @@ def test_sigkill_at_random_points_then_resume_stores_every_page_once(tmp_path):
 _KILLED_IN_A_TRANSACTION = """
 import os, signal, sys
 import numpy as np
-from docsort.storage import Collection
+from docsort.store.storage import Collection
 
 class DiesWhenRead:  # a vector whose conversion kills the process mid-transaction
     shape = (int(sys.argv[2]),)
@@ -181,9 +181,9 @@ def test_a_document_killed_mid_transaction_leaves_nothing(collection_copy):
 
 _KILLED_BEFORE_THE_RENAME = """
 import os, signal, sys
-from docsort import index as ix
-from docsort.settings import IndexSettings
-from docsort.storage import Collection
+from docsort.core import index as ix
+from docsort.config.settings import IndexSettings
+from docsort.store.storage import Collection
 
 col = Collection(sys.argv[1])
 ids, vecs = col.vectors()
@@ -194,7 +194,7 @@ ix.save_index(smaller, col.root / Collection.INDEX)
 
 
 def test_the_index_file_is_replaced_atomically(collection_copy, settings, extractor):
-    from docsort.pipeline import ingest
+    from docsort.jobs.pipeline import ingest
 
     index_file = collection_copy / Collection.INDEX
     old = index_file.read_bytes()

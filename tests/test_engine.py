@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from docsort import openvino_engine as ove
-from docsort.features import BackboneError, FeatureExtractor, probe_pages
-from docsort.pages import discover_files, iter_pages, to_network_input
-from docsort.pipeline import ENGINE_PROBE_MIN_COSINE, info, ingest, make_extractor
-from docsort.settings import FeatureSettings, RenderSettings
-from docsort.storage import Collection, CollectionError
+from docsort.core import openvino_engine as ove
+from docsort.core.features import BackboneError, FeatureExtractor, probe_pages
+from docsort.core.pages import discover_files, iter_pages, to_network_input
+from docsort.jobs.pipeline import ENGINE_PROBE_MIN_COSINE, info, ingest, make_extractor
+from docsort.config.settings import FeatureSettings, RenderSettings
+from docsort.store.storage import Collection, CollectionError
 
 from .conftest import SAMPLE_DOCS
 
@@ -99,8 +99,8 @@ def test_probe_pages_are_fixed_and_document_like():
 def test_converted_model_is_cached_and_keyed_by_the_weights_sha256(settings, tmp_path, monkeypatch):
     import keras
 
-    from docsort.features import build_inception_backbone
-    from docsort.weights import resolve_weights
+    from docsort.core.features import build_inception_backbone
+    from docsort.core.weights import resolve_weights
 
     monkeypatch.setenv("DOCSORT_CACHE_DIR", str(tmp_path / "cache"))
     first = make_extractor(settings, announce=False)

@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from docsort.features import POOLINGS, BackboneError, FeatureExtractor, pooled_dim, validate_hub_handle
-from docsort.pages import discover_files, iter_pages, to_network_input
-from docsort.settings import FeatureSettings, RenderSettings
-from docsort.weights import BUNDLED_WEIGHTS, KNOWN_SHA256, WeightsError, file_sha256, resolve_weights
+from docsort.core.features import POOLINGS, BackboneError, FeatureExtractor, pooled_dim, validate_hub_handle
+from docsort.core.pages import discover_files, iter_pages, to_network_input
+from docsort.config.settings import FeatureSettings, RenderSettings
+from docsort.core.weights import BUNDLED_WEIGHTS, KNOWN_SHA256, WeightsError, file_sha256, resolve_weights
 
 from .conftest import SAMPLE_DOCS
 
@@ -70,7 +70,7 @@ def test_topk_pooling_sits_between_average_and_max_and_shrugs_off_a_speck(extrac
     and one hot cell (a speck) moves max pooling by its full height but topk by 1/37 of it."""
     from keras import ops
 
-    from docsort.features import TOPK_FRACTION, _topk
+    from docsort.core.features import TOPK_FRACTION, _topk
 
     fmap = extractor.feature_map(_sample_batch(1))  # (1, 35, 35, 288)
     topk = ops.convert_to_numpy(_topk(fmap))
@@ -148,9 +148,9 @@ def test_imagenet_weights_offline_fail_clearly(monkeypatch, tmp_path):
 
 def test_pretrained_weights_beat_random_weights_on_real_scans(sample_collection):
     """Leave-one-out kNN@5 over sample_docs' labels: the bundled weights carry real signal."""
-    from docsort.pipeline import make_extractor
-    from docsort.settings import PipelineSettings
-    from docsort.storage import Collection
+    from docsort.jobs.pipeline import make_extractor
+    from docsort.config.settings import PipelineSettings
+    from docsort.store.storage import Collection
 
     from .conftest import sample_labels
 
@@ -200,8 +200,8 @@ def test_hub_backbone_on_a_locally_exported_savedmodel(tmp_path, settings):
     assert len(ex.description["weights"]["sha256"]) == 64
 
     # And end to end: ingest two files into a collection with this backbone.
-    from docsort.pipeline import ingest
-    from docsort.storage import Collection
+    from docsort.jobs.pipeline import ingest
+    from docsort.store.storage import Collection
 
     pipeline = settings.model_copy(update={"features": fs})
     with Collection(tmp_path / "hubcol", create=True) as col:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from docsort import index as ix
-from docsort.settings import IndexSettings, PipelineSettings
-from docsort.storage import Collection
+from docsort.core import index as ix
+from docsort.config.settings import IndexSettings, PipelineSettings
+from docsort.store.storage import Collection
 
 
 def _page_like(sample_collection, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from docsort.invariance import InvarianceError, InvarianceProjection, fit_projection, stored_projection, within_between_ratio
-from docsort.pages import discover_files, iter_pages
-from docsort.pipeline import (
+from docsort.core.invariance import InvarianceError, InvarianceProjection, fit_projection, stored_projection, within_between_ratio
+from docsort.core.pages import discover_files, iter_pages
+from docsort.jobs.pipeline import (
     _needs_fit,
     active_projection,
     cluster,
@@ -32,8 +32,8 @@ from docsort.pipeline import (
     style_views,
     visual_index_path,
 )
-from docsort.storage import Collection
-from docsort.styles import DEFAULT_STYLES, STYLES, otsu_threshold, page_rng, render_styles, restyle
+from docsort.store.storage import Collection
+from docsort.core.styles import DEFAULT_STYLES, STYLES, otsu_threshold, page_rng, render_styles, restyle
 
 from .conftest import SAMPLE_DOCS
 
@@ -306,8 +306,8 @@ def test_export_writes_the_clustered_vectors_and_says_which(inv_collection, inv_
 
 
 def test_the_classifier_is_trained_on_the_projected_vectors_and_retrained_when_it_changes(inv_copy, inv_settings, extractor):
-    from docsort import classify
-    from docsort.settings import ClassifierSettings
+    from docsort.jobs import classify
+    from docsort.config.settings import ClassifierSettings
 
     with Collection(inv_copy) as col:
         proj = stored_projection(col)

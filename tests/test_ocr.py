@@ -1,4 +1,4 @@
-"""The OCR stage (docsort.ocr, pages.iter_ocr_pages, `docsort ocr`, `ingest --ocr`) on real scans.
+"""The OCR stage (docsort.jobs.ocr, pages.iter_ocr_pages, `docsort ocr`, `ingest --ocr`) on real scans.
 
 Every test OCRs real pages of sample_docs/ with the installed Tesseract; the ones that only read
 share the session's ``ocr_collection`` (all 41 pages OCR'd once). Tests that write OCR a handful of
@@ -20,10 +20,10 @@ import pytest
 import pytesseract
 from filelock import FileLock, Timeout
 
-from docsort.ocr import LOCK, TesseractMissingError, backfill, ocr_pages, require_tesseract, with_ocr
-from docsort.pages import PageError, SourceFile, discover_files, iter_ocr_pages
-from docsort.settings import OcrSettings
-from docsort.storage import Collection, CollectionBusyError
+from docsort.jobs.ocr import LOCK, TesseractMissingError, backfill, ocr_pages, require_tesseract, with_ocr
+from docsort.core.pages import PageError, SourceFile, discover_files, iter_ocr_pages
+from docsort.config.settings import OcrSettings
+from docsort.store.storage import Collection, CollectionBusyError
 
 from .conftest import SAMPLE_DOCS
 from .test_bad_input import pdf_bytes, png_bytes
@@ -170,7 +170,7 @@ def test_missing_tesseract_or_language_is_a_clear_error(monkeypatch, tmp_path, s
     assert "tesseract is not installed" in str(exc.value)
     assert "bash scripts/system-deps.sh, or apt-get install tesseract-ocr tesseract-ocr-eng" in str(exc.value)
     # ingest(ocr=True) checks before anything is embedded or stored
-    from docsort.pipeline import ingest
+    from docsort.jobs.pipeline import ingest
 
     with Collection(tmp_path / "col", create=True) as col:
         with pytest.raises(TesseractMissingError):
@@ -333,7 +333,7 @@ def test_a_busy_ocr_lock_times_out_with_a_clear_error(collection_copy, settings)
 
 
 def test_a_moved_or_changed_file_is_an_error_row_until_its_bytes_are_found(tmp_path, settings, extractor):
-    from docsort.pipeline import ingest
+    from docsort.jobs.pipeline import ingest
 
     scans, elsewhere = tmp_path / "scans", tmp_path / "elsewhere"
     scans.mkdir()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from docsort.pages import (
+from docsort.core.pages import (
     NotADocumentError,
     PageError,
     count_pages,
@@ -20,7 +20,7 @@ from docsort.pages import (
     sha256_file,
     to_network_input,
 )
-from docsort.settings import RenderSettings
+from docsort.config.settings import RenderSettings
 
 from .conftest import SAMPLE_DOCS, sample_labels
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from docsort.features import FeatureExtractor
-from docsort.pages import discover_files, iter_pages, to_network_input
-from docsort.settings import RenderSettings
+from docsort.core.features import FeatureExtractor
+from docsort.core.pages import discover_files, iter_pages, to_network_input
+from docsort.config.settings import RenderSettings
 
 from .conftest import SAMPLE_DOCS
 

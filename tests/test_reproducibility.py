@@ -1,7 +1,7 @@
 """What is reproducible, as the README and every manifest state it (issue 12): on one machine the
 same files and settings give bit-identical vectors (tests/test_features.py, test_collection.py);
 computed by other kernels, as on another CPU, the vectors agree within
-``docsort.runtime.CROSS_MACHINE_VECTOR_TOLERANCE`` and rank the same neighbours."""
+``docsort.core.runtime.CROSS_MACHINE_VECTOR_TOLERANCE`` and rank the same neighbours."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from docsort.pipeline import ingest
-from docsort.runtime import CROSS_MACHINE_VECTOR_TOLERANCE, REPRODUCIBILITY
-from docsort.storage import Collection
+from docsort.jobs.pipeline import ingest
+from docsort.core.runtime import CROSS_MACHINE_VECTOR_TOLERANCE, REPRODUCIBILITY
+from docsort.store.storage import Collection
 
 from .conftest import SAMPLE_DOCS
 
@@ -23,9 +23,9 @@ FILES = [SAMPLE_DOCS / "leptonica" / "bois-2-5.pdf", SAMPLE_DOCS / "jbigkit", SA
 
 CHILD = r"""
 import sys, numpy as np
-from docsort.pipeline import ingest, make_extractor
-from docsort.settings import load_pipeline
-from docsort.storage import Collection
+from docsort.jobs.pipeline import ingest, make_extractor
+from docsort.config.settings import load_pipeline
+from docsort.store.storage import Collection
 s = load_pipeline("default").with_overrides(weights="bundled")
 s = s.model_copy(update={"features": s.features.model_copy(update={"engine": "tensorflow", "precision": "float32"})})
 with Collection(sys.argv[1], create=True) as col:
@@ -36,7 +36,7 @@ with Collection(sys.argv[1], create=True) as col:
 
 @pytest.mark.slow
 def test_vectors_from_other_kernels_agree_within_the_stated_tolerance(tmp_path, settings):
-    from docsort.pipeline import make_extractor
+    from docsort.jobs.pipeline import make_extractor
 
     # TensorFlow float32 both times: the tolerance is about kernels, not about precision (an
     # engine or precision of its own is checked by the collection's probe, tests/test_engine.py).

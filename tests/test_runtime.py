@@ -14,7 +14,7 @@ from .test_wheel import NOISE
 
 NATIVE = """
 import os, sys
-from docsort.runtime import quiet_native_stderr
+from docsort.core.runtime import quiet_native_stderr
 with quiet_native_stderr():
     os.write(2, b"native noise\\n")
 print("docsort notice", file=sys.stderr)
@@ -42,21 +42,21 @@ def test_native_writes_to_stderr_are_silenced_and_replayed_when_the_block_fails(
 
 
 def test_importing_the_features_stage_prints_nothing_and_sets_the_log_level_first():
-    res = _python("import os, docsort.features, docsort.clustering; import umap; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])")
+    res = _python("import os, docsort.core.features, docsort.core.clustering; import umap; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "3"
     for word in NOISE:
         assert word not in res.stderr, res.stderr
     assert res.stderr == ""
     # Asked for, TensorFlow's log comes through as TensorFlow writes it (what it says varies by machine).
-    loud = _python("import docsort.features", DOCSORT_LOG="debug")
+    loud = _python("import docsort.core.features", DOCSORT_LOG="debug")
     assert loud.returncode == 0 and loud.stderr.strip(), "DOCSORT_LOG=debug should let TensorFlow's import log through"
 
 
 def test_the_imagenet_fetch_prints_no_download_line(monkeypatch, tmp_path, capsys):
     import keras
 
-    from docsort import weights
+    from docsort.core import weights
 
     def offline_get_file(*args, **kwargs):
         print("Downloading data from https://example.invalid/weights.h5")  # what Keras prints first
@@ -71,7 +71,7 @@ def test_the_imagenet_fetch_prints_no_download_line(monkeypatch, tmp_path, capsy
 
 
 def test_machine_record_names_the_cpu_and_its_flags():
-    from docsort.runtime import CPU_FLAGS_OF_INTEREST, machine
+    from docsort.core.runtime import CPU_FLAGS_OF_INTEREST, machine
 
     m = machine()
     assert set(m) == {"cpu", "cpu_flags", "cores", "arch", "os"}

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from docsort.settings import PipelineError, PipelineSettings, load_pipeline
+from docsort.config.settings import PipelineError, PipelineSettings, load_pipeline
 
 from .conftest import REPO
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from docsort import pipeline
-from docsort.storage import Collection, CollectionError
-from docsort.text import cluster_keywords, fuse
+from docsort.jobs import pipeline
+from docsort.store.storage import Collection, CollectionError
+from docsort.core.text import cluster_keywords, fuse
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_docs"
@@ -158,7 +158,7 @@ def test_full_text_search_finds_words_on_the_page_through_python_and_cli(ocr_col
         assert pipeline.search_text(col, "zyxwvutsrq") == []
         with pytest.raises(ValueError, match="FTS5"):
             pipeline.search_text(col, 'Watson AND "unclosed')
-    res = subprocess.run([sys.executable, "-m", "docsort.cli", "search", "--text", "Watson", "--json", "--collection", str(ocr_collection)],
+    res = subprocess.run([sys.executable, "-m", "docsort.faces.cli", "search", "--text", "Watson", "--json", "--collection", str(ocr_collection)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
@@ -200,7 +200,7 @@ def test_a_tf_hub_text_embedding_by_local_path_is_used_and_survives_a_reload(ocr
         hits = pipeline.search_page(col, ids[("c03-29.jpg", 1)], hub_settings, 3, mode="text").pages
         assert hits[0].page_id == ids[("c03-29.jpg", 1)] and hits[0].score == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(Exception, match="cannot load the TF Hub text model"):
-        from docsort.text import fit_text_model
+        from docsort.core.text import fit_text_model
 
         fit_text_model(["a b c"] * 3, _with_text(settings, method=f"hub:{tmp_path / 'missing'}").text)
 

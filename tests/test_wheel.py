@@ -84,7 +84,7 @@ def test_a_wheel_install_runs_a_pipeline_the_cluster_table_and_the_app(wheel_ven
 
     import json
 
-    from docsort.storage import Collection
+    from docsort.store.storage import Collection
 
     manifest = json.loads((col / Collection.MANIFEST).read_text())
     assert manifest["pipeline"]["name"] == "ocr" and manifest["pipeline"]["ocr"]["enabled"] is True

@@ -14,9 +14,9 @@ def test_a_script_without_a_main_guard_ingests_with_worker_processes(tmp_path):
     # an ingest of its own); docsort starts its workers without the caller's __main__.
     script = tmp_path / "my_script.py"
     script.write_text(textwrap.dedent(f"""
-        from docsort.pipeline import ingest
-        from docsort.settings import load_pipeline
-        from docsort.storage import Collection
+        from docsort.jobs.pipeline import ingest
+        from docsort.config.settings import load_pipeline
+        from docsort.store.storage import Collection
 
         s = load_pipeline("default").with_overrides(weights="bundled")
         s = s.model_copy(update={{"render": s.render.model_copy(update={{"workers": 2, "pdf_chunk_pages": 2}})}})

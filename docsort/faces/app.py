@@ -3,22 +3,22 @@
 Start it with ``docsort ui`` (or ``streamlit run app.py`` from the repository root); it opens on
 127.0.0.1 against the collection in ``$DOCSORT_COLLECTION`` (default ``./docsort-collection``).
 
-This file is a thin shell: ingest, clustering and search are :mod:`docsort.pipeline`'s, and the
+This file is a thin shell: ingest, clustering and search are :mod:`docsort.jobs.pipeline`'s, and the
 read-side helpers (galleries ordered by distance to the cluster centre, paging, uploads, CSV
-export, sorting into folders) are :mod:`docsort.browse`'s. Heavy objects (the collection handle,
+export, sorting into folders) are :mod:`docsort.queries.browse`'s. Heavy objects (the collection handle,
 the TensorFlow feature extractor, the FAISS index, the page table) are cached with
-``st.cache_resource`` and keyed on :func:`docsort.browse.data_version`, so opening the app on an
+``st.cache_resource`` and keyed on :func:`docsort.queries.browse.data_version`, so opening the app on an
 existing collection reads the stored 2-D UMAP map and never re-runs UMAP or re-embeds anything;
 the extractor is only built when a scan has to be embedded.
 
 Views (sidebar): Add scans, Clusters, Map, Similar documents, Search text, Document types,
 Collection & export. Labelling (a cluster, or pages next to any gallery) and the document-type
-classifier are :mod:`docsort.classify`'s.
+classifier are :mod:`docsort.jobs.classify`'s.
 
 Text (issue 6): **Collection & export** (and **Search text** while no page has text) has the button
-that reads the pages' text with Tesseract (:func:`docsort.ocr.backfill`); **Search text** is a
-full-text search over that text (:func:`docsort.pipeline.search_text`); **Similar documents**
-compares pages by look, by text or both (:func:`docsort.pipeline.search_page` ``mode``) and shows
+that reads the pages' text with Tesseract (:func:`docsort.jobs.ocr.backfill`); **Search text** is a
+full-text search over that text (:func:`docsort.jobs.pipeline.search_text`); **Similar documents**
+compares pages by look, by text or both (:func:`docsort.jobs.pipeline.search_page` ``mode``) and shows
 the query page's OCR text. The in-memory FAISS indexes of the text and fused modes are cached per
 mode and per state of the pages, their OCR text and the text model (which ``cluster`` refits).
 """
@@ -34,17 +34,19 @@ from pathlib import Path
 
 import streamlit as st
 
-from docsort import browse, classify
-from docsort.clustering import MIN_PAGES, ClusteringError
-from docsort.ocr import TesseractMissingError, backfill, ocr_pipeline
-from docsort.pages import PageError, PopplerMissingError
-from docsort.pipeline import (cluster, cluster_table, effective_settings, info, make_extractor, mode_index, resolve_search_mode,
+from docsort.queries import browse
+
+from docsort.jobs import classify
+from docsort.core.clustering import MIN_PAGES, ClusteringError
+from docsort.jobs.ocr import TesseractMissingError, backfill, ocr_pipeline
+from docsort.core.pages import PageError, PopplerMissingError
+from docsort.jobs.pipeline import (cluster, cluster_table, effective_settings, info, make_extractor, mode_index, resolve_search_mode,
                               search_file, search_page, search_text)
-from docsort.settings import PipelineError, load_pipeline
-from docsort.storage import Collection, CollectionBusyError, CollectionError, default_collection_path
+from docsort.config.settings import PipelineError, load_pipeline
+from docsort.store.storage import Collection, CollectionBusyError, CollectionError, default_collection_path
 
 VIEWS = ["Add scans", "Clusters", "Map", "Similar documents", "Search text", "Document types", "Collection & export"]
-#: The "Compare by" choices of Similar documents -> :func:`docsort.pipeline.search_page` modes.
+#: The "Compare by" choices of Similar documents -> :func:`docsort.jobs.pipeline.search_page` modes.
 SEARCH_MODES = {"By look": "visual", "By text": "text", "Both": "fused"}
 TEXT_HITS = 20
 UPLOAD_TYPES = ["pdf", "tif", "tiff", "png", "jpg", "jpeg"]
@@ -80,9 +82,9 @@ def get_extractor(key: str, _settings):
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def get_index(path: str, stamp: tuple):
-    """The collection's FAISS index file (:func:`docsort.pipeline.visual_index_path`), read once
+    """The collection's FAISS index file (:func:`docsort.jobs.pipeline.visual_index_path`), read once
     per change of the file (``stamp``)."""
-    from docsort.index import load_index
+    from docsort.core.index import load_index
 
     return load_index(Path(path))
 
@@ -111,7 +113,7 @@ def assignments_csv(root: str, version: tuple) -> bytes:
 
 @st.cache_resource(show_spinner=False, max_entries=3)
 def types_table(root: str, version: tuple):
-    """:func:`docsort.classify.type_table` per data version (labels and predictions of every page)."""
+    """:func:`docsort.jobs.classify.type_table` per data version (labels and predictions of every page)."""
     return classify.type_table(open_collection(root), table=page_table(root, version))
 
 
@@ -131,7 +133,7 @@ def text_counts(root: str, version: tuple) -> dict[str, int]:
 
 @st.cache_data(show_spinner=False, max_entries=3)
 def auto_search_mode(root: str, version: tuple) -> str:
-    """The default search mode: :func:`docsort.pipeline.resolve_search_mode` of ``auto``."""
+    """The default search mode: :func:`docsort.jobs.pipeline.resolve_search_mode` of ``auto``."""
     col = open_collection(root)
     return resolve_search_mode(col, settings_for(col), "auto")
 
@@ -144,7 +146,7 @@ def pages_needing_text(root: str, version: tuple, lang: str, retry_failed: bool)
 
 @st.cache_resource(show_spinner="Building the search index of the OCR text...", max_entries=4)
 def get_mode_index(root: str, mode: str, text_state: tuple):
-    """The in-memory FAISS index of ``text`` or ``fused`` vectors (:func:`docsort.pipeline.mode_index`),
+    """The in-memory FAISS index of ``text`` or ``fused`` vectors (:func:`docsort.jobs.pipeline.mode_index`),
     built once per mode and :func:`text_state` (not per data version: labelling a page must not
     rebuild it)."""
     col = open_collection(root)
@@ -153,7 +155,7 @@ def get_mode_index(root: str, mode: str, text_state: tuple):
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def page_neighbours(root: str, version: tuple, page_id: int, k: int, mode: str = "visual", state: tuple = ()):
-    """:func:`docsort.pipeline.search_page` of a stored page by ``mode`` (``visual``, ``text``,
+    """:func:`docsort.jobs.pipeline.search_page` of a stored page by ``mode`` (``visual``, ``text``,
     ``fused``); ``state`` is :func:`text_state` for the text and fused modes.
 
     Raises:
@@ -170,7 +172,7 @@ def settings_for(col: Collection):
 
 
 def ocr_settings_for(col: Collection):
-    """The pipeline whose ``ocr`` section a back-fill runs with (:func:`docsort.ocr.ocr_pipeline`)."""
+    """The pipeline whose ``ocr`` section a back-fill runs with (:func:`docsort.jobs.ocr.ocr_pipeline`)."""
     return ocr_pipeline(col, load_pipeline("default"))
 
 
@@ -193,7 +195,7 @@ def extractor_for(col: Collection):
 
 def current_index(col: Collection):
     """The cached FAISS index if it holds exactly the stored pages, else ``None`` (search syncs)."""
-    from docsort.pipeline import visual_index_path
+    from docsort.jobs.pipeline import visual_index_path
 
     path = visual_index_path(col, settings_for(col))  # the scan-style-invariant index once fitted (issue 13)
     try:
@@ -270,7 +272,7 @@ def show_label_message() -> None:
 
 def label_form(col: Collection, rows, key: str) -> None:
     """A form next to a gallery: pick some of its pages (``rows`` has page_id, file, page) and give
-    them a document type (:func:`docsort.classify.label_pages`, recorded as labelled by ``ui``)."""
+    them a document type (:func:`docsort.jobs.classify.label_pages`, recorded as labelled by ``ui``)."""
     rows = list(rows.itertuples(index=False)) if hasattr(rows, "itertuples") else list(rows)
     if not rows:
         return
@@ -295,7 +297,7 @@ def label_form(col: Collection, rows, key: str) -> None:
 
 
 def run_clustering(col: Collection, n_pages: int) -> None:
-    """Run :func:`docsort.pipeline.cluster` with a progress bar; the outcome goes to session state."""
+    """Run :func:`docsort.jobs.pipeline.cluster` with a progress bar; the outcome goes to session state."""
     if n_pages < MIN_PAGES:
         st.session_state["cluster_message"] = (
             "warning", f"{plural(n_pages, 'page')} cannot be clustered yet: add at least {MIN_PAGES} pages.")
@@ -365,14 +367,14 @@ def md_escape(text: str) -> str:
 
 
 def snippet_markdown(snippet: str) -> str:
-    """A full-text hit's snippet (matches in ``[...]``, :func:`docsort.pipeline.search_text`) as
+    """A full-text hit's snippet (matches in ``[...]``, :func:`docsort.jobs.pipeline.search_text`) as
     Markdown: the matches in bold, everything else literal."""
     parts = re.split(r"\[([^\[\]]+)\]", snippet)
     return "".join(f"**{md_escape(p.strip())}**" if i % 2 else md_escape(p) for i, p in enumerate(parts)).strip()
 
 
 def run_ocr(col: Collection, settings, n_pages: int, retry_failed: bool) -> None:
-    """Run :func:`docsort.ocr.backfill` with a progress bar; the outcome goes to session state
+    """Run :func:`docsort.jobs.ocr.backfill` with a progress bar; the outcome goes to session state
     (``ocr_result``, shown by :func:`show_ocr_result`)."""
     bar = st.progress(0.0, text=f"Reading the text of {plural(n_pages, 'page')} with Tesseract (OCR)...")
     note = st.empty()
@@ -426,7 +428,7 @@ def show_ocr_result(col: Collection, n_pages: int, key: str) -> None:
 
 def ocr_section(col: Collection, n_pages: int, key: str, show_result: bool = True) -> None:
     """How many pages have OCR text, and the button that reads the text of the others
-    (:func:`docsort.ocr.backfill`: Tesseract in worker processes, resumable); then, with
+    (:func:`docsort.jobs.ocr.backfill`: Tesseract in worker processes, resumable); then, with
     ``show_result``, the outcome of the last run (:func:`show_ocr_result`)."""
     settings = ocr_settings_for(col)
     lang = settings.ocr.lang
@@ -469,7 +471,7 @@ def ocr_text_expander(col: Collection, page_id: int) -> None:
 
 
 def no_text_reason(col: Collection, page_id: int) -> str:
-    """Why a page cannot be compared by text (:func:`docsort.text.usable_text` said no)."""
+    """Why a page cannot be compared by text (:func:`docsort.core.text.usable_text` said no)."""
     rec = col.page_texts([page_id]).get(page_id)
     text = settings_for(col).text
     if rec is None:
@@ -489,7 +491,7 @@ def _remember_mode() -> None:
 def search_mode_choice(col: Collection, container=st) -> str:
     """The "Compare by" radio (by look, by text, both); returns the search mode.
 
-    The default is :func:`docsort.pipeline.resolve_search_mode` of ``auto`` (both once some page has
+    The default is :func:`docsort.jobs.pipeline.resolve_search_mode` of ``auto`` (both once some page has
     OCR text), until the user picks one; the pick is kept across views."""
     default = {v: k for k, v in SEARCH_MODES.items()}[auto_search_mode(str(col.root), browse.data_version(col))]
     st.session_state["search_mode"] = st.session_state.get("search_mode_chosen", default)
@@ -821,7 +823,7 @@ MODE_NOTES = {
 
 def show_results(col: Collection, result, query_page: int | None = None, mode: str = "visual") -> None:
     """Neighbour pages (thumbnails, with Similar buttons, and a label form for a stored query page)
-    and neighbour documents of a :class:`docsort.pipeline.SearchResult` found by ``mode``."""
+    and neighbour documents of a :class:`docsort.jobs.pipeline.SearchResult` found by ``mode``."""
     import pandas as pd
 
     st.subheader("Most similar pages")
@@ -851,7 +853,7 @@ def show_results(col: Collection, result, query_page: int | None = None, mode: s
 
 
 def view_text_search(col: Collection, counts: dict, n_text: int) -> None:
-    """Full-text search over the pages' OCR text (:func:`docsort.pipeline.search_text`, SQLite FTS5,
+    """Full-text search over the pages' OCR text (:func:`docsort.jobs.pipeline.search_text`, SQLite FTS5,
     BM25): one row per page with its thumbnail, file, page, cluster and the matching words."""
     st.header("Search text")
     show_cluster_message()
@@ -907,7 +909,7 @@ def view_text_search(col: Collection, counts: dict, n_text: int) -> None:
 
 def view_types(col: Collection, root: str, version: tuple, counts: dict) -> None:
     """Labels, the classifier with its cross-validated accuracy, predictions, unsure pages, and the
-    pages to label next (:mod:`docsort.classify`)."""
+    pages to label next (:mod:`docsort.jobs.classify`)."""
     import pandas as pd
 
     st.header("Document types")

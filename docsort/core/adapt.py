@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from .styles import DEFAULT_STYLES, restyle
+from docsort.core.styles import DEFAULT_STYLES, restyle
 
 __all__ = ["LAYER_CHOICES", "AUGMENTATIONS", "OBJECTIVE", "AdaptError", "augment_view", "set_trainable",
            "TrainReport", "train_contrastive"]
@@ -56,10 +56,10 @@ class AdaptError(ValueError):
 def augment_view(image: Image.Image, size: tuple[int, int], rng: np.random.Generator, channels: int = 1) -> np.ndarray:
     """One random view of a page for two-view training.
 
-    A scan style from :data:`docsort.styles.DEFAULT_STYLES` (:func:`docsort.styles.restyle`),
+    A scan style from :data:`docsort.core.styles.DEFAULT_STYLES` (:func:`docsort.core.styles.restyle`),
     then a rotation of -2..2 degrees (white corners), then a scale of 0.92..1.08 realised as a
     crop (zoom in) or a white margin (zoom out) at a random offset, so the page's layout stays in
-    view; finally resized to the network input as ingest does (:func:`docsort.pages.to_network_input`).
+    view; finally resized to the network input as ingest does (:func:`docsort.core.pages.to_network_input`).
 
     Args:
         image: Pillow image, mode ``"L"`` or ``"RGB"``, at render resolution (pixels).
@@ -73,7 +73,7 @@ def augment_view(image: Image.Image, size: tuple[int, int], rng: np.random.Gener
     Raises:
         ValueError: an image mode other than ``"L"`` / ``"RGB"``.
     """
-    from .pages import to_network_input
+    from docsort.core.pages import to_network_input
 
     mode = "L" if channels == 1 else "RGB"
     im = restyle(image, DEFAULT_STYLES[int(rng.integers(len(DEFAULT_STYLES)))], rng).convert(mode)
@@ -96,7 +96,7 @@ def set_trainable(model, layers: str) -> int:
     """Mark the layers of a ``mixed1``-truncated InceptionV3 trainable or frozen.
 
     Args:
-        model: from :func:`docsort.features.build_inception_backbone`.
+        model: from :func:`docsort.core.features.build_inception_backbone`.
         layers: ``mixed1`` (the Mixed_5c block only), ``mixed0,mixed1`` (Mixed_5b and 5c: every
             layer after the stem's last max pooling) or ``all``.
 
@@ -169,10 +169,10 @@ def train_contrastive(
     """Fine-tune ``model`` in place by NT-Xent on two augmented views of every page.
 
     Args:
-        model: a ``mixed1``-truncated InceptionV3 (:func:`docsort.features.build_inception_backbone`)
+        model: a ``mixed1``-truncated InceptionV3 (:func:`docsort.core.features.build_inception_backbone`)
             whose input size is the network input; float32 policy.
         images: the pages, Pillow ``"L"``/``"RGB"`` at render resolution; at least 2.
-        preprocessing: ``unit`` or ``inception`` (:func:`docsort.features.preprocess`), the
+        preprocessing: ``unit`` or ``inception`` (:func:`docsort.core.features.preprocess`), the
             weights' scheme.
         layers: see :func:`set_trainable`.
         epochs: passes over the pages (each page once per epoch, in a seeded random order).
@@ -193,7 +193,7 @@ def train_contrastive(
     import keras
     import tensorflow as tf
 
-    from .features import _topk, preprocess
+    from docsort.core.features import _topk, preprocess
 
     if len(images) < 2:
         raise AdaptError(f"need at least 2 pages to train on, got {len(images)}")

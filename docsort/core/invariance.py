@@ -1,7 +1,7 @@
 """The *invariance* stage: a linear projection of page vectors that ignores scan style.
 
 Fitted on the collection itself, without labels: every sampled page is rendered in several scan
-styles (:mod:`docsort.styles`), each rendering is embedded with the collection's own extractor, and
+styles (:mod:`docsort.core.styles`), each rendering is embedded with the collection's own extractor, and
 the projection keeps the directions in which *pages differ from one another more than the
 renderings of one page differ*. That is Fisher's linear discriminant (R. A. Fisher, "The use of
 multiple measurements in taxonomic problems", Annals of Eugenics 7, 1936; the multi-class form of
@@ -226,13 +226,13 @@ _LOADED: dict[str, InvarianceProjection] = {}
 
 
 def stored_projection(collection) -> InvarianceProjection | None:
-    """The collection's active projection (:meth:`docsort.storage.Collection.read_invariance`:
+    """The collection's active projection (:meth:`docsort.store.storage.Collection.read_invariance`:
     recorded as active in the manifest, file present, sha256 matching), or ``None``: then the
     raw stored vectors are used everywhere. Parsed projections are kept per sha256 for the
     process (a few tens of KB each).
 
     Args:
-        collection: a :class:`docsort.storage.Collection`.
+        collection: a :class:`docsort.store.storage.Collection`.
     """
     import hashlib
 

@@ -14,10 +14,10 @@ extractor (``tf.function`` on TensorFlow: ~45 img/s on 2 CPU cores here vs 12-30
 a GPU is visible (or ``precision = "bfloat16"``) the model runs under the ``mixed_bfloat16`` policy.
 
 Two engines run the InceptionV3 forward pass (``FeatureSettings.engine``): the Keras backend's
-compiler as above (``tensorflow``), or OpenVINO (``openvino``, :mod:`docsort.openvino_engine`),
+compiler as above (``tensorflow``), or OpenVINO (``openvino``, :mod:`docsort.core.openvino_engine`),
 to which the same Keras forward function is converted at load. ``auto`` takes OpenVINO on a CPU.
 Every extractor can embed a fixed synthetic :func:`probe_pages` set, which collections store to
-check that vectors of another engine or precision still match (:mod:`docsort.pipeline`).
+check that vectors of another engine or precision still match (:mod:`docsort.jobs.pipeline`).
 
 Any TF2 image feature-vector SavedModel can be the backbone instead (``hub:HANDLE``, loaded with
 ``tensorflow_hub.load``; TensorFlow backend only). SavedModels contain runnable graphs: only load
@@ -36,14 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from .runtime import quiet_native_stderr  # noqa: E402
+from docsort.core.runtime import quiet_native_stderr  # noqa: E402
 
-with quiet_native_stderr():  # TensorFlow's import-time C++ log (docsort.runtime)
+with quiet_native_stderr():  # TensorFlow's import-time C++ log (docsort.core.runtime)
     import keras  # noqa: E402
     from keras import ops  # noqa: E402
 
-from .settings import FeatureSettings  # noqa: E402
-from .weights import ResolvedWeights, WeightsError, resolve_weights  # noqa: E402
+from docsort.config.settings import FeatureSettings  # noqa: E402
+from docsort.core.weights import ResolvedWeights, WeightsError, resolve_weights  # noqa: E402
 
 __all__ = [
     "BackboneError",
@@ -202,7 +202,7 @@ def build_inception_backbone(
     """Build ``keras.applications.InceptionV3(include_top=False)`` truncated at ``layer``.
 
     Args:
-        weights: verified weights from :func:`docsort.weights.resolve_weights`.
+        weights: verified weights from :func:`docsort.core.weights.resolve_weights`.
         layer: Keras layer name to read out (``mixed1`` = Mixed_5c).
         input_size: (height, width) in pixels.
         seed: seed for Keras' initialisers (only matters for ``random`` weights).
@@ -390,7 +390,7 @@ class FeatureExtractor:
         self.weights = weights
         self.engine_fallback: str | None = None
         if engine == "openvino":
-            from . import openvino_engine as ove
+            from docsort.core import openvino_engine as ove
 
             try:
                 return self._build_openvino(s, weights, ove)
@@ -622,7 +622,7 @@ class FeatureExtractor:
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         """Embed Pillow page images (any size; resized here). Returns float32 (n, dim)."""
-        from .pages import to_network_input
+        from docsort.core.pages import to_network_input
 
         if not images:
             return np.empty((0, self.dim), np.float32)
@@ -678,13 +678,13 @@ def _backend_version() -> str:
 
 
 def _cpu_flags() -> list[str]:
-    from .openvino_engine import cpu_flags
+    from docsort.core.openvino_engine import cpu_flags
 
     return cpu_flags()
 
 
 def _docsort_version() -> str:
-    from . import __version__
+    from docsort import __version__
 
     return __version__
 

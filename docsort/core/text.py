@@ -3,7 +3,7 @@ keyword names for clusters.
 
 Visual features alone confuse documents that look alike (a contract, a statute and a letter are
 all grey text blocks at 299 px); the words tell them apart. This module turns the OCR text that
-:mod:`docsort.ocr` stored per page into vectors and combines them with the visual ones:
+:mod:`docsort.jobs.ocr` stored per page into vectors and combines them with the visual ones:
 
 * **LSA** (the default, ``TextSettings.method = "lsa"``): TF-IDF (sublinear term frequency) and
   truncated SVD, i.e. latent semantic analysis (Deerwester et al. 1990), then L2-normalised rows;
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .settings import TextSettings
+from docsort.config.settings import TextSettings
 
 __all__ = [
     "TextModel",
@@ -221,7 +221,7 @@ def _load_encoder(method: str):
     if method.startswith("hub:"):
         handle = method[4:]
         try:
-            from .runtime import quiet_native_stderr
+            from docsort.core.runtime import quiet_native_stderr
 
             with quiet_native_stderr():
                 import tensorflow as tf

@@ -1,8 +1,8 @@
 """Read-side helpers for browsing a collection: galleries, paging, uploads, export, sorting.
 
 The Streamlit app (``app.py``) is a thin shell over these functions and over
-:mod:`docsort.pipeline`; nothing here re-implements ingest, clustering or search. They take an open
-:class:`~docsort.storage.Collection` and, where a caller already holds it, the collection's page
+:mod:`docsort.jobs.pipeline`; nothing here re-implements ingest, clustering or search. They take an open
+:class:`~docsort.store.storage.Collection` and, where a caller already holds it, the collection's page
 table (``Collection.page_table()``) so a UI can read it once per change instead of once per call.
 
 * :func:`cluster_pages` / :func:`representative_pages` / :func:`page_slice`: a cluster's pages
@@ -11,7 +11,7 @@ table (``Collection.page_table()``) so a UI can read it once per change instead 
 * :func:`sort_into_folders`: copy (never move) every document into ``OUT/<cluster name>/``.
 * :func:`sanitise_name` / :func:`save_upload` / :func:`ingest_uploads`: files that arrive with a
   name chosen by someone else (a browser upload) are stored under the collection with a safe name
-  and ingested with :func:`docsort.pipeline.ingest`.
+  and ingested with :func:`docsort.jobs.pipeline.ingest`.
 * :func:`data_version`: a cheap token that changes whenever any process writes the collection.
 """
 
@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-from .storage import Collection, CollectionError, atomic_write_bytes
+from docsort.store.storage import Collection, CollectionError, atomic_write_bytes
 
 __all__ = [
     "NOISE",
@@ -222,7 +222,7 @@ def document_assignments(collection: Collection, *, table=None):
     """
     import pandas as pd
 
-    from .clustering import document_clusters
+    from docsort.core.clustering import document_clusters
 
     table = collection.page_table() if table is None else table
     if table.empty:
@@ -251,7 +251,7 @@ def assignments_csv(collection: Collection) -> bytes:
     Columns: path, page, sha256, cluster, cluster_name, document_cluster, umap_x, umap_y, page_id,
     document_id (one row per page; cluster empty for pages not yet clustered).
     """
-    from .pipeline import export_pages
+    from docsort.jobs.pipeline import export_pages
 
     with tempfile.TemporaryDirectory(prefix="docsort-export-") as tmp:
         out = Path(tmp) / "clusters.csv"
@@ -311,7 +311,7 @@ class SortReport:
 
 
 def _sha256(path: Path) -> str:
-    from .pages import sha256_file
+    from docsort.core.pages import sha256_file
 
     return sha256_file(path)
 
@@ -341,7 +341,7 @@ def sort_into_folders(
         table: ``collection.page_table()`` if already read.
         on_progress: called with ``(documents_done, documents_total)`` after each document.
         folder_of: ``{document_id: folder name}`` to sort by something other than clusters
-            (:func:`docsort.classify.sort_by_type` sorts by document type); names must already be
+            (:func:`docsort.jobs.classify.sort_by_type` sorts by document type); names must already be
             safe (e.g. from :func:`folder_names`). Documents missing from it are not copied.
 
     Returns:
@@ -547,14 +547,14 @@ def ingest_uploads(
 
     Files whose bytes are already in the collection (or repeat an earlier file of the same batch)
     are reported as ``already`` and not written again. The rest are ingested in one call of
-    :func:`docsort.pipeline.ingest`; a file it cannot read is reported as ``failed`` with the reason
+    :func:`docsort.jobs.pipeline.ingest`; a file it cannot read is reported as ``failed`` with the reason
     and its stored copy removed.
 
     Args:
         collection: an open collection (may be empty).
         files: ``(client file name, bytes)`` pairs.
-        settings: from :func:`docsort.pipeline.effective_settings`.
-        extractor: a built :class:`~docsort.features.FeatureExtractor` to reuse.
+        settings: from :func:`docsort.jobs.pipeline.effective_settings`.
+        extractor: a built :class:`~docsort.core.features.FeatureExtractor` to reuse.
         extractor_factory: called (once, without arguments) for an extractor when ``extractor`` is
             ``None`` and something new is to be ingested, so a UI builds or fetches its cached
             TensorFlow model only when needed. With neither, ``ingest`` builds one.
@@ -565,14 +565,14 @@ def ingest_uploads(
 
     Returns:
         ``(outcomes, report)``: one :class:`UploadOutcome` per input file, in input order, and the
-        :class:`~docsort.pipeline.IngestReport` (``None`` when nothing needed ingesting).
+        :class:`~docsort.jobs.pipeline.IngestReport` (``None`` when nothing needed ingesting).
 
     Raises:
         CollectionBusyError: another writer held the lock for ``lock_timeout_s``.
         CollectionError: the collection was built with other weights or settings.
-        PopplerMissingError, WeightsError, BackboneError: as :func:`docsort.pipeline.ingest`.
+        PopplerMissingError, WeightsError, BackboneError: as :func:`docsort.jobs.pipeline.ingest`.
     """
-    from .pipeline import ingest
+    from docsort.jobs.pipeline import ingest
 
     outcomes: list[UploadOutcome] = []
     first_in_batch: dict[str, str] = {}

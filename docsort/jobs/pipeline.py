@@ -1,6 +1,6 @@
 """Compose the stages: files -> pages -> features -> collection/index -> clusters -> search.
 
-This is the one place that calls the stage modules in order; the CLI (:mod:`docsort.cli`) and the
+This is the one place that calls the stage modules in order; the CLI (:mod:`docsort.faces.cli`) and the
 Streamlit app (``app.py``) both call these functions, so there is one implementation of ingest,
 clustering and search.
 
@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from . import classify
-from .clustering import ClusterResult, cluster_vectors, document_clusters, match_cluster_ids, predict_clusters
-from .features import FeatureExtractor
-from .index import search_index, sync_index
-from .invariance import InvarianceProjection, fit_projection, stored_projection
-from .ocr import OcrReport, backfill as ocr_backfill, require_tesseract
-from .pages import (
+from docsort import __version__
+from docsort.jobs import classify
+from docsort.core.clustering import ClusterResult, cluster_vectors, document_clusters, match_cluster_ids, predict_clusters
+from docsort.core.features import FeatureExtractor
+from docsort.core.index import search_index, sync_index
+from docsort.core.invariance import InvarianceProjection, fit_projection, stored_projection
+from docsort.jobs.ocr import OcrReport, backfill as ocr_backfill, require_tesseract
+from docsort.core.pages import (
     NotADocumentError,
     PageError,
     SourceFile,
@@ -46,11 +46,11 @@ from .pages import (
     to_network_input,
     without_main_module,
 )
-from .runtime import REPRODUCIBILITY, machine
-from .settings import PipelineSettings
-from .storage import Collection, CollectionError, atomic_write_bytes
-from .styles import page_rng, render_styles
-from .text import FEATURE_MODES, TextModel, cluster_keywords, fit_text_model, fuse, keyword_name, usable_text
+from docsort.core.runtime import REPRODUCIBILITY, machine
+from docsort.config.settings import PipelineSettings
+from docsort.store.storage import Collection, CollectionError, atomic_write_bytes
+from docsort.core.styles import page_rng, render_styles
+from docsort.core.text import FEATURE_MODES, TextModel, cluster_keywords, fit_text_model, fuse, keyword_name, usable_text
 
 __all__ = [
     "IngestReport",
@@ -99,7 +99,7 @@ _PINNED_FEATURE_KEYS = ("backbone", "layer", "pooling", "dim", "input_size", "ch
 #: only when its vectors pass the probe check (:func:`check_engine_parity`).
 _FEATURE_KEYS_NOT_IN_VECTORS = {"weights", "weights_sha256", "batch_size", "precision", "engine", "threads"}
 
-#: Smallest cosine, over the 8 :func:`docsort.features.probe_pages`, between the vectors of the
+#: Smallest cosine, over the 8 :func:`docsort.core.features.probe_pages`, between the vectors of the
 #: engine and precision a collection was built with and those of another one, for the collection
 #: to take the other one's vectors. Measured here (benchmarks/RESULTS.md, "Inference engines
 #: (issue 16)"): OpenVINO bfloat16 vs TensorFlow float32 gives probe cosines >= 0.99999 and real
@@ -159,7 +159,7 @@ def effective_settings(
     manifest = collection.manifest()
     if manifest is None:
         if weights is not None and weights not in ("auto", "imagenet", "bundled", "random"):
-            from .adaptation import check_adapted_weights
+            from docsort.jobs.adaptation import check_adapted_weights
 
             check_adapted_weights(weights)  # another collection's adapted weights: its recorded sha256
         return requested.with_overrides(weights=weights)
@@ -210,7 +210,7 @@ def recorded_engine(features: dict) -> dict:
 def _probe_record(vectors: np.ndarray) -> dict:
     import base64
 
-    from .features import PROBE_SEED
+    from docsort.core.features import PROBE_SEED
 
     v = np.ascontiguousarray(vectors, dtype="<f4")
     return {"seed": PROBE_SEED, "shape": list(v.shape), "dtype": "float32", "base64": base64.b64encode(v.tobytes()).decode()}
@@ -219,7 +219,7 @@ def _probe_record(vectors: np.ndarray) -> dict:
 def _probe_vectors_of(record: dict) -> np.ndarray | None:
     import base64
 
-    from .features import PROBE_SEED
+    from docsort.core.features import PROBE_SEED
 
     try:
         if record.get("seed") != PROBE_SEED:
@@ -238,7 +238,7 @@ def check_engine_parity(collection: Collection, extractor: FeatureExtractor, *, 
     """Let ``extractor`` add or query vectors of ``collection`` only if its engine matches.
 
     Same engine, precision and version as recorded: nothing to check (``None``). Otherwise the 8
-    :func:`docsort.features.probe_pages` are embedded by ``extractor`` and compared with the
+    :func:`docsort.core.features.probe_pages` are embedded by ``extractor`` and compared with the
     reference: the probe vectors stored at the collection's creation, or, for a collection made
     before engines were recorded (TensorFlow float32), the Keras model run eagerly in float32.
     A passed check is remembered in the manifest's ``engine_checks`` (with ``store``), so the next
@@ -439,7 +439,7 @@ def ingest(
         on_progress: called with ``(pages_done, pages_total)`` after each batch (the UI's bar).
         ocr: OCR the pages of these files after the visual ingest (default ``settings.ocr.enabled``):
             Tesseract is checked before anything is embedded; once the vectors are stored and
-            indexed and the write lock is released, :func:`docsort.ocr.backfill` OCRs the new pages
+            indexed and the write lock is released, :func:`docsort.jobs.ocr.backfill` OCRs the new pages
             and the already stored pages of these files still without text (so re-running an
             interrupted ``ingest --ocr`` finishes the OCR); the result is ``report.ocr``.
 
@@ -599,7 +599,7 @@ def ingest(
     return report
 
 
-#: Hide the caller's ``__main__`` while spawn-ed workers start (see :func:`docsort.pages.without_main_module`).
+#: Hide the caller's ``__main__`` while spawn-ed workers start (see :func:`docsort.core.pages.without_main_module`).
 _without_main_module = without_main_module
 
 
@@ -731,7 +731,7 @@ def _store(collection: Collection, doc: _Pending, report: IngestReport, log: Log
 
 
 def _usable_texts(collection: Collection, settings: PipelineSettings, page_ids=None) -> dict[int, str]:
-    """``{page_id: OCR text}`` of the pages whose text is usable (:func:`docsort.text.usable_text`)."""
+    """``{page_id: OCR text}`` of the pages whose text is usable (:func:`docsort.core.text.usable_text`)."""
     return {pid: r["text"] for pid, r in collection.page_texts(page_ids).items()
             if usable_text(r["text"], r["n_words"], r["error"], settings.text, r["confidence"])}
 
@@ -825,7 +825,7 @@ def page_vectors(
 
     Args:
         mode: ``"visual"`` (the stored backbone vectors), ``"text"`` (the text model's vectors of
-            the OCR text) or ``"fused"`` (:func:`docsort.text.fuse` with ``text.fusion_weight``).
+            the OCR text) or ``"fused"`` (:func:`docsort.core.text.fuse` with ``text.fusion_weight``).
         page_ids: which pages (default all, ascending id).
         text_model: the model to use; default the stored one, else one fitted in memory.
 
@@ -993,12 +993,12 @@ def prepare_invariance(collection: Collection, settings: PipelineSettings, *, lo
 
 def reread_pages(collection: Collection, render, page_ids, *, log: Log, what: str, tell_moved: bool = True):
     """Stored pages re-read from their files, as the OCR back-fill reads them: each document from the
-    first recorded path whose bytes still have the stored sha256 (:func:`docsort.ocr._find_source`),
-    rendered with ``render`` (:func:`docsort.pages.iter_pages`, only the wanted page range).
+    first recorded path whose bytes still have the stored sha256 (:func:`docsort.jobs.ocr._find_source`),
+    rendered with ``render`` (:func:`docsort.core.pages.iter_pages`, only the wanted page range).
 
     Args:
         page_ids: the stored pages wanted (any order).
-        render: :class:`~docsort.settings.RenderSettings`.
+        render: :class:`~docsort.config.settings.RenderSettings`.
         log: where per-file notices go, prefixed with ``what``; a document whose file moved or
             changed is said only when ``tell_moved``; a file that fails to render always is.
 
@@ -1007,7 +1007,7 @@ def reread_pages(collection: Collection, render, page_ids, *, log: Log, what: st
         read, ``None`` for each that could not be (file moved or changed, unreadable, or missing
         pages of a document that failed part-way; those come after the document's good pages).
     """
-    from .ocr import _find_source  # the same re-read rule as the OCR back-fill
+    from docsort.jobs.ocr import _find_source  # the same re-read rule as the OCR back-fill
 
     by_doc: dict[int, dict[int, int]] = defaultdict(dict)  # document -> {page_no: page_id}
     for rec in collection.pages(np.asarray(page_ids, np.int64)):
@@ -1042,8 +1042,8 @@ def style_views(
     """Each stored page's vectors in every style of ``settings.invariance.styles``.
 
     Pages are re-read from their files (the first recorded path whose bytes still have the
-    stored sha256, :func:`docsort.ocr._find_source`), rendered with ``settings.render``, restyled
-    with :func:`docsort.styles.render_styles` (generator :func:`docsort.styles.page_rng`
+    stored sha256, :func:`docsort.jobs.ocr._find_source`), rendered with ``settings.render``, restyled
+    with :func:`docsort.core.styles.render_styles` (generator :func:`docsort.core.styles.page_rng`
     ``(invariance.seed, page_id)``), resized to the network input and embedded; ``as_is`` takes the
     stored vector. Batches stay full across documents (the extractor pads a short batch), so a
     page's vectors do not depend on the other pages.
@@ -1121,9 +1121,9 @@ def fit_invariance(
     it, else drawn with ``numpy.random.default_rng(invariance.seed)``) is re-read from the files
     (the first recorded path whose bytes still have the stored sha256, as OCR does; pages whose
     file moved or changed are skipped and counted), rendered at ``render.long_side_px``, restyled
-    (:func:`docsort.styles.render_styles`, seeded per page id), resized to the network input and
+    (:func:`docsort.core.styles.render_styles`, seeded per page id), resized to the network input and
     embedded with the collection's extractor; ``as_is`` takes the stored vector (the same
-    pixels and extractor made it). :func:`docsort.invariance.fit_projection` then fits the
+    pixels and extractor made it). :func:`docsort.core.invariance.fit_projection` then fits the
     projection, which is written atomically to ``invariance.bin`` and described under
     ``"invariance"`` in the manifest (sha256, dims, styles, pages fitted and skipped, eigenvalues,
     the settings it depends on, pages at fit, seconds), and the projected FAISS index is built.
@@ -1205,7 +1205,7 @@ class ClusterRow:
         (documents by majority of their pages); examples: up to three file names;
         members, reassigned, provisional: how many of ``pages`` are confident HDBSCAN members,
         noise pages reassigned by soft clustering, and pages placed since the last clustering
-        (see :mod:`docsort.clustering`); for the noise row, ``members`` counts clustering noise.
+        (see :mod:`docsort.core.clustering`); for the noise row, ``members`` counts clustering noise.
     """
 
     cluster: int
@@ -1227,17 +1227,17 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
     ``progress`` shows its bar); the clustered vectors are the projected ones (fused with the
     text where there is text), and ``result.params["invariance_sha256"]`` says which projection.
     When the projection changed, a trained document-type classifier is retrained on the new
-    vectors and every page re-predicted (:func:`docsort.classify.after_ingest`).
+    vectors and every page re-predicted (:func:`docsort.jobs.classify.after_ingest`).
 
     Noise is reassigned by soft clustering when ``settings.hdbscan.reassign_noise_threshold > 0``
-    (:func:`~docsort.clustering.reassign_noise`). Cluster ids are matched to the stored ones by
-    member overlap (:func:`~docsort.clustering.match_cluster_ids`, Hungarian assignment), so ids
+    (:func:`~docsort.core.clustering.reassign_noise`). Cluster ids are matched to the stored ones by
+    member overlap (:func:`~docsort.core.clustering.match_cluster_ids`, Hungarian assignment), so ids
     and user-given names survive a re-clustering; provisional assignments are replaced. The models
     file is written before the database, both tagged with one ``models_token``, so a crash between
     the two leaves models that :func:`assign_provisional` refuses to use rather than misreads.
 
     Returns:
-        The :class:`~docsort.clustering.ClusterResult`, its ``labels`` the stored ids and
+        The :class:`~docsort.core.clustering.ClusterResult`, its ``labels`` the stored ids and
         ``label_map`` ``{HDBSCAN label: stored id}``.
 
     Raises:
@@ -1299,7 +1299,7 @@ def assign_provisional(collection: Collection, *, log: Log = _stderr) -> int:
     """Give pages ingested since the last clustering a provisional cluster, without a re-fit.
 
     Loads the models of the last :func:`cluster` (``clustering.joblib``) and places every page
-    that has no assignment with :func:`~docsort.clustering.predict_clusters` (stored UMAP
+    that has no assignment with :func:`~docsort.core.clustering.predict_clusters` (stored UMAP
     ``transform`` + ``hdbscan.approximate_predict``, nearest-neighbour fallback; 2-D UMAP
     ``transform`` for the map); stored with membership ``provisional`` until the next
     :func:`cluster` replaces them. The caller must hold the collection's write lock
@@ -1491,7 +1491,7 @@ def search_file(
         path: a PDF, TIFF, PNG or JPEG; settings: the collection's (:func:`effective_settings`);
         k: neighbours per query page and documents returned; extractor: reuse a built one;
         mode: ``visual``, ``text``, ``fused`` or ``auto`` (:func:`resolve_search_mode`); ``text``
-            and ``fused`` OCR the query's pages first (:func:`docsort.ocr.ocr_image`, about 1-2 s
+            and ``fused`` OCR the query's pages first (:func:`docsort.jobs.ocr.ocr_image`, about 1-2 s
             a page); ``auto`` falls back to ``visual`` (said in ``log``) when Tesseract is missing.
         index: an index for that mode (:func:`mode_index`), built when ``None``.
 
@@ -1500,7 +1500,7 @@ def search_file(
         or ``text`` mode and the query has no usable text; TesseractMissingError: ``text`` or
         ``fused`` mode without Tesseract.
     """
-    from . import ocr as ocr_stage
+    from docsort.jobs import ocr as ocr_stage
 
     found = list(discover_files([path]))
     if len(found) != 1:

@@ -50,9 +50,9 @@ from pathlib import Path
 import pytesseract
 from filelock import FileLock, Timeout
 
-from .pages import PageError, PopplerMissingError, SourceFile, exit_with_parent, iter_ocr_pages, sha256_file, without_main_module
-from .settings import OcrSettings, PipelineSettings
-from .storage import Collection, CollectionBusyError
+from docsort.core.pages import PageError, PopplerMissingError, SourceFile, exit_with_parent, iter_ocr_pages, sha256_file, without_main_module
+from docsort.config.settings import OcrSettings, PipelineSettings
+from docsort.store.storage import Collection, CollectionBusyError
 
 __all__ = [
     "CHUNK_PAGES",
@@ -139,7 +139,7 @@ def ocr_image(image, ocr: OcrSettings) -> dict:
     called outside a worker (e.g. to OCR a query page): its OpenMP threads made a page ~5x slower.
 
     Args:
-        image: a Pillow image (mode ``"L"`` from :func:`docsort.pages.iter_ocr_pages`).
+        image: a Pillow image (mode ``"L"`` from :func:`docsort.core.pages.iter_ocr_pages`).
         ocr: ``lang``, ``psm`` (``--psm``) and ``timeout_s`` (seconds for this page).
 
     Returns:
@@ -196,7 +196,7 @@ def ocr_pages(src: SourceFile, pages: list[tuple[int, int]], ocr: OcrSettings, e
     """OCR some pages of one document: the unit of work of an OCR worker process.
 
     A plain function of picklable arguments. Pages are read with
-    :func:`docsort.pages.iter_ocr_pages` (one run of consecutive page numbers at a time) and
+    :func:`docsort.core.pages.iter_ocr_pages` (one run of consecutive page numbers at a time) and
     OCR'd by :func:`ocr_image`. It never raises for a bad page or file: a page that cannot be
     rendered, or that Tesseract fails on, comes back with ``error`` set.
 
@@ -320,7 +320,7 @@ class OcrReport:
 def ocr_pipeline(collection: Collection, requested: PipelineSettings, *, explicit: bool = False) -> PipelineSettings:
     """The pipeline whose ``ocr`` section a back-fill of ``collection`` runs with.
 
-    The rule of :func:`docsort.pipeline.effective_settings` for the OCR section: the explicitly
+    The rule of :func:`docsort.jobs.pipeline.effective_settings` for the OCR section: the explicitly
     chosen pipeline's (``explicit``), else the one recorded in the collection's manifest, else
     ``requested``; here without importing the feature stage (TensorFlow takes ~6 s to import).
     """

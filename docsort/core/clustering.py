@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .settings import HdbscanSettings, UmapSettings
+from docsort.config.settings import HdbscanSettings, UmapSettings
 
 __all__ = [
     "ClusteringError",
@@ -65,7 +65,7 @@ class ClusterResult:
 
     Attributes:
         labels: int64 (n,), cluster per page, -1 = noise, after soft reassignment. HDBSCAN's own
-            labels (0..k-1) from :func:`cluster_vectors`; :func:`docsort.pipeline.cluster` replaces
+            labels (0..k-1) from :func:`cluster_vectors`; :func:`docsort.jobs.pipeline.cluster` replaces
             them with the stored, stable ids (:func:`match_cluster_ids`).
         probabilities: float32 (n,) in [0, 1]: HDBSCAN's membership strength (``probabilities_``,
             0 for noise) for members, the soft-clustering membership for reassigned pages.
@@ -79,7 +79,7 @@ class ClusterResult:
         notes: things the caller should tell the user (e.g. soft reassignment skipped).
         label_map: ``{HDBSCAN label: stored id}`` once ids are matched (empty before).
         names: ``{stored id: default name}`` from the clusters' OCR keywords, set by
-            :func:`docsort.pipeline.cluster` (empty without OCR text).
+            :func:`docsort.jobs.pipeline.cluster` (empty without OCR text).
     """
 
     labels: np.ndarray
@@ -144,7 +144,7 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
     Raises:
         ClusteringError: fewer than :data:`MIN_PAGES` vectors.
     """
-    from .runtime import quiet_native_stderr
+    from docsort.core.runtime import quiet_native_stderr
 
     with quiet_native_stderr():  # umap-learn imports TensorFlow (parametric UMAP) when it is installed
         import umap
@@ -183,7 +183,7 @@ def cluster_embedding(embedding: np.ndarray, hdbscan_settings: HdbscanSettings) 
     Args:
         embedding: float (n, d) points, n >= :data:`MIN_PAGES` (d = UMAP ``n_components``).
         hdbscan_settings: ``min_cluster_size`` / ``min_samples`` 0 = automatic (see
-            :class:`~docsort.settings.HdbscanSettings`); ``reassign_noise_threshold > 0`` turns on
+            :class:`~docsort.config.settings.HdbscanSettings`); ``reassign_noise_threshold > 0`` turns on
             :func:`reassign_noise`.
 
     Returns:
@@ -246,7 +246,7 @@ def reassign_noise(
     entry is ``>= threshold`` is reassigned to that cluster, as BERTopic's
     ``reduce_outliers(strategy="probabilities")`` does for topics; confident members are never
     changed. Measured on sample_docs (issue #5), reassignment mostly moved noise pages into
-    clusters of another kind, so :class:`~docsort.settings.HdbscanSettings` keeps it off by default.
+    clusters of another kind, so :class:`~docsort.config.settings.HdbscanSettings` keeps it off by default.
 
     Args:
         clusterer: a fitted ``hdbscan.HDBSCAN`` with ``prediction_data=True``.

@@ -28,8 +28,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .settings import IndexSettings
-from .storage import Collection, atomic_write_bytes
+from docsort.config.settings import IndexSettings
+from docsort.store.storage import Collection, atomic_write_bytes
 
 __all__ = ["IndexInfo", "build_index", "load_index", "save_index", "index_ids", "index_kind", "ivf_nlist", "sync_index", "search_index"]
 
@@ -136,7 +136,7 @@ def sync_index(collection: Collection, settings: IndexSettings, *, persist: bool
     """Make the collection's index file hold exactly the stored pages, and return it.
 
     Without ``projection`` the file is ``index.faiss`` over the stored vectors; with one (an
-    :class:`docsort.invariance.InvarianceProjection`) it is
+    :class:`docsort.core.invariance.InvarianceProjection`) it is
     :meth:`Collection.index_path` ``(projection.sha256)`` over the projected vectors (new pages
     between fits are projected as they are added: a (n, D) x (D, dims) product).
 

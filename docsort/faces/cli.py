@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .settings import PipelineError, PipelineSettings, load_pipeline
+from docsort.config.settings import PipelineError, PipelineSettings, load_pipeline
 
 app = typer.Typer(
     name="docsort",
@@ -50,7 +50,7 @@ def _main(
         import os
 
         os.environ["DOCSORT_LOG"] = "debug"
-        # docsort.runtime set TF_CPP_MIN_LOG_LEVEL=3 when it was imported (TensorFlow is not yet).
+        # docsort.core.runtime set TF_CPP_MIN_LOG_LEVEL=3 when it was imported (TensorFlow is not yet).
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
 
 
@@ -67,7 +67,7 @@ def _pipeline(name: str | None) -> tuple[PipelineSettings, bool]:
 
 
 def _open(collection: Path, create: bool = False):
-    from .storage import Collection, CollectionError
+    from docsort.store.storage import Collection, CollectionError
 
     try:
         return Collection(collection, create=create)
@@ -76,11 +76,11 @@ def _open(collection: Path, create: bool = False):
 
 
 def _environment_errors():
-    from .features import BackboneError
-    from .ocr import TesseractMissingError
-    from .pages import PopplerMissingError
-    from .storage import CollectionBusyError
-    from .weights import WeightsError
+    from docsort.core.features import BackboneError
+    from docsort.jobs.ocr import TesseractMissingError
+    from docsort.core.pages import PopplerMissingError
+    from docsort.store.storage import CollectionBusyError
+    from docsort.core.weights import WeightsError
 
     return (PopplerMissingError, WeightsError, BackboneError, CollectionBusyError, TesseractMissingError)
 
@@ -89,7 +89,7 @@ def _with_ocr(settings, **changes):
     """``settings`` with some ``ocr`` settings replaced (validated); a bad value exits with code 2."""
     from pydantic import ValidationError
 
-    from .ocr import with_ocr
+    from docsort.jobs.ocr import with_ocr
 
     try:
         return with_ocr(settings, **changes)
@@ -100,7 +100,7 @@ def _with_ocr(settings, **changes):
 
 
 def _print_ocr(report) -> None:
-    """The summary of an OCR back-fill (:class:`docsort.ocr.OcrReport`); failures on stderr."""
+    """The summary of an OCR back-fill (:class:`docsort.jobs.ocr.OcrReport`); failures on stderr."""
     conf = "-" if report.mean_confidence is None else f"{report.mean_confidence:.1f}"
     out.print(
         f"OCR ({report.engine}, lang {report.lang}): {report.pages_done} pages in {report.seconds:.1f} s "
@@ -137,8 +137,8 @@ def ingest(
     ] = None,
 ) -> None:
     """Rasterize, embed and index every new page (PDF, TIFF, PNG, JPEG); with --ocr, then OCR them. Resumable; re-running adds nothing."""
-    from .pipeline import effective_settings, ingest as run_ingest
-    from .storage import CollectionError
+    from docsort.jobs.pipeline import effective_settings, ingest as run_ingest
+    from docsort.store.storage import CollectionError
 
     requested, explicit = _pipeline(pipeline)
     col = _open(collection, create=True)
@@ -196,9 +196,9 @@ def ocr_command(
 
     Reads each page again from its file (only if the file's sha256 is unchanged); stores text, word confidence and errors per page; the full-text index follows.
     """
-    from .ocr import TesseractMissingError, backfill, ocr_pipeline
-    from .pages import PopplerMissingError
-    from .storage import CollectionBusyError, CollectionError
+    from docsort.jobs.ocr import TesseractMissingError, backfill, ocr_pipeline
+    from docsort.core.pages import PopplerMissingError
+    from docsort.store.storage import CollectionBusyError, CollectionError
 
     requested, explicit = _pipeline(pipeline)
     col = _open(collection)
@@ -237,8 +237,8 @@ def cluster(
     ] = None,
 ) -> None:
     """UMAP + HDBSCAN over the collection; prints a cluster summary table."""
-    from .clustering import ClusteringError
-    from .pipeline import cluster as run_cluster, effective_settings, prepare_invariance
+    from docsort.core.clustering import ClusteringError
+    from docsort.jobs.pipeline import cluster as run_cluster, effective_settings, prepare_invariance
 
     requested, explicit = _pipeline(pipeline)
     col = _open(collection)
@@ -264,7 +264,7 @@ def cluster_summary(result, threshold: float) -> str:
     noise (with the soft-membership threshold, or "reassignment off"), noise, time, sizes used.
 
     Args:
-        result: a :class:`docsort.clustering.ClusterResult`; threshold: the
+        result: a :class:`docsort.core.clustering.ClusterResult`; threshold: the
             ``reassign_noise_threshold`` it ran with (0 = off).
     """
     n = len(result.labels)
@@ -281,7 +281,7 @@ def cluster_summary(result, threshold: float) -> str:
 
 
 def _print_clusters(col) -> None:
-    from .pipeline import cluster_table
+    from docsort.jobs.pipeline import cluster_table
 
     table = Table(title="clusters")
     rows = cluster_table(col)
@@ -314,9 +314,9 @@ def search(
     page, about 0 = unrelated; fused with the OCR text in fused mode). The line under the tables
     says which.
     """
-    from .pages import PageError
-    from .pipeline import effective_settings, search_file, search_page
-    from .storage import CollectionError
+    from docsort.core.pages import PageError
+    from docsort.jobs.pipeline import effective_settings, search_file, search_page
+    from docsort.store.storage import CollectionError
 
     if sum(x is not None for x in (query, page, text)) != 1:
         raise _fail("give one of: a file to search with, --page ID, or --text WORDS", 2)
@@ -363,7 +363,7 @@ def search(
 
 
 def _search_text(col, query: str, k: int, as_json: bool) -> None:
-    from .pipeline import search_text
+    from docsort.jobs.pipeline import search_text
 
     hits = search_text(col, query, k)
     if as_json:
@@ -435,10 +435,10 @@ def adapt(
     lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another process is writing.")] = 600.0,
 ) -> None:
     """Fine-tune the network on this collection's own pages (no labels), then re-embed every page and rebuild the index. Resumable."""
-    from .adapt import AdaptError
-    from .adaptation import adapt as run_adapt
-    from .pipeline import effective_settings
-    from .storage import CollectionError
+    from docsort.core.adapt import AdaptError
+    from docsort.jobs.adaptation import adapt as run_adapt
+    from docsort.jobs.pipeline import effective_settings
+    from docsort.store.storage import CollectionError
 
     requested, _ = _pipeline(None)
     col = _open(collection)
@@ -474,7 +474,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Collection summary: documents, pages, clusters, backbone, weights sha256."""
-    from .pipeline import info as run_info
+    from docsort.jobs.pipeline import info as run_info
 
     col = _open(collection)
     try:
@@ -505,8 +505,8 @@ def export(
     collection: CollectionOpt = DEFAULT_COLLECTION,
 ) -> None:
     """One row per page: path, page, sha256, cluster, cluster name, UMAP x/y."""
-    from .pipeline import export_pages
-    from .storage import CollectionError
+    from docsort.jobs.pipeline import export_pages
+    from docsort.store.storage import CollectionError
 
     col = _open(collection)
     try:
@@ -525,7 +525,7 @@ def rename(
     collection: CollectionOpt = DEFAULT_COLLECTION,
 ) -> None:
     """Name a cluster (kept in the collection; shown by cluster, search, export and the UI)."""
-    from .storage import CollectionError
+    from docsort.store.storage import CollectionError
 
     col = _open(collection)
     try:
@@ -547,8 +547,8 @@ def label(
     collection: CollectionOpt = DEFAULT_COLLECTION,
 ) -> None:
     """Give pages or a whole cluster a document type (stored with who and when), or remove labels."""
-    from . import classify
-    from .storage import CollectionError
+    from docsort.jobs import classify
+    from docsort.store.storage import CollectionError
 
     page_ids = page_ids or []
     if remove:
@@ -585,7 +585,7 @@ def labels(
     collection: CollectionOpt = DEFAULT_COLLECTION,
 ) -> None:
     """List the labels (page, type, source, who, when) and the number of pages per type."""
-    from . import classify
+    from docsort.jobs import classify
 
     col = _open(collection)
     try:
@@ -612,14 +612,14 @@ def labels(
 
 
 def _classifier_settings(col, pipeline: str | None):
-    from . import classify
+    from docsort.jobs import classify
 
     requested, explicit = _pipeline(pipeline)
     return classify.classifier_settings(col, requested if explicit else None)
 
 
 def _run_classify(col, settings, threshold, lock_timeout):
-    from . import classify
+    from docsort.jobs import classify
 
     with err.status("training and classifying..."):
         return classify.classify_collection(col, settings, threshold=threshold, lock_timeout_s=lock_timeout,
@@ -637,8 +637,8 @@ def classify(
     """Train the document-type classifier on the labels (when they changed) and type every unlabelled page."""
     from dataclasses import asdict
 
-    from . import classify as cl
-    from .storage import CollectionError
+    from docsort.jobs import classify as cl
+    from docsort.store.storage import CollectionError
 
     col = _open(collection)
     try:
@@ -681,8 +681,8 @@ def sort_by_type(
     lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another process is writing.")] = 600.0,
 ) -> None:
     """Classify, then copy every document into OUT/<type>/ (unsure ones into OUT/unsure/), with OUT/docsort-types.csv."""
-    from . import classify as cl
-    from .storage import CollectionError
+    from docsort.jobs import classify as cl
+    from docsort.store.storage import CollectionError
 
     col = _open(collection)
     try:
@@ -720,7 +720,7 @@ def evaluate(
 
     With a ``style`` column in the labels (each page's scan style), also cross-style kNN@k and
     style leakage (NMI of clusters vs scan style)."""
-    from .evaluate import LabelsError, evaluate as run_evaluate
+    from docsort.queries.evaluate import LabelsError, evaluate as run_evaluate
 
     try:
         ks = sorted({int(v) for item in k for v in str(item).split(",") if v.strip()})
@@ -734,8 +734,8 @@ def evaluate(
     try:
         given, note = None, "stored visual vectors"
         if vectors == "clustering":
-            from .pipeline import active_projection, effective_settings, page_vectors
-            from .settings import load_pipeline
+            from docsort.jobs.pipeline import active_projection, effective_settings, page_vectors
+            from docsort.config.settings import load_pipeline
 
             settings = effective_settings(col, load_pipeline("default"))
             pv = page_vectors(col, settings, "fused")
@@ -831,7 +831,7 @@ def ui(
     import os
     import subprocess
 
-    from .faces import APP_SCRIPT as app_py
+    from docsort.faces import APP_SCRIPT as app_py
 
     if not app_py.is_file():
         raise _fail(f"{app_py} not found: this docsort install is incomplete (reinstall it)", 3)

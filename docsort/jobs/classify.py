@@ -1,7 +1,7 @@
 """The *labels/classifier* stage: name a few pages or clusters, and sort the rest by document type.
 
 Transfer learning with little labelled data: the backbone stays frozen, the stored page vectors
-(see :mod:`docsort.features`) are the features, and a small scikit-learn classifier on top learns the
+(see :mod:`docsort.core.features`) are the features, and a small scikit-learn classifier on top learns the
 user's document types from a handful of labelled pages.
 
 * **Labels** (table ``page_labels``): one document type per page, given to a page
@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .invariance import stored_projection
-from .settings import ClassifierSettings
-from .storage import Collection, CollectionError, atomic_write_bytes
+from docsort.core.invariance import stored_projection
+from docsort.config.settings import ClassifierSettings
+from docsort.store.storage import Collection, CollectionError, atomic_write_bytes
 
 __all__ = [
     "UNSURE",
@@ -442,7 +442,7 @@ class TrainedClassifier:
         classes: the document types, in the order of the probability columns.
         counts: ``{type: labelled pages}`` it was trained on.
         label_hash: :func:`label_set_hash` of those labels.
-        params: the :class:`~docsort.settings.ClassifierSettings` training fields it used.
+        params: the :class:`~docsort.config.settings.ClassifierSettings` training fields it used.
         version: 12 hex digits of sha256 over labels, parameters and centre: the model version
             stored with every prediction.
         calibration: how probabilities were calibrated (or why they were not).
@@ -458,7 +458,7 @@ class TrainedClassifier:
         trained_at: ISO 8601 UTC; seconds: training wall time; sklearn: scikit-learn version;
         format: :data:`MODEL_FORMAT` when saved.
         projection_sha256: sha256 of the collection's invariance projection the vectors went
-            through (:func:`docsort.invariance.stored_projection`), ``None`` for raw vectors; a
+            through (:func:`docsort.core.invariance.stored_projection`), ``None`` for raw vectors; a
             classifier whose projection is not the collection's active one is retrained.
     """
 
@@ -553,7 +553,7 @@ def train(
     labels they err towards "unsure". Post-hoc calibration needs held-out scores: with 1-2 labels
     per type there are none (``CalibratedClassifierCV`` cannot run), and measured on the
     development corpus it made the probabilities worse up to 15 labels per type (see
-    :class:`~docsort.settings.ClassifierSettings`). So the model's own probabilities are used until
+    :class:`~docsort.config.settings.ClassifierSettings`). So the model's own probabilities are used until
     every type has ``settings.calibrate_min_per_type`` labels (default 20); from there they are
     calibrated by temperature scaling (Guo, Pleiss, Sun & Weinberger 2017, "On Calibration of
     Modern Neural Networks", ICML; scikit-learn >= 1.8 ``CalibratedClassifierCV(method=
@@ -730,7 +730,7 @@ def ensure_classifier(collection: Collection, settings: ClassifierSettings) -> t
 def classifier_settings(collection: Collection, requested=None) -> ClassifierSettings:
     """The classifier settings for a command on ``collection`` without importing the pipeline
     (and TensorFlow): ``requested.classifier`` when the user chose a pipeline, else those recorded
-    in the collection's manifest (as :func:`docsort.pipeline.effective_settings` does), else the
+    in the collection's manifest (as :func:`docsort.jobs.pipeline.effective_settings` does), else the
     defaults.
 
     Raises:
@@ -850,14 +850,14 @@ def classify_collection(
 def after_ingest(collection: Collection, settings, *, log: Callable[[str], None] | None = None) -> ClassifyReport | None:
     """Classify newly ingested pages when the collection has a classifier; otherwise do nothing.
 
-    Called at the end of :func:`docsort.pipeline.ingest`, which holds the write lock. New pages get
+    Called at the end of :func:`docsort.jobs.pipeline.ingest`, which holds the write lock. New pages get
     predictions from the current model (retrained first if the labels changed since it was
     trained), at the pipeline's ``[classifier] threshold`` (stored with each prediction). Ingest has already stored its pages, so a classifier that cannot be trained any more
     (labels removed down to one type) is reported through ``log`` and not raised.
 
     Args:
         collection: the collection just ingested into.
-        settings: the :class:`~docsort.settings.PipelineSettings` of the ingest.
+        settings: the :class:`~docsort.config.settings.PipelineSettings` of the ingest.
         log: where a one-line summary goes.
 
     Returns:
@@ -1061,12 +1061,12 @@ def document_types(collection: Collection, *, table=None):
 
 
 def type_folders(doc_types: Iterable[str]) -> dict[str, str]:
-    """Safe, distinct folder names for document types (as :func:`docsort.browse.folder_names`
+    """Safe, distinct folder names for document types (as :func:`docsort.queries.browse.folder_names`
     does for clusters): separators become ``_``, the name passes
-    :func:`docsort.browse.sanitise_name`, and names equal but for case get `` (2)``, `` (3)``..."""
+    :func:`docsort.queries.browse.sanitise_name`, and names equal but for case get `` (2)``, `` (3)``..."""
     import re
 
-    from .browse import sanitise_name
+    from docsort.queries.browse import sanitise_name
 
     out: dict[str, str] = {}
     used: set[str] = set()
@@ -1092,19 +1092,19 @@ def sort_by_type(
 
     Document types come from :func:`document_types` (pages with neither label nor prediction make
     an ``unclassified/`` folder: run :func:`classify_collection` first). The copying rules are
-    those of :func:`docsort.browse.sort_into_folders` (source checked against its sha256, no
+    those of :func:`docsort.queries.browse.sort_into_folders` (source checked against its sha256, no
     overwrite, idempotent, atomic per file). ``out_dir/docsort-types.csv`` (written atomically)
     has one row per document: document_id, path, sha256, pages, type, probability, decision,
     labelled_pages, unsure_pages, model_version, folder.
 
     Returns:
-        The :class:`docsort.browse.SortReport`.
+        The :class:`docsort.queries.browse.SortReport`.
 
     Raises:
         ValueError: ``out_dir`` is inside the collection or is a file.
         OSError: the output folder cannot be written.
     """
-    from .browse import sort_into_folders
+    from docsort.queries.browse import sort_into_folders
 
     docs = document_types(collection, table=table)
     folders = type_folders(docs["doc_type"])

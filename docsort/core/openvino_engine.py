@@ -1,6 +1,6 @@
 """OpenVINO as the inference engine of the features stage: conversion, the on-disk IR cache, compilation.
 
-The Keras model stays the one definition of the network (:mod:`docsort.features`). At load, the
+The Keras model stays the one definition of the network (:mod:`docsort.core.features`). At load, the
 whole forward function (uint8 pages -> preprocessing -> InceptionV3 up to the layer -> pooling ->
 L2 normalisation) is traced by ``tf.function`` with a static batch shape and handed to
 ``openvino.convert_model`` (OpenVINO docs, "Converting a TensorFlow Model": in-memory
@@ -70,8 +70,8 @@ def openvino_version() -> str:
 
 def cpu_flags() -> list[str]:
     """The flags of :data:`CPU_FLAGS_OF_INTEREST` that the CPU has (sorted; [] where ``/proc/cpuinfo``
-    is unreadable), from :func:`docsort.runtime.machine`, which the manifest's machine record uses."""
-    from .runtime import machine
+    is unreadable), from :func:`docsort.core.runtime.machine`, which the manifest's machine record uses."""
+    from docsort.core.runtime import machine
 
     have = set(machine()["cpu_flags"])
     return sorted(fl for fl in CPU_FLAGS_OF_INTEREST if fl in have)

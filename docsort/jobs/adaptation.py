@@ -5,7 +5,7 @@ Steps (the caller holds nothing; the job takes the collection's write lock):
 1. the pages are re-read from their files (the first recorded path whose bytes still have the
    stored sha256, as the OCR back-fill and the invariance fit do; pages whose file moved or changed
    are skipped for training and counted), at most ``sample_pages`` of them (seeded draw);
-2. :func:`docsort.adapt.train_contrastive` fine-tunes the collection's backbone on them;
+2. :func:`docsort.core.adapt.train_contrastive` fine-tunes the collection's backbone on them;
 3. the weights are stored in the collection (:meth:`Collection.write_adapted_weights`, sha256 in a
    sidecar) and the manifest's ``"adaptation"`` entry is written with ``state: "re-embedding"``;
 4. every page is re-embedded with a fresh extractor built from the stored file and its vector is
@@ -34,13 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-# docsort.storage first: it loads Python's sqlite3 (with FTS5) before TensorFlow, whose bundled
+# docsort.store.storage first: it loads Python's sqlite3 (with FTS5) before TensorFlow, whose bundled
 # SQLite lacks FTS5 and would otherwise be the one _sqlite3 binds to.
-from .storage import Collection  # noqa: I001
+from docsort.store.storage import Collection  # noqa: I001
 
-from .adapt import AUGMENTATIONS, LAYER_CHOICES, OBJECTIVE, AdaptError, train_contrastive
-from .pages import to_network_input
-from .settings import PipelineSettings
+from docsort.core.adapt import AUGMENTATIONS, LAYER_CHOICES, OBJECTIVE, AdaptError, train_contrastive
+from docsort.core.pages import to_network_input
+from docsort.config.settings import PipelineSettings
 
 __all__ = ["AdaptReport", "adapt", "check_adapted_weights"]
 
@@ -58,7 +58,7 @@ class AdaptReport:
     Attributes:
         trained: whether training ran (``False`` when a previous run's re-embedding was resumed).
         pages_trained: pages trained on; pages_skipped: pages whose file moved or changed.
-        epochs_run, losses, train_seconds: from :class:`docsort.adapt.TrainReport`.
+        epochs_run, losses, train_seconds: from :class:`docsort.core.adapt.TrainReport`.
         stopped_by_budget: the ``--minutes`` budget cut training short.
         pages_embedded: pages re-embedded in this run; pages_resumed: staged by an earlier run.
         embed_seconds: wall time of the re-embedding, seconds.
@@ -92,7 +92,7 @@ def check_adapted_weights(path: str | os.PathLike[str]) -> str:
     """
     import json
 
-    from .weights import WeightsError, file_sha256
+    from docsort.core.weights import WeightsError, file_sha256
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -129,10 +129,10 @@ def adapt(
 
     Args:
         collection: an existing collection with pages.
-        settings: its effective settings (:func:`docsort.pipeline.effective_settings`); the
+        settings: its effective settings (:func:`docsort.jobs.pipeline.effective_settings`); the
             network input size and pooling are the collection's.
         epochs, minutes, layers, seed, batch_size, learning_rate, temperature: see
-            :func:`docsort.adapt.train_contrastive`.
+            :func:`docsort.core.adapt.train_contrastive`.
         sample_pages: train on at most this many pages (a seeded draw; all of a smaller collection).
         progress: tqdm bars on stderr.
 
@@ -147,8 +147,8 @@ def adapt(
     """
     from tqdm import tqdm
 
-    from .pipeline import _check_extractor, library_versions, make_extractor, reread_pages
-    from .weights import read_sidecar
+    from docsort.jobs.pipeline import _check_extractor, library_versions, make_extractor, reread_pages
+    from docsort.core.weights import read_sidecar
 
     if layers not in LAYER_CHOICES:
         raise AdaptError(f"unknown --layers {layers!r}; use one of {', '.join(LAYER_CHOICES)}")
@@ -273,7 +273,7 @@ def adapt(
         if manifest.get("invariance"):
             manifest["invariance"]["active"] = False  # fitted on the old vectors: docsort cluster refits it
         collection.write_manifest(manifest)
-        from .index import sync_index
+        from docsort.core.index import sync_index
 
         for p in [collection.index_path(), *collection.root.glob("index.*.faiss")]:
             if p.exists():

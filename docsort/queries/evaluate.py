@@ -53,8 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .pages import sha256_file
-from .storage import Collection
+from docsort.core.pages import sha256_file
+from docsort.store.storage import Collection
 
 __all__ = [
     "LabelsError",

@@ -38,7 +38,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pages import sha256_file as file_sha256
+from docsort.core.pages import sha256_file as file_sha256
 
 __all__ = [
     "WeightsError",
@@ -53,7 +53,7 @@ __all__ = [
     "read_sidecar",
 ]
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"  # docsort/weights/, package data
 BUNDLED_WEIGHTS = WEIGHTS_DIR / "inception_v3_mixed1_nsfwjs.weights.h5"
 
 IMAGENET_NOTOP_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -68,7 +68,7 @@ KNOWN_SHA256: dict[str, str] = {
     BUNDLED_WEIGHTS.name: "75d512d2cdd44e14af1dd74f22c2211690e0e71c653c813fb794e5e3d072edf7",
 }
 
-#: Input scaling each weights source was trained with (see :func:`docsort.features.preprocess`).
+#: Input scaling each weights source was trained with (see :func:`docsort.core.features.preprocess`).
 PREPROCESSING = {"imagenet": "inception", "bundled": "unit", "random": "inception", "path": "inception"}
 
 
@@ -154,7 +154,7 @@ def _bundled() -> ResolvedWeights:
 
 
 def _imagenet(allow_download: bool, expected_sha256: str | None = None) -> ResolvedWeights:
-    from .runtime import quiet_native_stderr, quiet_stdout
+    from docsort.core.runtime import quiet_native_stderr, quiet_stdout
 
     with quiet_native_stderr():
         import keras

@@ -4,12 +4,12 @@ A collection is a directory::
 
     docsort.sqlite   documents, their paths, pages (with the float32 feature vector as a BLOB),
                      thumbnails, cluster assignments, cluster names, ingest failures
-    index.faiss      the FAISS index (derived from the stored vectors; see docsort.index)
+    index.faiss      the FAISS index (derived from the stored vectors; see docsort.core.index)
     manifest.json    how the collection was built: backbone, layer, pooling, weights sha256,
                      input size, preprocessing, render settings, pipeline, library versions, seeds
     clustering.joblib  the fitted UMAP + HDBSCAN models of the last clustering run
-    text_model.joblib  the text model (TF-IDF + LSA) fitted on the pages' OCR text (docsort.text)
-    classifier.joblib  the document-type classifier trained on the page labels (docsort.classify)
+    text_model.joblib  the text model (TF-IDF + LSA) fitted on the pages' OCR text (docsort.core.text)
+    classifier.joblib  the document-type classifier trained on the page labels (docsort.jobs.classify)
     .lock            the writers' lock (filelock)
 
 SQLite is the single source of truth and every document is stored in one transaction with all
@@ -107,7 +107,7 @@ CREATE TABLE IF NOT EXISTS staged_vectors(
     vector BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS failures(path TEXT PRIMARY KEY, reason TEXT NOT NULL, at TEXT NOT NULL);
--- docsort.classify: document types given by a user (one per page) and the classifier's predictions.
+-- docsort.jobs.classify: document types given by a user (one per page) and the classifier's predictions.
 CREATE TABLE IF NOT EXISTS page_labels(
     page_id INTEGER PRIMARY KEY REFERENCES pages(id),
     type TEXT NOT NULL,
@@ -126,7 +126,7 @@ CREATE TABLE IF NOT EXISTS page_predictions(
     model_version TEXT NOT NULL,
     at TEXT NOT NULL
 );
--- docsort.ocr: the OCR text of a page (one row per page once OCR ran on it, failed or not).
+-- docsort.jobs.ocr: the OCR text of a page (one row per page once OCR ran on it, failed or not).
 CREATE TABLE IF NOT EXISTS page_text(
     page_id INTEGER PRIMARY KEY REFERENCES pages(id),
     text TEXT NOT NULL,
@@ -253,11 +253,11 @@ class Collection:
     MODELS = "clustering.joblib"
     CLASSIFIER = "classifier.joblib"
     TEXT_MODEL = "text_model.joblib"
-    #: The scan-style-invariant projection (:mod:`docsort.invariance`), described under
+    #: The scan-style-invariant projection (:mod:`docsort.core.invariance`), described under
     #: ``"invariance"`` in the manifest with its sha256.
     INVARIANCE = "invariance.bin"
     #: ``docsort adapt``'s fine-tuned backbone (Keras ``.weights.h5`` of the truncated network) and
-    #: its sidecar (:func:`docsort.weights.sidecar_path`).
+    #: its sidecar (:func:`docsort.core.weights.sidecar_path`).
     ADAPTED_WEIGHTS = "adapted.weights.h5"
     LOCK = ".lock"
 
@@ -384,7 +384,7 @@ class Collection:
 
     def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         """Run one read statement and return all its rows (for stage modules that own tables,
-        such as :mod:`docsort.classify`; writes go through :meth:`transaction`)."""
+        such as :mod:`docsort.jobs.classify`; writes go through :meth:`transaction`)."""
         return self._conn.execute(sql, tuple(params)).fetchall()
 
     # -- manifest --------------------------------------------------------------------------
@@ -467,7 +467,7 @@ class Collection:
         """
         import hashlib
 
-        from .weights import sidecar_path
+        from docsort.core.weights import sidecar_path
 
         sha = hashlib.sha256(data).hexdigest()
         atomic_write_bytes(self.adapted_weights_path, data)
@@ -684,7 +684,7 @@ class Collection:
         Columns: page_id, document_id, path, page, sha256, format, width_px, height_px, cluster
         (Int64, -1 noise, <NA> before clustering), cluster_name, probability, umap_x, umap_y,
         membership (``member`` | ``reassigned`` | ``noise`` | ``provisional``, None before
-        clustering; see :mod:`docsort.clustering`).
+        clustering; see :mod:`docsort.core.clustering`).
         """
         import pandas as pd
 
@@ -723,8 +723,8 @@ class Collection:
     ) -> int:
         """Replace all cluster assignments (provisional ones included) in one transaction.
 
-        Cluster ids are stored as given: :func:`docsort.pipeline.cluster` has already matched them
-        to the previous run's (:func:`docsort.clustering.match_cluster_ids`). Names in
+        Cluster ids are stored as given: :func:`docsort.jobs.pipeline.cluster` has already matched them
+        to the previous run's (:func:`docsort.core.clustering.match_cluster_ids`). Names in
         ``clusters`` stay with their id (user-given names survive; an id no longer used keeps its
         row and is never handed out again, see :meth:`next_cluster_id`).
 

@@ -3,11 +3,11 @@
 A pile of scans mixes scanners and settings: bilevel (1-bit) fax pages, greyscale JPEGs with grey
 paper tone, low JPEG quality. Backbone features of one page differ more between those renderings
 than features of two different documents scanned alike, so an unsupervised sort groups pages by
-scan style (issue 13). :mod:`docsort.invariance` learns, from the collection itself, the feature
+scan style (issue 13). :mod:`docsort.core.invariance` learns, from the collection itself, the feature
 directions in which renderings of one page agree; this module makes the renderings.
 
 Every function takes a Pillow image of mode ``"L"`` or ``"RGB"`` at render resolution (the
-``RenderSettings.long_side_px`` image of :func:`docsort.pages.iter_pages`) and returns images of the
+``RenderSettings.long_side_px`` image of :func:`docsort.core.pages.iter_pages`) and returns images of the
 same size and mode. Randomness (paper tone, JPEG quality, noise, angle) comes only from the
 ``numpy.random.Generator`` passed in, so a seed per page gives the same renderings on every run.
 
@@ -42,7 +42,7 @@ __all__ = ["STYLES", "DEFAULT_STYLES", "otsu_threshold", "restyle", "render_styl
 #: Every style :func:`restyle` knows.
 STYLES = ("as_is", "bilevel", "bilevel_blur", "grey_paper", "jpeg_low", "skew", "photo")
 
-#: The renderings :func:`docsort.invariance.fit_projection` is fitted on by default: the five scan
+#: The renderings :func:`docsort.core.invariance.fit_projection` is fitted on by default: the five scan
 #: styles of the held-out measurement in issue 13 (kNN@5 0.618 -> 0.745, ARI 0.05 -> 0.50) and the
 #: page photographed on a desk, which won on both style-balanced development corpora
 #: (benchmarks/RESULTS.md, "Scan style (issue 13)": cross-style kNN@5 0.849 -> 0.957 and

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .settings import OcrSettings, RenderSettings
+from docsort.config.settings import OcrSettings, RenderSettings
 
 __all__ = [
     "Page",
@@ -324,7 +324,7 @@ def _iter_image(src: SourceFile, render: RenderSettings, start: int = 1, stop: i
 
 
 def iter_ocr_pages(src: SourceFile, ocr: OcrSettings, first: int = 1, last: int | None = None) -> Iterator[Page]:
-    """Yield the pages of one file as images for OCR (:mod:`docsort.ocr`), one at a time.
+    """Yield the pages of one file as images for OCR (:mod:`docsort.jobs.ocr`), one at a time.
 
     Unlike :func:`iter_pages` (a small picture for the network), OCR needs the text's own
     resolution: Tesseract reads best with x-heights of 20+ pixels, i.e. about 300 dpi for body
@@ -511,8 +511,8 @@ def without_main_module() -> Iterator[None]:
     docsort's own modules, and re-running a user's script that calls docsort without an
     ``if __name__ == "__main__":`` guard would make every worker run that script (Python docs,
     multiprocessing, "Safe importing of main module"). A bare stand-in module is put in place for
-    the moment the processes are started. (The same helper as ``docsort.pipeline``'s
-    ``_without_main_module``, here so that :mod:`docsort.ocr` need not import the feature stage
+    the moment the processes are started. (The same helper as ``docsort.jobs.pipeline``'s
+    ``_without_main_module``, here so that :mod:`docsort.jobs.ocr` need not import the feature stage
     and TensorFlow with it.)
     """
     import sys
@@ -595,7 +595,7 @@ def render_for_network(
 ) -> tuple[list[RenderedPage], PageError | None, float]:
     """Render a page range, resize it to the network input and make thumbnails.
 
-    A plain function of picklable arguments, so :mod:`docsort.pipeline` can run it in worker
+    A plain function of picklable arguments, so :mod:`docsort.jobs.pipeline` can run it in worker
     processes. It never raises for a bad file: the pages read before the failure come back with
     the error.
 

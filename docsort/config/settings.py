@@ -79,11 +79,11 @@ class FeatureSettings(_Strict):
         layer: Keras layer name read out of InceptionV3; ``mixed1`` is TF-slim's
             ``InceptionV3/Mixed_5c`` (35x35x288 at 299x299 input).
         weights: ``auto`` | ``imagenet`` | ``bundled`` | ``random`` | a path to a ``.h5`` or
-            ``.weights.h5`` file. See :mod:`docsort.weights`.
+            ``.weights.h5`` file. See :mod:`docsort.core.weights`.
         weights_sha256: expected sha256 of a weights file given by path (optional; always
             recorded in the manifest).
         input_size: network input, pixels, (height, width). InceptionV3's native size is 299.
-        pooling: name of the pooling of the feature map, see :data:`docsort.features.POOLINGS`.
+        pooling: name of the pooling of the feature map, see :data:`docsort.core.features.POOLINGS`.
             ``topk`` (each channel's top 3 % of the 35x35 cells averaged) was chosen on the labelled
             development corpus (benchmarks/RESULTS.md, "Sorting quality (issue 5)"): kNN@5 0.884 vs
             0.774 for the seed's ``gap``, ARI 0.69 vs 0.44, and unlike ``gmp`` it does not fall apart
@@ -92,7 +92,7 @@ class FeatureSettings(_Strict):
         seed: seed for ``random`` weights.
         engine: what runs the network. ``openvino``: the Keras model converted at load by
             ``openvino.convert_model`` (pooling and L2 normalisation inside the converted graph,
-            static batch shape, the IR cached on disk, :mod:`docsort.openvino_engine`) and compiled
+            static batch shape, the IR cached on disk, :mod:`docsort.core.openvino_engine`) and compiled
             for the CPU. ``tensorflow``: the Keras model compiled by its Keras backend
             (``tf.function`` on TensorFlow, the default backend; ``jax.jit`` with
             ``KERAS_BACKEND=jax``). ``auto``: OpenVINO on a CPU-only machine when it is installed
@@ -113,7 +113,7 @@ class FeatureSettings(_Strict):
             the development corpus): cosine >= 0.99996, kNN@5 moved by <= 0.0008 (the project's
             rule for a default: <= 0.005; benchmarks/RESULTS.md). A collection takes vectors of
             another engine or precision only when they pass the probe check of
-            :func:`docsort.pipeline.check_engine_parity`.
+            :func:`docsort.jobs.pipeline.check_engine_parity`.
     """
 
     backbone: str = "inception_v3"
@@ -217,7 +217,7 @@ class HdbscanSettings(_Strict):
     gives a noise page the cluster whose soft-clustering membership
     (``hdbscan.all_points_membership_vectors``) is largest when that membership reaches the
     threshold; such pages are stored as ``reassigned``, apart from confident members
-    (:func:`docsort.clustering.reassign_noise`). Off by default because on sample_docs it moved
+    (:func:`docsort.core.clustering.reassign_noise`). Off by default because on sample_docs it moved
     noise pages mostly into clusters of other kinds (issue #5). ``docsort cluster
     --reassign-noise`` overrides it.
     """
@@ -231,7 +231,7 @@ class HdbscanSettings(_Strict):
 
 class ClassifierSettings(_Strict):
     """The document-type classifier on frozen features (the *labels/classifier* stage,
-    :mod:`docsort.classify`).
+    :mod:`docsort.jobs.classify`).
 
     Attributes:
         threshold: a page whose probability for its best type is below this (0..1) is routed to
@@ -260,7 +260,7 @@ class ClassifierSettings(_Strict):
 
 
 class OcrSettings(_Strict):
-    """Optical character recognition with Tesseract (the *text* stage, :mod:`docsort.ocr`).
+    """Optical character recognition with Tesseract (the *text* stage, :mod:`docsort.jobs.ocr`).
 
     OCR costs about 1.2 CPU-seconds a page here (0.4 s for a map, 5 s for a dense newspaper page;
     1.70 pages/s with 2 workers on the development corpus), about 20x the visual path's 30 pages/s
@@ -295,7 +295,7 @@ class OcrSettings(_Strict):
 
 class TextSettings(_Strict):
     """Text features from the OCR text, and their fusion with the visual vectors
-    (:mod:`docsort.text`).
+    (:mod:`docsort.core.text`).
 
     Attributes:
         method: ``"lsa"``: TF-IDF + truncated SVD (latent semantic analysis, Deerwester et al.
@@ -335,7 +335,7 @@ class TextSettings(_Strict):
 
 
 class InvarianceSettings(_Strict):
-    """Scan-style-invariant visual vectors (issue 13; :mod:`docsort.invariance`, :mod:`docsort.styles`).
+    """Scan-style-invariant visual vectors (issue 13; :mod:`docsort.core.invariance`, :mod:`docsort.core.styles`).
 
     At ``docsort cluster`` a linear projection is fitted on the collection itself (no labels):
     sampled pages are re-read from their files, rendered in each of ``styles``, embedded with the
@@ -350,7 +350,7 @@ class InvarianceSettings(_Strict):
         enabled: fit and use the projection.
         dims: dimensions kept (at most pages fitted - 1). 32 in the held-out measurement of issue 13
             (kNN@5 0.618 -> 0.745, ARI 0.05 -> 0.50 on 285 real pages in mixed scan styles).
-        styles: the renderings of each page (:data:`docsort.styles.STYLES`); the first should be
+        styles: the renderings of each page (:data:`docsort.core.styles.STYLES`); the first should be
             ``as_is`` (its vector is the stored one, not embedded again). The default adds
             ``photo`` to the five of issue 13's measurement: on both style-balanced development
             corpora it lifted cross-style kNN@5 (0.849 -> 0.957, 0.766 -> 0.846), ARI (0.593 ->
@@ -442,9 +442,9 @@ def pipeline_search_path() -> list[Path]:
     if env:
         dirs += [Path(p) for p in env.split(os.pathsep) if p]
     dirs.append(Path.cwd() / "pipelines")
-    here = Path(__file__).resolve().parent
-    dirs.append(here.parent / "pipelines")
-    dirs.append(here / "pipelines")
+    package = Path(__file__).resolve().parent.parent  # docsort/ (this file is docsort/config/settings.py)
+    dirs.append(package.parent / "pipelines")
+    dirs.append(package / "pipelines")
     return dirs
 
 
