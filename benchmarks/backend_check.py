@@ -34,7 +34,7 @@ def _worker(backend: str, out: Path, batch: int, repeat: int, precision: str) ->
     import keras
 
     from docsort.core.pages import discover_files, iter_pages, to_network_input
-    from docsort.jobs.pipeline import make_extractor
+    from docsort.store.manifest import make_extractor
     from docsort.config.settings import load_pipeline
 
     settings = load_pipeline("default").with_overrides(weights="bundled", batch_size=batch, precision=precision)

@@ -53,7 +53,9 @@ def _aligned_vectors(col) -> tuple[list[tuple[str, int]], np.ndarray]:
 
 def study(labels: Path, workdir: Path, threshold: float) -> list[dict]:
     from docsort.queries.evaluate import evaluate, knn_precision
-    from docsort.jobs.pipeline import cluster, ingest, make_extractor
+    from docsort.jobs.cluster import cluster
+    from docsort.jobs.ingest import ingest
+    from docsort.store.manifest import make_extractor
     from docsort.store.storage import Collection
 
     rows, ref = [], None
@@ -104,7 +106,7 @@ def study(labels: Path, workdir: Path, threshold: float) -> list[dict]:
 
 
 def speed(pages: np.ndarray) -> list[dict]:
-    from docsort.jobs.pipeline import make_extractor
+    from docsort.store.manifest import make_extractor
 
     out = []
     for engine, precision in CONFIGS:
@@ -125,7 +127,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from docsort.core.pages import discover_files, iter_pages, to_network_input
-    from docsort.jobs.pipeline import ENGINE_PROBE_MIN_COSINE
+    from docsort.store.manifest import ENGINE_PROBE_MIN_COSINE
     from docsort.config.settings import RenderSettings
 
     load = open("/proc/loadavg").read().split()[:3]

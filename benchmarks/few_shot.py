@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_pipeline(args.pipeline)
     tmp = None
     if args.collection is None:
-        from docsort.jobs.pipeline import ingest
+        from docsort.jobs.ingest import ingest
 
         tmp = tempfile.TemporaryDirectory(prefix="docsort-few-shot-")
         root = Path(tmp.name) / "collection"

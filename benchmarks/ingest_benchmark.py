@@ -8,7 +8,7 @@ The corpus (``benchmarks/corpus.py``) is N pages of sample_docs' real scans (PDF
 mixed), each file a unique copy. Each contender runs in its own fresh process so its peak RSS is
 its own:
 
-* **docsort**: ``docsort.jobs.pipeline.ingest`` with the default pipeline and the bundled weights
+* **docsort**: ``docsort.jobs.ingest.ingest`` with the default pipeline and the bundled weights
   (rasterization in worker processes overlapped with batched inference, batched SQLite writes,
   FAISS index), once per ``--engines`` entry (``engine:precision``, e.g. ``openvino:bfloat16``,
   ``tensorflow:float32``) and ``--threads`` / ``--workers`` setting. Per-stage times come from
@@ -100,7 +100,7 @@ def _cpu_seconds() -> float:
 
 def run_docsort(corpus: str, collection: str, workers: int, engine: str = "auto", precision: str = "auto", threads: int = 0) -> dict:
     """Ingest ``corpus`` into a fresh collection; returns timings, CPU use and peak RSS."""
-    from docsort.jobs.pipeline import ingest
+    from docsort.jobs.ingest import ingest
     from docsort.config.settings import load_pipeline
     from docsort.store.storage import Collection
 
@@ -137,7 +137,7 @@ def run_model_only(engine: str, precision: str, threads: int = 0, n: int = 256) 
     import numpy as np
 
     from docsort.core.pages import discover_files, iter_pages, to_network_input
-    from docsort.jobs.pipeline import make_extractor
+    from docsort.store.manifest import make_extractor
     from docsort.config.settings import RenderSettings, load_pipeline
 
     settings = load_pipeline("default").with_overrides(weights="bundled")

@@ -46,7 +46,7 @@ def main() -> None:
 
     from docsort.queries.evaluate import knn_precision, read_labels
     from docsort.core.features import probe_pages
-    from docsort.jobs.pipeline import make_extractor
+    from docsort.store.manifest import make_extractor
     from docsort.config.settings import load_pipeline
 
     s = load_pipeline("default").with_overrides(weights="bundled")

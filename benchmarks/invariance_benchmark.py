@@ -4,7 +4,7 @@ Builds a collection of FOLDER (default sample_docs/, bundled weights), then meas
 
 * ingest: wall seconds per page, and the cost of applying the projection to a page's vector
   (the (1, D) x (D, dims) product; timed over many vectors) as a share of it;
-* the fit (:func:`docsort.jobs.pipeline.fit_invariance`, forced): wall seconds, and per 1,000 pages;
+* the fit (:func:`docsort.jobs.invariance.fit_invariance`, forced): wall seconds, and per 1,000 pages;
 * sorting quality before (raw vectors) and after (projected): kNN precision@5 against
   labels.csv (leave-one-out, cosine), and ARI of UMAP + HDBSCAN with the pipeline's settings over
   several UMAP seeds.
@@ -40,7 +40,9 @@ def main() -> None:
 
     from docsort.core.clustering import cluster_vectors
     from docsort.queries.evaluate import knn_precision, match_labels, read_labels
-    from docsort.jobs.pipeline import fit_invariance, ingest, make_extractor
+    from docsort.jobs.invariance import fit_invariance
+    from docsort.jobs.ingest import ingest
+    from docsort.store.manifest import make_extractor
     from docsort.config.settings import load_pipeline
     from docsort.store.storage import Collection
 

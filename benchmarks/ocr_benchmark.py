@@ -137,7 +137,7 @@ def ocr_one(path: str, fmt: str, page_no: int, dpi: int, scale: float) -> dict:
     """OCR one page at ``dpi`` (PDFs) or upscaled by ``scale`` (images), as docsort does it."""
     from PIL import Image
 
-    from docsort.jobs.ocr import ocr_image
+    from docsort.core.ocr import ocr_image
     from docsort.core.pages import SourceFile, iter_ocr_pages
     from docsort.config.settings import OcrSettings
 
@@ -331,7 +331,8 @@ def part_exact(workers: int, n_pages: int) -> dict:
 def part_throughput(dev: Path | None, every: int, worker_counts: list[int]) -> dict:
     """Fresh collections (bundled weights), then docsort.jobs.ocr.backfill with each worker count."""
     from docsort.jobs.ocr import backfill, with_ocr
-    from docsort.jobs.pipeline import ingest, make_extractor
+    from docsort.jobs.ingest import ingest
+    from docsort.store.manifest import make_extractor
     from docsort.config.settings import load_pipeline
     from docsort.store.storage import Collection
 
@@ -460,7 +461,7 @@ def main() -> None:
     os.environ.setdefault("DOCSORT_OFFLINE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-    from docsort.jobs.ocr import require_tesseract
+    from docsort.core.ocr import require_tesseract
 
     dev = args.dev_corpus if (args.dev_corpus / "labels.csv").is_file() else None
     result = {"engine": require_tesseract("eng"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -3,7 +3,7 @@
     python benchmarks/photo_view_probe.py COLLECTION LABELS [--seeds 0,1,2,3,4]
 
 On a collection ingested by ``style_study.py``, the pages' renderings of docsort's invariance fit
-(``docsort.jobs.pipeline.style_views``: as is, bilevel, bilevel + blur, grey paper, low JPEG) are
+(``docsort.jobs.invariance.style_views``: as is, bilevel, bilevel + blur, grey paper, low JPEG) are
 computed once; then two projections are fitted with ``docsort.core.invariance.fit_projection`` (32-d,
 shrinkage 0.1): on those 5 views (docsort's default; a control that must match the ``inv32``
 row of ``style_study.py``), and on those plus a sixth view, the page photographed on a desk by
@@ -113,7 +113,8 @@ def main() -> None:
     os.environ.setdefault("DOCSORT_OFFLINE", "1")
     from docsort.queries.evaluate import match_label_rows, read_labels
     from docsort.core.invariance import fit_projection
-    from docsort.jobs.pipeline import effective_settings, make_extractor, style_views
+    from docsort.store.manifest import effective_settings, make_extractor
+    from docsort.jobs.invariance import style_views
     from docsort.config.settings import load_pipeline
     from docsort.store.storage import Collection
 

@@ -41,7 +41,8 @@ VARIANTS = {
 
 CHILD = r"""
 import sys, numpy as np
-from docsort.jobs.pipeline import ingest, make_extractor
+from docsort.jobs.ingest import ingest
+from docsort.store.manifest import make_extractor
 from docsort.config.settings import load_pipeline
 from docsort.store.storage import Collection
 s = load_pipeline("default").with_overrides(weights="bundled")

@@ -7,7 +7,7 @@
 
 Per corpus, the pages are ingested once with the real CLI (``docsort ingest --weights bundled``;
 the binarised variant ingests an Otsu-binarised copy), then every variant is clustered through
-the API (``docsort.jobs.pipeline.cluster``, the function ``docsort cluster`` runs) with UMAP seeds
+the API (``docsort.jobs.cluster.cluster``, the function ``docsort cluster`` runs) with UMAP seeds
 0..4 and evaluated with ``docsort.queries.evaluate.evaluate`` on the vectors the index and clustering
 use. Reported per corpus and variant: kNN@5, cross-style kNN@5 (neighbours among other scan
 styles only), ARI and NMI with the type (mean +- sd over the seeds), style leakage (NMI of
@@ -157,7 +157,7 @@ def run_variant(collection: Path, labels: Path, name: str, seeds: list[int], log
     from sklearn.metrics import adjusted_rand_score
 
     from docsort.queries.evaluate import evaluate
-    from docsort.jobs.pipeline import cluster
+    from docsort.jobs.cluster import cluster
     from docsort.config.settings import load_pipeline
     from docsort.store.storage import Collection
 
@@ -169,7 +169,7 @@ def run_variant(collection: Path, labels: Path, name: str, seeds: list[int], log
         with Collection(collection) as col:
             kwargs = {}
             if "inv" in name:  # the invariance fit embeds renderings: one extractor for the process
-                from docsort.jobs.pipeline import make_extractor
+                from docsort.store.manifest import make_extractor
 
                 if "extractor" not in _CACHE:
                     _CACHE["extractor"] = make_extractor(settings, announce=False)

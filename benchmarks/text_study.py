@@ -12,7 +12,7 @@ seeds; :func:`docsort.queries.evaluate.cluster_scores`) for
 * ``visual``: the stored backbone vectors (what docsort used before issue 6);
 * ``text``: the OCR text's LSA vectors (pages without usable text are all-zero rows, so they find
   arbitrary neighbours: the price of text alone), and kNN among the pages with text only;
-* ``fused``: :func:`docsort.jobs.pipeline.page_vectors` in ``fused`` mode for each fusion weight w,
+* ``fused``: :func:`docsort.queries.vectors.page_vectors` in ``fused`` mode for each fusion weight w,
   plus the uncentred variant (visual vectors not centred on the collection mean) to show why
   docsort centres them.
 

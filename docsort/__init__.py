@@ -3,7 +3,8 @@
 Stages, data flowing one way (one module each):
 files -> :mod:`docsort.core.pages` -> :mod:`docsort.core.features` -> :mod:`docsort.store.storage` /
 :mod:`docsort.core.index` -> :mod:`docsort.core.clustering` -> CLI (:mod:`docsort.faces.cli`) and UI (``app.py``),
-composed by :mod:`docsort.jobs.pipeline` with settings from :mod:`docsort.config.settings`.
+composed by the jobs (:mod:`docsort.jobs`) and read by the queries (:mod:`docsort.queries`), with settings from
+:mod:`docsort.config.settings`. Layers and their import rules: README "How it works", checked by import-linter.
 """
 
 __version__ = "0.1.0"

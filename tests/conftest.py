@@ -40,7 +40,7 @@ def settings():
 
 @pytest.fixture(scope="session")
 def extractor(settings):
-    from docsort.jobs.pipeline import make_extractor
+    from docsort.store.manifest import make_extractor
 
     return make_extractor(settings, announce=False)
 
@@ -48,7 +48,8 @@ def extractor(settings):
 @pytest.fixture(scope="session")
 def sample_collection(tmp_path_factory, settings, extractor):
     """A clustered collection of sample_docs/ (bundled weights). Read-only for tests."""
-    from docsort.jobs.pipeline import cluster, ingest
+    from docsort.jobs.cluster import cluster
+    from docsort.jobs.ingest import ingest
     from docsort.store.storage import Collection
 
     root = tmp_path_factory.mktemp("sample") / "collection"
@@ -113,3 +114,18 @@ def ocr_collection(tmp_path_factory, sample_collection, settings):
         report = backfill(col, settings, progress=False, log=lambda m: None)
     assert (report.pages_done, report.pages_failed) == (41, 0), report.failures
     return root
+
+
+#: Fixtures that build the TensorFlow feature extractor of the session (and what is built on it).
+_MODEL_FIXTURES = {"extractor", "sample_collection", "collection_copy", "collection_with_noise", "ocr_collection"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast tier (``pytest -m "not slow"``): a test is ``slow`` when it is marked so, is a real-browser
+    test, or uses a fixture that builds the session's feature extractor or sample collection (TensorFlow,
+    ~10 s to build and ~25 s of UMAP JIT, then minutes of tests on it)."""
+    for item in items:
+        if item.get_closest_marker("slow") is None and (
+            item.get_closest_marker("browser") is not None or _MODEL_FIXTURES & set(getattr(item, "fixturenames", ()))
+        ):
+            item.add_marker(pytest.mark.slow)

@@ -17,7 +17,9 @@ import pytest
 
 from docsort.jobs.adaptation import adapt  # first: imports docsort.store.storage (sqlite3) before TensorFlow
 from docsort.core.adapt import AdaptError, augment_view, set_trainable
-from docsort.jobs.pipeline import effective_settings, info, ingest
+from docsort.store.manifest import effective_settings
+from docsort.queries.tables import info
+from docsort.jobs.ingest import ingest
 from docsort.store.storage import Collection, CollectionError
 from docsort.core.weights import BUNDLED_WEIGHTS, WeightsError, file_sha256, sidecar_path
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from docsort.queries import browse
-from docsort.jobs.pipeline import cluster_table
+from docsort.jobs import export
+from docsort.queries.tables import cluster_table
 from docsort.store.storage import Collection
 
 from .conftest import REPO, SAMPLE_DOCS
@@ -218,7 +219,7 @@ def test_status_view_export_and_sort_into_folders(app, collection_copy, tmp_path
     assert any(m.value.startswith("Last clustered **") for m in at.markdown)
     assert at.get("download_button")[0].label == "Download cluster assignments (CSV)"
     col = Collection(collection_copy)
-    rows = list(csv.DictReader(io.StringIO(browse.assignments_csv(col).decode())))
+    rows = list(csv.DictReader(io.StringIO(export.assignments_csv(col).decode())))
     assert len(rows) == 41
     out = tmp_path / "sorted"
     at.text_input(key="sort-out").set_value(str(out)).run()
@@ -277,14 +278,15 @@ def test_opening_and_browsing_never_reruns_umap_or_embeds(collection_with_noise,
     from streamlit.testing.v1 import AppTest
 
     import docsort.core.features
-    import docsort.jobs.pipeline
+    import docsort.jobs.cluster
+    import docsort.store.manifest
 
     def forbidden(*_a, **_k):
         raise AssertionError("browsing must not cluster or embed")
 
     monkeypatch.setattr(umap.UMAP, "fit_transform", forbidden)
-    monkeypatch.setattr(docsort.jobs.pipeline, "cluster", forbidden)
-    monkeypatch.setattr(docsort.jobs.pipeline, "make_extractor", forbidden)
+    monkeypatch.setattr(docsort.jobs.cluster, "cluster", forbidden)
+    monkeypatch.setattr(docsort.store.manifest, "make_extractor", forbidden)
     monkeypatch.setattr(docsort.core.features.FeatureExtractor, "__init__", forbidden)
     monkeypatch.setenv("DOCSORT_COLLECTION", str(collection_with_noise))
     at = AppTest.from_file(APP, default_timeout=60).run()

@@ -13,7 +13,7 @@ import pytest
 from docsort.queries import browse
 
 from docsort.jobs import classify
-from docsort.jobs.pipeline import cluster_table
+from docsort.queries.tables import cluster_table
 from docsort.store.storage import Collection
 
 from .conftest import sample_labels
@@ -72,7 +72,8 @@ def test_label_neighbours_from_the_similar_view(app, collection_copy):
 
 
 def _hits(col, pid):
-    from docsort.jobs.pipeline import effective_settings, search_page
+    from docsort.store.manifest import effective_settings
+    from docsort.queries.search import search_page
     from docsort.config.settings import load_pipeline
 
     return search_page(col, pid, effective_settings(col, load_pipeline("default")), 8).pages

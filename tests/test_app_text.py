@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from docsort.jobs import pipeline
+from docsort.queries import search
 from docsort.store.storage import Collection
 from docsort.core.text import usable_text
 
@@ -104,7 +104,7 @@ def test_compare_by_look_text_or_both(ocr_app, ocr_copy, settings):
         assert shown[0].startswith(f"1.000 · {WATSON_PAGE} · p.1") and shown[0].endswith("(this page)")
     # By text: the pipeline's text neighbours, every one a page with usable OCR text.
     with Collection(ocr_copy) as col:
-        hits = pipeline.search_page(col, pid, settings, 8, mode="text").pages
+        hits = search.search_page(col, pid, settings, 8, mode="text").pages
         texts = col.page_texts([h.page_id for h in hits])
     assert [c.split(" · ")[1:3] for c in by_text] == [[Path(h.path).name, f"p.{h.page_no}"] for h in hits]
     assert all(usable_text(t["text"], t["n_words"], t["error"], settings.text, t["confidence"]) for t in texts.values())
@@ -168,7 +168,7 @@ def test_ocr_button_reads_the_pages_without_text_then_offers_to_recluster(collec
     assert "; 0 failed." in at.success[0].value and "pages/s" in at.success[0].value
     with Collection(collection_copy) as col:
         assert col.text_counts()["pages_with_text"] == 41
-        assert [h.path for h in pipeline.search_text(col, "Watson")] == [str((SAMPLE_DOCS / "ocrmypdf" / WATSON_PAGE).absolute())]
+        assert [h.path for h in search.search_text(col, "Watson")] == [str((SAMPLE_DOCS / "ocrmypdf" / WATSON_PAGE).absolute())]
     assert "OCR text: 41 of 41 pages" in [c.value for c in at.sidebar.caption]
     # The clusters do not use the text until a re-clustering; after it they are named by their words.
     assert any(i.value.startswith("The clusters do not use this text yet") for i in at.info)

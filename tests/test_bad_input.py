@@ -440,8 +440,10 @@ def test_a_thousand_page_pdf_is_rendered_a_chunk_at_a_time(thousand_pages, monke
     assert n == 1000
     assert len(calls) == 63 and all(last - first < render.pdf_chunk_pages for first, last in calls)
     assert most_alive <= render.pdf_chunk_pages + 1, most_alive
-    if has_peak:
-        assert grown_mb < 60, f"peak RSS grew {grown_mb:.0f} MB while rendering 1,000 pages"
+    if not has_peak:
+        pytest.skip("cannot reset the peak RSS here (/proc/self/clear_refs not writable): the 60 MB memory bound "
+                    "was not checked (chunking and the pages held at once were)")
+    assert grown_mb < 60, f"peak RSS grew {grown_mb:.0f} MB while rendering 1,000 pages"
 
 
 class _PixelStatsExtractor:
@@ -465,12 +467,10 @@ class _PixelStatsExtractor:
 
 
 def test_a_thousand_page_pdf_is_ingested_once_with_flat_memory(thousand_pages, settings, tmp_path):
-    from docsort.jobs.pipeline import ingest
+    from docsort.jobs.ingest import ingest
     from docsort.store.storage import Collection
 
-    render = settings.render
-    if "workers" in type(render).model_fields:  # render in this process, so its RSS counts it
-        render = render.model_copy(update={"workers": 1})
+    render = settings.render.model_copy(update={"workers": 1})  # render in this process, so its RSS counts it
     one_process = settings.model_copy(update={"render": render})
     with Collection(tmp_path / "col", create=True) as col:
         has_peak = _reset_peak_rss()
@@ -479,10 +479,12 @@ def test_a_thousand_page_pdf_is_ingested_once_with_flat_memory(thousand_pages, s
         grown_mb = (_rss_kb("VmHWM") - before) / 1024
         assert (report.documents_added, report.pages_added, report.failures) == (1, 1000, [])
         assert col.counts()["pages"] == 1000
-    if has_peak:
-        assert grown_mb < 80, f"peak RSS grew {grown_mb:.0f} MB while ingesting 1,000 pages"
     counts = _assert_consistent(tmp_path / "col")
     assert counts["pages"] == 1000 and counts["documents"] == 1
+    if not has_peak:
+        pytest.skip("cannot reset the peak RSS here (/proc/self/clear_refs not writable): the 80 MB memory bound "
+                    "was not checked (the 1,000 pages stored once were)")
+    assert grown_mb < 80, f"peak RSS grew {grown_mb:.0f} MB while ingesting 1,000 pages"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from docsort.queries import browse
+from docsort.core.names import sanitise_name
+from docsort.faces import plots
+from docsort.jobs import export, sort as sorting, uploads
 from docsort.store.storage import Collection, CollectionError
 
 from .conftest import SAMPLE_DOCS
@@ -39,27 +42,27 @@ def _jpeg_of(path: Path, quality: int = 83) -> bytes:
     ],
 )
 def test_sanitise_name(name, expected):
-    assert browse.sanitise_name(name) == expected
+    assert sanitise_name(name) == expected
 
 
 def test_sanitise_name_caps_length_and_keeps_extension():
-    out = browse.sanitise_name("x" * 500 + ".tiff", max_len=40)
+    out = sanitise_name("x" * 500 + ".tiff", max_len=40)
     assert len(out) == 40 and out.endswith(".tiff")
 
 
 def test_save_upload_stays_under_the_collection(tmp_path):
     data = b"%PDF-1.4 not really"
-    path = browse.save_upload(tmp_path, "../../../outside.pdf", data)
+    path = uploads.save_upload(tmp_path, "../../../outside.pdf", data)
     sha = hashlib.sha256(data).hexdigest()
     assert path == (tmp_path / "uploads" / sha[:16] / "outside.pdf").resolve()
     assert path.read_bytes() == data
-    assert browse.save_upload(tmp_path, "../../../outside.pdf", data) == path  # same bytes: reused
+    assert uploads.save_upload(tmp_path, "../../../outside.pdf", data) == path  # same bytes: reused
     with pytest.raises(ValueError, match="empty"):
-        browse.save_upload(tmp_path, "a.pdf", b"")
+        uploads.save_upload(tmp_path, "a.pdf", b"")
     with pytest.raises(ValueError, match="limit"):
-        browse.save_upload(tmp_path, "a.pdf", b"x" * 11, max_bytes=10)
+        uploads.save_upload(tmp_path, "a.pdf", b"x" * 11, max_bytes=10)
     with pytest.raises(ValueError, match="PDF, TIFF, PNG or JPEG"):
-        browse.save_upload(tmp_path, "run.sh", b"echo hi")
+        uploads.save_upload(tmp_path, "run.sh", b"echo hi")
     assert not (tmp_path.parent / "outside.pdf").exists()
 
 
@@ -107,7 +110,7 @@ def test_document_assignments_and_csv(sample_collection):
     assert len(docs) == col.counts()["documents"] == docs["document_id"].nunique()
     assert docs["pages"].sum() == col.counts()["pages"]
     assert docs["cluster"].notna().all()
-    rows = list(csv.DictReader(io.StringIO(browse.assignments_csv(col).decode("utf-8"))))
+    rows = list(csv.DictReader(io.StringIO(export.assignments_csv(col).decode("utf-8"))))
     assert len(rows) == col.counts()["pages"]
     assert {"path", "page", "cluster", "cluster_name", "document_cluster"} <= set(rows[0])
     col.close()
@@ -119,7 +122,7 @@ def test_sort_into_folders_copies_never_moves(collection_copy, tmp_path):
     cid = int(table.loc[table["cluster"] >= 0, "cluster"].iloc[0])
     col.rename_cluster(cid, "Letters / faxes")
     out = tmp_path / "sorted"
-    report = browse.sort_into_folders(col, out)
+    report = sorting.sort_into_folders(col, out)
     docs = browse.document_assignments(col)
     assert report.copied == len(docs) and not report.missing
     assert sum(report.folders.values()) == len(docs)
@@ -129,10 +132,10 @@ def test_sort_into_folders_copies_never_moves(collection_copy, tmp_path):
     copies = [p for p in out.rglob("*") if p.is_file()]
     assert len(copies) == len(docs)
     assert {hashlib.sha256(p.read_bytes()).hexdigest() for p in copies} == set(docs["sha256"])
-    again = browse.sort_into_folders(col, out)
+    again = sorting.sort_into_folders(col, out)
     assert again.copied == 0 and again.already_there == len(docs)
     with pytest.raises(ValueError, match="inside the collection"):
-        browse.sort_into_folders(col, collection_copy / "out")
+        sorting.sort_into_folders(col, collection_copy / "out")
     col.close()
 
 
@@ -140,9 +143,10 @@ def test_sort_into_folders_reports_missing_sources(tmp_path, collection_copy):
     col = Collection(collection_copy)
     table = col.page_table()
     # Point one document at a file that is gone, as if it had been deleted after ingest.
-    col._conn.execute("UPDATE documents SET path='/nonexistent/x.png' WHERE id=?", (int(table["document_id"].iloc[0]),))
-    col._conn.execute("UPDATE document_paths SET path='/nonexistent/x.png' WHERE document_id=?", (int(table["document_id"].iloc[0]),))
-    report = browse.sort_into_folders(col, tmp_path / "out")
+    with col.transaction() as con:
+        con.execute("UPDATE documents SET path='/nonexistent/x.png' WHERE id=?", (int(table["document_id"].iloc[0]),))
+        con.execute("UPDATE document_paths SET path='/nonexistent/x.png' WHERE document_id=?", (int(table["document_id"].iloc[0]),))
+    report = sorting.sort_into_folders(col, tmp_path / "out")
     assert [p for p, _ in report.missing] == ["/nonexistent/x.png"]
     col.close()
 
@@ -152,7 +156,7 @@ def test_ingest_uploads_added_duplicate_failed_rejected(collection_copy, setting
     before = col.counts()
     new = _jpeg_of(SAMPLE_DOCS / "leptonica" / "pageseg1.png")
     dup = (SAMPLE_DOCS / "leptonica" / "pageseg2.png").read_bytes()
-    outcomes, report = browse.ingest_uploads(
+    outcomes, report = uploads.ingest_uploads(
         col,
         [("../scan:1.jpg", new), ("pageseg2.png", dup), ("again.jpg", new), ("broken.pdf", b"not a pdf at all"), ("empty.png", b"")],
         settings,
@@ -188,7 +192,7 @@ def test_data_version_changes_on_write(collection_copy):
 
 
 def test_folder_names_are_distinct_and_safe():
-    names = browse.folder_names({0: "Invoices", 1: "invoices", 2: "../x", 3: None, -1: "noise", None: None})
+    names = sorting.folder_names({0: "Invoices", 1: "invoices", 2: "../x", 3: None, -1: "noise", None: None})
     assert names == {-1: "noise", 0: "Invoices", 1: "invoices (1)", 2: "_x", 3: "cluster 3", None: "not yet clustered"}
 
 
@@ -207,7 +211,7 @@ def test_map_figure_svg_for_small_webgl_for_large(sample_collection):
     col = Collection(sample_collection)
     table = col.page_table()
     col.close()
-    fig = browse.map_figure(table).to_plotly_json()
+    fig = plots.map_figure(table).to_plotly_json()
     assert {t["type"] for t in fig["data"]} == {"scatter"}
     assert sum(_n_points(t) for t in fig["data"]) == len(table)
     names = [t["name"] for t in fig["data"]]
@@ -218,5 +222,5 @@ def test_map_figure_svg_for_small_webgl_for_large(sample_collection):
         "cluster": pd.array(rng.integers(-1, 5, 1500), dtype="Int64"), "cluster_name": None,
         "umap_x": rng.normal(size=1500), "umap_y": rng.normal(size=1500),
     })
-    fig = browse.map_figure(big).to_plotly_json()
+    fig = plots.map_figure(big).to_plotly_json()
     assert {t["type"] for t in fig["data"]} == {"scattergl"}

@@ -309,7 +309,7 @@ def test_retrains_when_labels_change(collection_copy):
 def test_new_ingests_are_classified_when_a_classifier_exists(collection_copy, settings, extractor, tmp_path):
     from PIL import Image
 
-    from docsort.jobs.pipeline import ingest
+    from docsort.jobs.ingest import ingest
 
     def new_scan(name: str, source: str) -> Path:
         path = tmp_path / "scans" / name

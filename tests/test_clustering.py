@@ -18,7 +18,10 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from docsort.core.clustering import cluster_vectors, match_cluster_ids, reassign_noise
-from docsort.jobs.pipeline import cluster, cluster_table, export_pages, ingest
+from docsort.jobs.cluster import cluster
+from docsort.queries.tables import cluster_table
+from docsort.jobs.export import export_pages
+from docsort.jobs.ingest import ingest
 from docsort.store.storage import Collection
 
 from .conftest import SAMPLE_DOCS, sample_labels

@@ -10,16 +10,12 @@ import pandas as pd
 import pytest
 
 from docsort.core.index import index_ids, load_index
-from docsort.jobs.pipeline import (
-    cluster,
-    cluster_table,
-    effective_settings,
-    export_pages,
-    info,
-    ingest,
-    search_file,
-    search_page,
-)
+from docsort.jobs.cluster import cluster
+from docsort.queries.tables import cluster_table, info
+from docsort.store.manifest import effective_settings
+from docsort.jobs.export import export_pages
+from docsort.jobs.ingest import ingest
+from docsort.queries.search import search_file, search_page
 from docsort.config.settings import PipelineSettings
 from docsort.store.storage import Collection, CollectionError
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from docsort.core.index import index_ids, load_index
-from docsort.jobs.pipeline import ingest, search_page
+from docsort.jobs.ingest import ingest
+from docsort.queries.search import search_page
 from docsort.store.storage import Collection, CollectionBusyError
 
 from .conftest import SAMPLE_DOCS, sample_labels
@@ -67,7 +68,7 @@ def test_a_reader_sees_whole_documents_while_the_cli_ingests(tmp_path, settings)
                 break
             time.sleep(0.05)
         snapshot.close()
-        journal = reader._conn.execute("PRAGMA journal_mode").fetchone()[0]
+        journal = reader.query("PRAGMA journal_mode")[0][0]
     out, err = writer.communicate(timeout=60)
     assert writer.returncode == 0, err
     total = len(sample_labels())

@@ -182,6 +182,7 @@ def test_a_document_killed_mid_transaction_leaves_nothing(collection_copy):
 _KILLED_BEFORE_THE_RENAME = """
 import os, signal, sys
 from docsort.core import index as ix
+from docsort.store import index_file
 from docsort.config.settings import IndexSettings
 from docsort.store.storage import Collection
 
@@ -189,12 +190,12 @@ col = Collection(sys.argv[1])
 ids, vecs = col.vectors()
 smaller = ix.build_index(ids[:5], vecs[:5], IndexSettings())
 os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # die after write + fsync, before rename
-ix.save_index(smaller, col.root / Collection.INDEX)
+index_file.save_index(smaller, col.root / Collection.INDEX)
 """
 
 
 def test_the_index_file_is_replaced_atomically(collection_copy, settings, extractor):
-    from docsort.jobs.pipeline import ingest
+    from docsort.jobs.ingest import ingest
 
     index_file = collection_copy / Collection.INDEX
     old = index_file.read_bytes()

@@ -12,7 +12,9 @@ import pytest
 from docsort.core import openvino_engine as ove
 from docsort.core.features import BackboneError, FeatureExtractor, probe_pages
 from docsort.core.pages import discover_files, iter_pages, to_network_input
-from docsort.jobs.pipeline import ENGINE_PROBE_MIN_COSINE, info, ingest, make_extractor
+from docsort.store.manifest import ENGINE_PROBE_MIN_COSINE, make_extractor
+from docsort.queries.tables import info
+from docsort.jobs.ingest import ingest
 from docsort.config.settings import FeatureSettings, RenderSettings
 from docsort.store.storage import Collection, CollectionError
 

@@ -114,7 +114,7 @@ def test_unlabelled_pages_and_bad_labels_are_reported(sample_collection, tmp_pat
 
 
 def test_an_unclustered_collection_gets_knn_only_and_labels_of_absent_files_are_listed(tmp_path, settings, extractor):
-    from docsort.jobs.pipeline import ingest
+    from docsort.jobs.ingest import ingest
 
     files = ["leptonica/bois-2-5.pdf", "leptonica/ortiz-02.png", "leptonica/map1.jpg", "leptonica/comap.063.jpg"]
     with Collection(tmp_path / "c", create=True) as col:
@@ -160,7 +160,8 @@ def test_cli_evaluate_prints_tables_and_writes_json(sample_collection, tmp_path)
     res = run("evaluate", "--labels", LABELS, "--collection", sample_collection, "-k", "1,5", "--json", out, check=0)
     assert "kNN precision@5" in res.stdout and "per category" in res.stdout and "confusion" in res.stdout
     data = json.loads(out.read_text())
-    from docsort.jobs.pipeline import active_projection, effective_settings, page_vectors
+    from docsort.queries.vectors import active_projection, page_vectors
+    from docsort.store.manifest import effective_settings
     from docsort.config.settings import load_pipeline
 
     with Collection(sample_collection) as col:

@@ -148,7 +148,7 @@ def test_imagenet_weights_offline_fail_clearly(monkeypatch, tmp_path):
 
 def test_pretrained_weights_beat_random_weights_on_real_scans(sample_collection):
     """Leave-one-out kNN@5 over sample_docs' labels: the bundled weights carry real signal."""
-    from docsort.jobs.pipeline import make_extractor
+    from docsort.store.manifest import make_extractor
     from docsort.config.settings import PipelineSettings
     from docsort.store.storage import Collection
 
@@ -200,7 +200,7 @@ def test_hub_backbone_on_a_locally_exported_savedmodel(tmp_path, settings):
     assert len(ex.description["weights"]["sha256"]) == 64
 
     # And end to end: ingest two files into a collection with this backbone.
-    from docsort.jobs.pipeline import ingest
+    from docsort.jobs.ingest import ingest
     from docsort.store.storage import Collection
 
     pipeline = settings.model_copy(update={"features": fs})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from docsort.core import index as ix
+from docsort.store import index_file
 from docsort.config.settings import IndexSettings, PipelineSettings
 from docsort.store.storage import Collection
 
@@ -43,10 +44,10 @@ def test_auto_switches_to_ivf_above_its_size_and_an_outgrown_ivf_is_rebuilt(samp
     shutil.copytree(sample_collection, root, ignore=shutil.ignore_patterns(".lock"))
     with Collection(root) as col:
         small = IndexSettings(auto_above=20)  # the 41 sample pages are "large" here
-        index, info = ix.sync_index(col, small)
+        index, info = index_file.sync_index(col, small)
         assert (info.kind, info.action, info.ntotal) == ("ivf", "rebuilt", 41)
-        assert ix.sync_index(col, small)[1].action == "unchanged"  # the stored IVF file fits
-        assert ix.sync_index(col, IndexSettings())[1].kind == "flat"  # default: exact up to 100k
+        assert index_file.sync_index(col, small)[1].action == "unchanged"  # the stored IVF file fits
+        assert index_file.sync_index(col, IndexSettings())[1].kind == "flat"  # default: exact up to 100k
     ids, x = _page_like(sample_collection, 8000)
     grown = ix.build_index(ids[:1000], x[:1000], IndexSettings(type="ivf"))
     assert ix._fits(grown, IndexSettings(type="ivf"), 1500)

@@ -19,19 +19,12 @@ from PIL import Image
 
 from docsort.core.invariance import InvarianceError, InvarianceProjection, fit_projection, stored_projection, within_between_ratio
 from docsort.core.pages import discover_files, iter_pages
-from docsort.jobs.pipeline import (
-    _needs_fit,
-    active_projection,
-    cluster,
-    export_pages,
-    fit_invariance,
-    ingest,
-    page_vectors,
-    search_file,
-    search_page,
-    style_views,
-    visual_index_path,
-)
+from docsort.jobs.invariance import _needs_fit, fit_invariance, style_views
+from docsort.queries.vectors import active_projection, page_vectors, visual_index_path
+from docsort.jobs.cluster import cluster
+from docsort.jobs.export import export_pages
+from docsort.jobs.ingest import ingest
+from docsort.queries.search import search_file, search_page
 from docsort.store.storage import Collection
 from docsort.core.styles import DEFAULT_STYLES, STYLES, otsu_threshold, page_rng, render_styles, restyle
 

@@ -20,7 +20,8 @@ import pytest
 import pytesseract
 from filelock import FileLock, Timeout
 
-from docsort.jobs.ocr import LOCK, TesseractMissingError, backfill, ocr_pages, require_tesseract, with_ocr
+from docsort.jobs.ocr import LOCK, backfill, with_ocr
+from docsort.core.ocr import TesseractMissingError, ocr_pages, require_tesseract
 from docsort.core.pages import PageError, SourceFile, discover_files, iter_ocr_pages
 from docsort.config.settings import OcrSettings
 from docsort.store.storage import Collection, CollectionBusyError
@@ -170,7 +171,7 @@ def test_missing_tesseract_or_language_is_a_clear_error(monkeypatch, tmp_path, s
     assert "tesseract is not installed" in str(exc.value)
     assert "bash scripts/system-deps.sh, or apt-get install tesseract-ocr tesseract-ocr-eng" in str(exc.value)
     # ingest(ocr=True) checks before anything is embedded or stored
-    from docsort.jobs.pipeline import ingest
+    from docsort.jobs.ingest import ingest
 
     with Collection(tmp_path / "col", create=True) as col:
         with pytest.raises(TesseractMissingError):
@@ -333,7 +334,7 @@ def test_a_busy_ocr_lock_times_out_with_a_clear_error(collection_copy, settings)
 
 
 def test_a_moved_or_changed_file_is_an_error_row_until_its_bytes_are_found(tmp_path, settings, extractor):
-    from docsort.jobs.pipeline import ingest
+    from docsort.jobs.ingest import ingest
 
     scans, elsewhere = tmp_path / "scans", tmp_path / "elsewhere"
     scans.mkdir()

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from docsort.jobs.pipeline import ingest
+from docsort.jobs.ingest import ingest
 from docsort.core.runtime import CROSS_MACHINE_VECTOR_TOLERANCE, REPRODUCIBILITY
 from docsort.store.storage import Collection
 
@@ -23,7 +23,8 @@ FILES = [SAMPLE_DOCS / "leptonica" / "bois-2-5.pdf", SAMPLE_DOCS / "jbigkit", SA
 
 CHILD = r"""
 import sys, numpy as np
-from docsort.jobs.pipeline import ingest, make_extractor
+from docsort.jobs.ingest import ingest
+from docsort.store.manifest import make_extractor
 from docsort.config.settings import load_pipeline
 from docsort.store.storage import Collection
 s = load_pipeline("default").with_overrides(weights="bundled")
@@ -36,7 +37,7 @@ with Collection(sys.argv[1], create=True) as col:
 
 @pytest.mark.slow
 def test_vectors_from_other_kernels_agree_within_the_stated_tolerance(tmp_path, settings):
-    from docsort.jobs.pipeline import make_extractor
+    from docsort.store.manifest import make_extractor
 
     # TensorFlow float32 both times: the tolerance is about kernels, not about precision (an
     # engine or precision of its own is checked by the collection's probe, tests/test_engine.py).

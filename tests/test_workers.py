@@ -14,7 +14,7 @@ def test_a_script_without_a_main_guard_ingests_with_worker_processes(tmp_path):
     # an ingest of its own); docsort starts its workers without the caller's __main__.
     script = tmp_path / "my_script.py"
     script.write_text(textwrap.dedent(f"""
-        from docsort.jobs.pipeline import ingest
+        from docsort.jobs.ingest import ingest
         from docsort.config.settings import load_pipeline
         from docsort.store.storage import Collection
 

@@ -113,7 +113,7 @@ class FeatureSettings(_Strict):
             the development corpus): cosine >= 0.99996, kNN@5 moved by <= 0.0008 (the project's
             rule for a default: <= 0.005; benchmarks/RESULTS.md). A collection takes vectors of
             another engine or precision only when they pass the probe check of
-            :func:`docsort.jobs.pipeline.check_engine_parity`.
+            :func:`docsort.store.manifest.check_engine_parity`.
     """
 
     backbone: str = "inception_v3"

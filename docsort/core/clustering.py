@@ -65,7 +65,7 @@ class ClusterResult:
 
     Attributes:
         labels: int64 (n,), cluster per page, -1 = noise, after soft reassignment. HDBSCAN's own
-            labels (0..k-1) from :func:`cluster_vectors`; :func:`docsort.jobs.pipeline.cluster` replaces
+            labels (0..k-1) from :func:`cluster_vectors`; :func:`docsort.jobs.cluster.cluster` replaces
             them with the stored, stable ids (:func:`match_cluster_ids`).
         probabilities: float32 (n,) in [0, 1]: HDBSCAN's membership strength (``probabilities_``,
             0 for noise) for members, the soft-clustering membership for reassigned pages.
@@ -79,7 +79,7 @@ class ClusterResult:
         notes: things the caller should tell the user (e.g. soft reassignment skipped).
         label_map: ``{HDBSCAN label: stored id}`` once ids are matched (empty before).
         names: ``{stored id: default name}`` from the clusters' OCR keywords, set by
-            :func:`docsort.jobs.pipeline.cluster` (empty without OCR text).
+            :func:`docsort.jobs.cluster.cluster` (empty without OCR text).
     """
 
     labels: np.ndarray
@@ -168,7 +168,8 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
     result.embedding_2d = embedding_2d
     result.params = {"umap": {**umap_settings.model_dump(), "n_neighbors": n_neighbors, "n_components": n_components},
                      **result.params}
-    result.models = {"umap": reducer, "umap_2d": mapper, **result.models}
+    # "dim": the input dimension, checked by predict_clusters (UMAP keeps it only in private state).
+    result.models = {"umap": reducer, "umap_2d": mapper, **result.models, "dim": int(vectors.shape[1])}
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -351,7 +352,7 @@ def predict_clusters(models: dict, vectors: np.ndarray) -> tuple[np.ndarray, np.
     deterministic for a fixed ``random_state``.
 
     Args:
-        models: the dict stored in ``clustering.joblib``: ``umap``, ``umap_2d``, ``hdbscan``
+        models: the dict stored in ``clustering.joblib``: ``umap``, ``umap_2d``, ``hdbscan``, ``dim`` (input dimension),
             (fitted), optionally ``label_map`` (``{HDBSCAN label: stored id}``, identity if absent).
         vectors: float32 (m, D), the new pages' vectors (D as the clustered ones).
 
@@ -371,9 +372,9 @@ def predict_clusters(models: dict, vectors: np.ndarray) -> tuple[np.ndarray, np.
     if m == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 2), np.float32), np.zeros(0, "<U19")
     reducer, mapper, clusterer = models["umap"], models["umap_2d"], models["hdbscan"]
-    fitted = getattr(reducer, "_raw_data", None)
-    if fitted is not None and fitted.shape[1] != vectors.shape[1]:
-        raise ValueError(f"vectors have {vectors.shape[1]} dimensions, the clustering models were fitted on {fitted.shape[1]}")
+    fitted_dim = models.get("dim")  # recorded at fit (models stored before it was recorded: unchecked)
+    if fitted_dim is not None and int(fitted_dim) != vectors.shape[1]:
+        raise ValueError(f"vectors have {vectors.shape[1]} dimensions, the clustering models were fitted on {fitted_dim}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value 1 overridden.*")
         emb = np.asarray(reducer.transform(vectors), np.float64)
@@ -386,8 +387,11 @@ def predict_clusters(models: dict, vectors: np.ndarray) -> tuple[np.ndarray, np.
     k = min(int(clusterer.min_cluster_size), len(train_labels))
     out = np.flatnonzero(labels < 0)
     if len(out) and (train_labels >= 0).any():
-        # The KD-tree over the training embedding that approximate_predict itself queries.
-        _, near = clusterer.prediction_data_.tree.query(emb[out], k=k)
+        # Nearest training points in the UMAP space HDBSCAN clustered (UMAP's public ``embedding_``),
+        # found exactly with scikit-learn's KD-tree, as approximate_predict's own tree does.
+        from sklearn.neighbors import KDTree
+
+        _, near = KDTree(np.asarray(reducer.embedding_, np.float64)).query(emb[out], k=k)
         for i, row in zip(out, np.asarray(near).reshape(len(out), k)):
             votes = train_labels[row]
             votes = np.bincount(votes[votes >= 0]) if (votes >= 0).any() else np.zeros(0, np.int64)
@@ -411,9 +415,14 @@ def document_clusters(document_ids: np.ndarray, labels: np.ndarray) -> dict[int,
     Returns:
         ``{document_id: cluster}``.
     """
-    out: dict[int, int] = {}
-    for doc in np.unique(document_ids):
-        labs, counts = np.unique(labels[document_ids == doc], return_counts=True)
-        order = sorted(zip(counts.tolist(), labs.tolist()), key=lambda t: (-t[0], t[1] < 0, t[1]))
-        out[int(doc)] = int(order[0][1])
-    return out
+    document_ids = np.asarray(document_ids, dtype=np.int64).ravel()
+    labels = np.asarray(labels, dtype=np.int64).ravel()
+    if len(document_ids) == 0:
+        return {}
+    # One grouped pass, O(n log n): count each (document, label) pair, then per document keep the
+    # pair that sorts first by (more pages, real cluster before noise, smaller id).
+    pairs, counts = np.unique(np.stack([document_ids, labels], axis=1), axis=0, return_counts=True)
+    order = np.lexsort((pairs[:, 1], pairs[:, 1] < 0, -counts, pairs[:, 0]))
+    pairs = pairs[order]
+    first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
+    return dict(zip(pairs[first, 0].tolist(), pairs[first, 1].tolist()))

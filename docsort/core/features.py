@@ -17,7 +17,7 @@ Two engines run the InceptionV3 forward pass (``FeatureSettings.engine``): the K
 compiler as above (``tensorflow``), or OpenVINO (``openvino``, :mod:`docsort.core.openvino_engine`),
 to which the same Keras forward function is converted at load. ``auto`` takes OpenVINO on a CPU.
 Every extractor can embed a fixed synthetic :func:`probe_pages` set, which collections store to
-check that vectors of another engine or precision still match (:mod:`docsort.jobs.pipeline`).
+check that vectors of another engine or precision still match (:mod:`docsort.store.manifest`).
 
 Any TF2 image feature-vector SavedModel can be the backbone instead (``hub:HANDLE``, loaded with
 ``tensorflow_hub.load``; TensorFlow backend only). SavedModels contain runnable graphs: only load

@@ -14,7 +14,7 @@ distances"). Ids in the index are the pages' row ids in the collection database
 * ``auto``: flat up to ``IndexSettings.auto_above`` pages (100k: p50 40 ms exact), then
   ``auto_kind`` (IVF).
 
-The index is derived data: the database holds every vector, :func:`sync_index` brings the file
+The index is derived data: the database holds every vector, :func:`docsort.store.index_file.sync_index` brings the file
 up to date (adding what is missing, rebuilding when the file disagrees with the database), and
 the file is always replaced atomically (write to a temp file, then rename).
 """
@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
 
 from docsort.config.settings import IndexSettings
-from docsort.store.storage import Collection, atomic_write_bytes
 
-__all__ = ["IndexInfo", "build_index", "load_index", "save_index", "index_ids", "index_kind", "ivf_nlist", "sync_index", "search_index"]
+__all__ = ["IndexInfo", "build_index", "load_index", "index_ids", "index_kind", "ivf_nlist", "search_index"]
 
 
 @dataclass(frozen=True)
 class IndexInfo:
-    """What :func:`sync_index` did: index type, size, and whether it was rebuilt or extended."""
+    """What :func:`docsort.store.index_file.sync_index` did: index type, size, and whether it was rebuilt or extended."""
 
     kind: str
     ntotal: int
@@ -118,11 +116,6 @@ def index_ids(index: faiss.Index) -> np.ndarray:
     return faiss.vector_to_array(index.id_map).astype(np.int64)
 
 
-def save_index(index: faiss.Index, path: str | os.PathLike[str]) -> None:
-    """Serialise and atomically replace ``path`` (write to a temp file, then rename)."""
-    atomic_write_bytes(Path(path), faiss.serialize_index(index).tobytes())
-
-
 def load_index(path: str | os.PathLike[str]) -> faiss.Index | None:
     """Read an index file; ``None`` when it is missing or unreadable (it will be rebuilt)."""
     try:
@@ -132,59 +125,11 @@ def load_index(path: str | os.PathLike[str]) -> faiss.Index | None:
         return None
 
 
-def sync_index(collection: Collection, settings: IndexSettings, *, persist: bool = True, projection=None) -> tuple[faiss.Index, IndexInfo]:
-    """Make the collection's index file hold exactly the stored pages, and return it.
-
-    Without ``projection`` the file is ``index.faiss`` over the stored vectors; with one (an
-    :class:`docsort.core.invariance.InvarianceProjection`) it is
-    :meth:`Collection.index_path` ``(projection.sha256)`` over the projected vectors (new pages
-    between fits are projected as they are added: a (n, D) x (D, dims) product).
-
-    Adds the pages missing from the file when the file's ids are a subset of the database's and
-    its type still fits the settings; otherwise rebuilds from the stored vectors. With
-    ``persist`` (writers, holding the collection's write lock) the file is replaced atomically;
-    readers pass ``persist=False`` and repair only their in-memory copy.
-
-    Returns:
-        ``(index, info)``.
-    """
-    path = collection.index_path(None if projection is None else projection.sha256)
-
-    def vectors(page_ids=None):
-        ids, vecs = collection.vectors(page_ids)
-        return ids, (projection.transform(vecs) if projection is not None and len(ids) else vecs)
-
-    db_ids = collection.page_ids()
-    index = load_index(path)
-    if index is not None and _fits(index, settings, len(db_ids)):
-        have = index_ids(index)
-        if len(have) == len(db_ids) and np.array_equal(np.sort(have), db_ids):
-            return index, IndexInfo(index_kind(index), int(index.ntotal), "unchanged")
-        have_set = np.isin(have, db_ids)
-        if have_set.all() and len(np.unique(have)) == len(have):
-            missing = np.setdiff1d(db_ids, have, assume_unique=True)
-            ids, vecs = vectors(missing)
-            if len(ids) and vecs.shape[1] == index.d:
-                index.add_with_ids(vecs, ids)
-                if persist:
-                    save_index(index, path)
-                return index, IndexInfo(index_kind(index), int(index.ntotal), "added")
-    ids, vecs = vectors()
-    if len(ids) == 0:
-        if persist and path.exists():
-            path.unlink()
-        return build_index(ids, np.zeros((0, 1), np.float32), settings), IndexInfo("flat", 0, "rebuilt")
-    index = build_index(ids, vecs, settings)
-    if persist:
-        save_index(index, path)
-    return index, IndexInfo(index_kind(index), int(index.ntotal), "rebuilt")
-
-
 def search_index(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours by inner product (= cosine for unit vectors).
 
     Args:
-        index: from :func:`build_index` / :func:`sync_index`.
+        index: from :func:`build_index` / :func:`docsort.store.index_file.sync_index`.
         queries: float32 (q, D).
         k: neighbours per query (clamped to the index size).
 

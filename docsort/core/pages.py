@@ -511,7 +511,7 @@ def without_main_module() -> Iterator[None]:
     docsort's own modules, and re-running a user's script that calls docsort without an
     ``if __name__ == "__main__":`` guard would make every worker run that script (Python docs,
     multiprocessing, "Safe importing of main module"). A bare stand-in module is put in place for
-    the moment the processes are started. (The same helper as ``docsort.jobs.pipeline``'s
+    the moment the processes are started. (The same helper as ``docsort.jobs.ingest``'s
     ``_without_main_module``, here so that :mod:`docsort.jobs.ocr` need not import the feature stage
     and TensorFlow with it.)
     """
@@ -595,7 +595,7 @@ def render_for_network(
 ) -> tuple[list[RenderedPage], PageError | None, float]:
     """Render a page range, resize it to the network input and make thumbnails.
 
-    A plain function of picklable arguments, so :mod:`docsort.jobs.pipeline` can run it in worker
+    A plain function of picklable arguments, so :mod:`docsort.jobs.ingest` can run it in worker
     processes. It never raises for a bad file: the pages read before the failure come back with
     the error.
 

@@ -108,7 +108,7 @@ configure()
 #: that close still give other UMAP embeddings, so clusters may differ. Another *precision*
 #: (bfloat16, which OpenVINO's ``auto`` picks where the CPU has AMX or AVX-512 BF16) differs more:
 #: up to 2.4e-3 per component, cosine >= 0.99997; the collection's engine probe decides whether such
-#: vectors may be mixed (``docsort.jobs.pipeline.ENGINE_PROBE_MIN_COSINE``).
+#: vectors may be mixed (``docsort.store.manifest.ENGINE_PROBE_MIN_COSINE``).
 CROSS_MACHINE_VECTOR_TOLERANCE = 1e-6
 
 #: What a collection's manifest says is reproducible (README, "Reproducible").

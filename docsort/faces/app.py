@@ -3,7 +3,7 @@
 Start it with ``docsort ui`` (or ``streamlit run app.py`` from the repository root); it opens on
 127.0.0.1 against the collection in ``$DOCSORT_COLLECTION`` (default ``./docsort-collection``).
 
-This file is a thin shell: ingest, clustering and search are :mod:`docsort.jobs.pipeline`'s, and the
+This file is a thin shell: ingest and clustering are :mod:`docsort.jobs`', search and tables :mod:`docsort.queries`', and the
 read-side helpers (galleries ordered by distance to the cluster centre, paging, uploads, CSV
 export, sorting into folders) are :mod:`docsort.queries.browse`'s. Heavy objects (the collection handle,
 the TensorFlow feature extractor, the FAISS index, the page table) are cached with
@@ -17,8 +17,8 @@ classifier are :mod:`docsort.jobs.classify`'s.
 
 Text (issue 6): **Collection & export** (and **Search text** while no page has text) has the button
 that reads the pages' text with Tesseract (:func:`docsort.jobs.ocr.backfill`); **Search text** is a
-full-text search over that text (:func:`docsort.jobs.pipeline.search_text`); **Similar documents**
-compares pages by look, by text or both (:func:`docsort.jobs.pipeline.search_page` ``mode``) and shows
+full-text search over that text (:func:`docsort.queries.search.search_text`); **Similar documents**
+compares pages by look, by text or both (:func:`docsort.queries.search.search_page` ``mode``) and shows
 the query page's OCR text. The in-memory FAISS indexes of the text and fused modes are cached per
 mode and per state of the pages, their OCR text and the text model (which ``cluster`` refits).
 """
@@ -35,18 +35,24 @@ from pathlib import Path
 import streamlit as st
 
 from docsort.queries import browse
+from docsort.core.names import sanitise_name
+from docsort.faces import plots
+from docsort.jobs import export, sort as sorting, uploads
 
 from docsort.jobs import classify
 from docsort.core.clustering import MIN_PAGES, ClusteringError
-from docsort.jobs.ocr import TesseractMissingError, backfill, ocr_pipeline
+from docsort.core.ocr import TesseractMissingError
+from docsort.jobs.ocr import backfill, ocr_pipeline
 from docsort.core.pages import PageError, PopplerMissingError
-from docsort.jobs.pipeline import (cluster, cluster_table, effective_settings, info, make_extractor, mode_index, resolve_search_mode,
-                              search_file, search_page, search_text)
+from docsort.jobs.cluster import cluster
+from docsort.queries.tables import cluster_table, info
+from docsort.store.manifest import effective_settings, make_extractor
+from docsort.queries.search import mode_index, resolve_search_mode, search_file, search_page, search_text
 from docsort.config.settings import PipelineError, load_pipeline
 from docsort.store.storage import Collection, CollectionBusyError, CollectionError, default_collection_path
 
 VIEWS = ["Add scans", "Clusters", "Map", "Similar documents", "Search text", "Document types", "Collection & export"]
-#: The "Compare by" choices of Similar documents -> :func:`docsort.jobs.pipeline.search_page` modes.
+#: The "Compare by" choices of Similar documents -> :func:`docsort.queries.search.search_page` modes.
 SEARCH_MODES = {"By look": "visual", "By text": "text", "Both": "fused"}
 TEXT_HITS = 20
 UPLOAD_TYPES = ["pdf", "tif", "tiff", "png", "jpg", "jpeg"]
@@ -82,7 +88,7 @@ def get_extractor(key: str, _settings):
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def get_index(path: str, stamp: tuple):
-    """The collection's FAISS index file (:func:`docsort.jobs.pipeline.visual_index_path`), read once
+    """The collection's FAISS index file (:func:`docsort.queries.vectors.visual_index_path`), read once
     per change of the file (``stamp``)."""
     from docsort.core.index import load_index
 
@@ -108,7 +114,7 @@ def members(root: str, version: tuple, cluster_id):
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def assignments_csv(root: str, version: tuple) -> bytes:
-    return browse.assignments_csv(open_collection(root))
+    return export.assignments_csv(open_collection(root))
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
@@ -133,7 +139,7 @@ def text_counts(root: str, version: tuple) -> dict[str, int]:
 
 @st.cache_data(show_spinner=False, max_entries=3)
 def auto_search_mode(root: str, version: tuple) -> str:
-    """The default search mode: :func:`docsort.jobs.pipeline.resolve_search_mode` of ``auto``."""
+    """The default search mode: :func:`docsort.queries.search.resolve_search_mode` of ``auto``."""
     col = open_collection(root)
     return resolve_search_mode(col, settings_for(col), "auto")
 
@@ -146,7 +152,7 @@ def pages_needing_text(root: str, version: tuple, lang: str, retry_failed: bool)
 
 @st.cache_resource(show_spinner="Building the search index of the OCR text...", max_entries=4)
 def get_mode_index(root: str, mode: str, text_state: tuple):
-    """The in-memory FAISS index of ``text`` or ``fused`` vectors (:func:`docsort.jobs.pipeline.mode_index`),
+    """The in-memory FAISS index of ``text`` or ``fused`` vectors (:func:`docsort.queries.search.mode_index`),
     built once per mode and :func:`text_state` (not per data version: labelling a page must not
     rebuild it)."""
     col = open_collection(root)
@@ -155,7 +161,7 @@ def get_mode_index(root: str, mode: str, text_state: tuple):
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def page_neighbours(root: str, version: tuple, page_id: int, k: int, mode: str = "visual", state: tuple = ()):
-    """:func:`docsort.jobs.pipeline.search_page` of a stored page by ``mode`` (``visual``, ``text``,
+    """:func:`docsort.queries.search.search_page` of a stored page by ``mode`` (``visual``, ``text``,
     ``fused``); ``state`` is :func:`text_state` for the text and fused modes.
 
     Raises:
@@ -195,7 +201,7 @@ def extractor_for(col: Collection):
 
 def current_index(col: Collection):
     """The cached FAISS index if it holds exactly the stored pages, else ``None`` (search syncs)."""
-    from docsort.jobs.pipeline import visual_index_path
+    from docsort.queries.vectors import visual_index_path
 
     path = visual_index_path(col, settings_for(col))  # the scan-style-invariant index once fitted (issue 13)
     try:
@@ -297,7 +303,7 @@ def label_form(col: Collection, rows, key: str) -> None:
 
 
 def run_clustering(col: Collection, n_pages: int) -> None:
-    """Run :func:`docsort.jobs.pipeline.cluster` with a progress bar; the outcome goes to session state."""
+    """Run :func:`docsort.jobs.cluster.cluster` with a progress bar; the outcome goes to session state."""
     if n_pages < MIN_PAGES:
         st.session_state["cluster_message"] = (
             "warning", f"{plural(n_pages, 'page')} cannot be clustered yet: add at least {MIN_PAGES} pages.")
@@ -367,7 +373,7 @@ def md_escape(text: str) -> str:
 
 
 def snippet_markdown(snippet: str) -> str:
-    """A full-text hit's snippet (matches in ``[...]``, :func:`docsort.jobs.pipeline.search_text`) as
+    """A full-text hit's snippet (matches in ``[...]``, :func:`docsort.queries.search.search_text`) as
     Markdown: the matches in bold, everything else literal."""
     parts = re.split(r"\[([^\[\]]+)\]", snippet)
     return "".join(f"**{md_escape(p.strip())}**" if i % 2 else md_escape(p) for i, p in enumerate(parts)).strip()
@@ -491,7 +497,7 @@ def _remember_mode() -> None:
 def search_mode_choice(col: Collection, container=st) -> str:
     """The "Compare by" radio (by look, by text, both); returns the search mode.
 
-    The default is :func:`docsort.jobs.pipeline.resolve_search_mode` of ``auto`` (both once some page has
+    The default is :func:`docsort.queries.search.resolve_search_mode` of ``auto`` (both once some page has
     OCR text), until the user picks one; the pick is kept across views."""
     default = {v: k for k, v in SEARCH_MODES.items()}[auto_search_mode(str(col.root), browse.data_version(col))]
     st.session_state["search_mode"] = st.session_state.get("search_mode_chosen", default)
@@ -510,7 +516,7 @@ def view_add(col: Collection, counts: dict, last_run) -> None:
     st.header("Add scans")
     st.write(
         "Drag PDF, TIFF, PNG or JPEG scans here. They are copied into the collection "
-        f"(`{col.root / browse.UPLOADS_DIR}`), embedded and indexed; nothing leaves this computer. "
+        f"(`{col.root / uploads.UPLOADS_DIR}`), embedded and indexed; nothing leaves this computer. "
         f"Up to {MAX_UPLOAD_MB} MB per file."
     )
     gen = st.session_state.setdefault("uploader_gen", 0)
@@ -545,7 +551,7 @@ def add_files(col: Collection, files, recluster: bool) -> None:
         bar.progress(done / max(total, 1), text=f"Embedding pages: {done} of {total}")
 
     try:
-        outcomes, report = browse.ingest_uploads(
+        outcomes, report = uploads.ingest_uploads(
             col, [(f.name, f.getvalue()) for f in files], settings_for(col),
             extractor_factory=lambda: extractor_for(col),
             max_bytes=MAX_UPLOAD_MB * 1024 * 1024, on_progress=on_progress, lock_timeout_s=30, log=messages.append,
@@ -715,7 +721,7 @@ def view_map(col: Collection, table) -> None:
     if df.empty:
         st.info("Nothing to map yet: the map is the stored 2-D UMAP embedding of the last clustering run.")
         return
-    fig = browse.map_figure(df, webgl_above=WEBGL_ABOVE)
+    fig = plots.map_figure(df, webgl_above=WEBGL_ABOVE)
     render = "webgl" if len(df) > WEBGL_ABOVE else "svg"
     df["file"] = [Path(p).name for p in df["path"]]
     df["group"] = [browse.cluster_label(c, n) for c, n in zip(df["cluster"], df["cluster_name"])]
@@ -797,7 +803,7 @@ def view_similar(col: Collection, root: str, version: tuple, table, n_text: int)
     if cached and cached[0] == cache_key:
         result = cached[1]
     else:
-        name = browse.sanitise_name(up.name)
+        name = sanitise_name(up.name)
         doing = f"Embedding {name}" + ("" if mode == "visual" else " and reading its text (OCR)")
         with tempfile.TemporaryDirectory(prefix="docsort-query-") as tmp, st.spinner(f"{doing}..."):
             path = Path(tmp) / name
@@ -810,7 +816,7 @@ def view_similar(col: Collection, root: str, version: tuple, table, n_text: int)
                 st.error(f"{name}: {str(exc).replace(str(path), name)}")
                 return
         st.session_state["query_upload_result"] = (cache_key, result)
-    st.markdown(f"**Query:** {browse.sanitise_name(up.name)} ({result.query_pages} page{'s' if result.query_pages != 1 else ''}, not stored)")
+    st.markdown(f"**Query:** {sanitise_name(up.name)} ({result.query_pages} page{'s' if result.query_pages != 1 else ''}, not stored)")
     show_results(col, result, mode=mode)
 
 
@@ -823,7 +829,7 @@ MODE_NOTES = {
 
 def show_results(col: Collection, result, query_page: int | None = None, mode: str = "visual") -> None:
     """Neighbour pages (thumbnails, with Similar buttons, and a label form for a stored query page)
-    and neighbour documents of a :class:`docsort.jobs.pipeline.SearchResult` found by ``mode``."""
+    and neighbour documents of a :class:`docsort.queries.search.SearchResult` found by ``mode``."""
     import pandas as pd
 
     st.subheader("Most similar pages")
@@ -853,7 +859,7 @@ def show_results(col: Collection, result, query_page: int | None = None, mode: s
 
 
 def view_text_search(col: Collection, counts: dict, n_text: int) -> None:
-    """Full-text search over the pages' OCR text (:func:`docsort.jobs.pipeline.search_text`, SQLite FTS5,
+    """Full-text search over the pages' OCR text (:func:`docsort.queries.search.search_text`, SQLite FTS5,
     BM25): one row per page with its thumbnail, file, page, cluster and the matching words."""
     st.header("Search text")
     show_cluster_message()
@@ -1077,7 +1083,7 @@ def view_status(col: Collection, root: str, version: tuple, counts: dict, about:
     if st.button("Copy documents into folders", key="sort-go", disabled=counts["documents"] == 0):
         bar = st.progress(0.0, text="Copying...")
         try:
-            report = browse.sort_into_folders(
+            report = sorting.sort_into_folders(
                 col, out, table=page_table(root, version),
                 on_progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Copying documents: {d} of {t}"),
             )

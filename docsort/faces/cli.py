@@ -77,7 +77,7 @@ def _open(collection: Path, create: bool = False):
 
 def _environment_errors():
     from docsort.core.features import BackboneError
-    from docsort.jobs.ocr import TesseractMissingError
+    from docsort.core.ocr import TesseractMissingError
     from docsort.core.pages import PopplerMissingError
     from docsort.store.storage import CollectionBusyError
     from docsort.core.weights import WeightsError
@@ -137,7 +137,8 @@ def ingest(
     ] = None,
 ) -> None:
     """Rasterize, embed and index every new page (PDF, TIFF, PNG, JPEG); with --ocr, then OCR them. Resumable; re-running adds nothing."""
-    from docsort.jobs.pipeline import effective_settings, ingest as run_ingest
+    from docsort.store.manifest import effective_settings
+    from docsort.jobs.ingest import ingest as run_ingest
     from docsort.store.storage import CollectionError
 
     requested, explicit = _pipeline(pipeline)
@@ -196,7 +197,8 @@ def ocr_command(
 
     Reads each page again from its file (only if the file's sha256 is unchanged); stores text, word confidence and errors per page; the full-text index follows.
     """
-    from docsort.jobs.ocr import TesseractMissingError, backfill, ocr_pipeline
+    from docsort.core.ocr import TesseractMissingError
+    from docsort.jobs.ocr import backfill, ocr_pipeline
     from docsort.core.pages import PopplerMissingError
     from docsort.store.storage import CollectionBusyError, CollectionError
 
@@ -238,7 +240,9 @@ def cluster(
 ) -> None:
     """UMAP + HDBSCAN over the collection; prints a cluster summary table."""
     from docsort.core.clustering import ClusteringError
-    from docsort.jobs.pipeline import cluster as run_cluster, effective_settings, prepare_invariance
+    from docsort.jobs.cluster import cluster as run_cluster
+    from docsort.store.manifest import effective_settings
+    from docsort.jobs.invariance import prepare_invariance
 
     requested, explicit = _pipeline(pipeline)
     col = _open(collection)
@@ -281,7 +285,7 @@ def cluster_summary(result, threshold: float) -> str:
 
 
 def _print_clusters(col) -> None:
-    from docsort.jobs.pipeline import cluster_table
+    from docsort.queries.tables import cluster_table
 
     table = Table(title="clusters")
     rows = cluster_table(col)
@@ -315,7 +319,8 @@ def search(
     says which.
     """
     from docsort.core.pages import PageError
-    from docsort.jobs.pipeline import effective_settings, search_file, search_page
+    from docsort.store.manifest import effective_settings
+    from docsort.queries.search import search_file, search_page
     from docsort.store.storage import CollectionError
 
     if sum(x is not None for x in (query, page, text)) != 1:
@@ -363,7 +368,7 @@ def search(
 
 
 def _search_text(col, query: str, k: int, as_json: bool) -> None:
-    from docsort.jobs.pipeline import search_text
+    from docsort.queries.search import search_text
 
     hits = search_text(col, query, k)
     if as_json:
@@ -437,7 +442,7 @@ def adapt(
     """Fine-tune the network on this collection's own pages (no labels), then re-embed every page and rebuild the index. Resumable."""
     from docsort.core.adapt import AdaptError
     from docsort.jobs.adaptation import adapt as run_adapt
-    from docsort.jobs.pipeline import effective_settings
+    from docsort.store.manifest import effective_settings
     from docsort.store.storage import CollectionError
 
     requested, _ = _pipeline(None)
@@ -474,7 +479,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Collection summary: documents, pages, clusters, backbone, weights sha256."""
-    from docsort.jobs.pipeline import info as run_info
+    from docsort.queries.tables import info as run_info
 
     col = _open(collection)
     try:
@@ -505,7 +510,7 @@ def export(
     collection: CollectionOpt = DEFAULT_COLLECTION,
 ) -> None:
     """One row per page: path, page, sha256, cluster, cluster name, UMAP x/y."""
-    from docsort.jobs.pipeline import export_pages
+    from docsort.jobs.export import export_pages
     from docsort.store.storage import CollectionError
 
     col = _open(collection)
@@ -734,7 +739,8 @@ def evaluate(
     try:
         given, note = None, "stored visual vectors"
         if vectors == "clustering":
-            from docsort.jobs.pipeline import active_projection, effective_settings, page_vectors
+            from docsort.queries.vectors import active_projection, page_vectors
+            from docsort.store.manifest import effective_settings
             from docsort.config.settings import load_pipeline
 
             settings = effective_settings(col, load_pipeline("default"))

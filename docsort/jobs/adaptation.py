@@ -24,7 +24,6 @@ table holds one or the other, and the manifest says which.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from docsort.core.adapt import AUGMENTATIONS, LAYER_CHOICES, OBJECTIVE, AdaptErr
 from docsort.core.pages import to_network_input
 from docsort.config.settings import PipelineSettings
 
-__all__ = ["AdaptReport", "adapt", "check_adapted_weights"]
+__all__ = ["AdaptReport", "adapt"]
 
 Log = Callable[[str], None]
 
@@ -80,35 +79,6 @@ class AdaptReport:
     index: str = ""
 
 
-def check_adapted_weights(path: str | os.PathLike[str]) -> str:
-    """Check a weights file given with ``--weights PATH``: when a collection's ``manifest.json``
-    sits next to it and records an adaptation, the file's sha256 must be the one recorded.
-
-    Returns:
-        The file's hex sha256.
-
-    Raises:
-        WeightsError: the file is missing, or its sha256 differs from its collection's record.
-    """
-    import json
-
-    from docsort.core.weights import WeightsError, file_sha256
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise WeightsError(f"{p}: weights file not found")
-    sha = file_sha256(p)
-    manifest = p.parent / Collection.MANIFEST
-    if p.name == Collection.ADAPTED_WEIGHTS and manifest.is_file():
-        try:
-            entry = json.loads(manifest.read_text(encoding="utf-8")).get("adaptation") or {}
-        except (OSError, ValueError) as exc:
-            raise WeightsError(f"{manifest}: unreadable manifest next to {p.name}: {exc}") from exc
-        if entry.get("sha256") and entry["sha256"] != sha:
-            raise WeightsError(f"{p}: sha256 {sha} differs from the one its collection recorded ({entry['sha256']})")
-    return sha
-
-
 def adapt(
     collection: Collection,
     settings: PipelineSettings,
@@ -129,7 +99,7 @@ def adapt(
 
     Args:
         collection: an existing collection with pages.
-        settings: its effective settings (:func:`docsort.jobs.pipeline.effective_settings`); the
+        settings: its effective settings (:func:`docsort.store.manifest.effective_settings`); the
             network input size and pooling are the collection's.
         epochs, minutes, layers, seed, batch_size, learning_rate, temperature: see
             :func:`docsort.core.adapt.train_contrastive`.
@@ -147,7 +117,8 @@ def adapt(
     """
     from tqdm import tqdm
 
-    from docsort.jobs.pipeline import _check_extractor, library_versions, make_extractor, reread_pages
+    from docsort.store.manifest import _check_extractor, library_versions, make_extractor
+    from docsort.jobs.invariance import reread_pages
     from docsort.core.weights import read_sidecar
 
     if layers not in LAYER_CHOICES:
@@ -273,7 +244,7 @@ def adapt(
         if manifest.get("invariance"):
             manifest["invariance"]["active"] = False  # fitted on the old vectors: docsort cluster refits it
         collection.write_manifest(manifest)
-        from docsort.core.index import sync_index
+        from docsort.store.index_file import sync_index
 
         for p in [collection.index_path(), *collection.root.glob("index.*.faiss")]:
             if p.exists():

@@ -730,7 +730,7 @@ def ensure_classifier(collection: Collection, settings: ClassifierSettings) -> t
 def classifier_settings(collection: Collection, requested=None) -> ClassifierSettings:
     """The classifier settings for a command on ``collection`` without importing the pipeline
     (and TensorFlow): ``requested.classifier`` when the user chose a pipeline, else those recorded
-    in the collection's manifest (as :func:`docsort.jobs.pipeline.effective_settings` does), else the
+    in the collection's manifest (as :func:`docsort.store.manifest.effective_settings` does), else the
     defaults.
 
     Raises:
@@ -850,7 +850,7 @@ def classify_collection(
 def after_ingest(collection: Collection, settings, *, log: Callable[[str], None] | None = None) -> ClassifyReport | None:
     """Classify newly ingested pages when the collection has a classifier; otherwise do nothing.
 
-    Called at the end of :func:`docsort.jobs.pipeline.ingest`, which holds the write lock. New pages get
+    Called at the end of :func:`docsort.jobs.ingest.ingest`, which holds the write lock. New pages get
     predictions from the current model (retrained first if the labels changed since it was
     trained), at the pipeline's ``[classifier] threshold`` (stored with each prediction). Ingest has already stored its pages, so a classifier that cannot be trained any more
     (labels removed down to one type) is reported through ``log`` and not raised.
@@ -1061,12 +1061,12 @@ def document_types(collection: Collection, *, table=None):
 
 
 def type_folders(doc_types: Iterable[str]) -> dict[str, str]:
-    """Safe, distinct folder names for document types (as :func:`docsort.queries.browse.folder_names`
+    """Safe, distinct folder names for document types (as :func:`docsort.jobs.sort.folder_names`
     does for clusters): separators become ``_``, the name passes
-    :func:`docsort.queries.browse.sanitise_name`, and names equal but for case get `` (2)``, `` (3)``..."""
+    :func:`docsort.core.names.sanitise_name`, and names equal but for case get `` (2)``, `` (3)``..."""
     import re
 
-    from docsort.queries.browse import sanitise_name
+    from docsort.core.names import sanitise_name
 
     out: dict[str, str] = {}
     used: set[str] = set()
@@ -1092,19 +1092,19 @@ def sort_by_type(
 
     Document types come from :func:`document_types` (pages with neither label nor prediction make
     an ``unclassified/`` folder: run :func:`classify_collection` first). The copying rules are
-    those of :func:`docsort.queries.browse.sort_into_folders` (source checked against its sha256, no
+    those of :func:`docsort.jobs.sort.sort_into_folders` (source checked against its sha256, no
     overwrite, idempotent, atomic per file). ``out_dir/docsort-types.csv`` (written atomically)
     has one row per document: document_id, path, sha256, pages, type, probability, decision,
     labelled_pages, unsure_pages, model_version, folder.
 
     Returns:
-        The :class:`docsort.queries.browse.SortReport`.
+        The :class:`docsort.jobs.sort.SortReport`.
 
     Raises:
         ValueError: ``out_dir`` is inside the collection or is a file.
         OSError: the output folder cannot be written.
     """
-    from docsort.queries.browse import sort_into_folders
+    from docsort.jobs.sort import sort_into_folders
 
     docs = document_types(collection, table=table)
     folders = type_folders(docs["doc_type"])

@@ -723,7 +723,7 @@ class Collection:
     ) -> int:
         """Replace all cluster assignments (provisional ones included) in one transaction.
 
-        Cluster ids are stored as given: :func:`docsort.jobs.pipeline.cluster` has already matched them
+        Cluster ids are stored as given: :func:`docsort.jobs.cluster.cluster` has already matched them
         to the previous run's (:func:`docsort.core.clustering.match_cluster_ids`). Names in
         ``clusters`` stay with their id (user-given names survive; an id no longer used keeps its
         row and is never handed out again, see :meth:`next_cluster_id`).

@@ -1,0 +1,415 @@
+"""The ingest job: files -> rendered pages -> vectors -> the collection (and the index, and the
+document-type predictions of the new pages).
+
+A reader (the render stream, worker processes), an embedder (batches of pages through the feature
+extractor) and a writer (a document is committed once all its pages are embedded)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from docsort.config.settings import PipelineSettings
+from docsort.core.features import FeatureExtractor
+from docsort.store.index_file import sync_index
+from docsort.core.pages import (
+    NotADocumentError,
+    PageError,
+    SourceFile,
+    count_pages,
+    discover_files,
+    exit_with_parent,
+    render_for_network,
+    require_poppler,
+    sha256_file,
+    without_main_module,
+)
+from docsort.jobs import classify
+from docsort.jobs.cluster import assign_provisional
+from docsort.jobs.ocr import OcrReport
+from docsort.core.ocr import require_tesseract
+from docsort.jobs.ocr import backfill as ocr_backfill
+from docsort.queries.vectors import active_projection
+from docsort.store.manifest import _check_extractor, _new_manifest, make_extractor
+from docsort.store.storage import Collection
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class IngestReport:
+    """What one ingest did.
+
+    Attributes:
+        documents_added, pages_added: newly stored.
+        already_stored: files whose bytes (sha256) were already in the collection.
+        new_paths: of those, how many were seen under a new path (renamed or copied).
+        skipped: files in walked folders that are not documents (README.md, .csv...).
+        failures: ``(path, reason)`` for every file that could not be ingested.
+        seconds: wall time, seconds; pages_per_s: pages_added / seconds.
+        weights_note: which weights were used.
+        index: what happened to the FAISS index.
+        stage_seconds: wall seconds per stage: ``scan`` (walk, sha256, page count), ``render``
+            (rasterize + resize + thumbnail, summed over worker processes, so it can exceed the
+            wall time), ``model`` (forward pass and pooling), ``database``, ``index``, and
+            ``pipeline_wall`` (the whole render/embed/store loop).
+        provisional_pages: pages without a cluster given a provisional one by the stored models of
+            the last clustering (:func:`assign_provisional`; 0 when never clustered).
+        ocr: what the OCR run after the visual ingest did (``ingest(..., ocr=True)``), else ``None``.
+    """
+
+    documents_added: int = 0
+    pages_added: int = 0
+    already_stored: int = 0
+    new_paths: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    weights_note: str = ""
+    index: str = ""
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    provisional_pages: int = 0
+    ocr: OcrReport | None = None
+
+    @property
+    def pages_per_s(self) -> float:
+        return self.pages_added / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Pending:
+    src: SourceFile
+    sha256: str
+    n_pages: int
+    pages: list = field(default_factory=list)  # (page_no, w, h, vector|None, thumb)
+    read: int = 0
+    embedded: int = 0
+    stored: bool = False
+    failed: bool = False
+
+
+def ingest(
+    collection: Collection,
+    paths: Iterable[str | Path],
+    settings: PipelineSettings,
+    *,
+    extractor: FeatureExtractor | None = None,
+    progress: bool = True,
+    log: Log = _stderr,
+    lock_timeout_s: float = 600.0,
+    on_progress: Callable[[int, int], None] | None = None,
+    ocr: bool | None = None,
+) -> IngestReport:
+    """Rasterize, embed and store every new page under ``paths``, then update the FAISS index.
+
+    Files are identified by the sha256 of their bytes: a file already stored (under any name) adds
+    nothing, only its new path is recorded. Each document is stored in one transaction with all its
+    pages, so an interrupted ingest resumes on the next run with every page stored exactly once.
+    A file that cannot be read is reported (path and reason) and skipped; the batch goes on.
+
+    Args:
+        collection: an open collection (created if empty).
+        paths: files and folders (walked recursively).
+        settings: from :func:`effective_settings`.
+        extractor: a ready extractor to reuse (the UI caches one); built from ``settings`` if None.
+        progress: show a tqdm progress bar on stderr.
+        log: where per-file errors and notes go.
+        lock_timeout_s: how long to wait for another writer, seconds.
+        on_progress: called with ``(pages_done, pages_total)`` after each batch (the UI's bar).
+        ocr: OCR the pages of these files after the visual ingest (default ``settings.ocr.enabled``):
+            Tesseract is checked before anything is embedded; once the vectors are stored and
+            indexed and the write lock is released, :func:`docsort.jobs.ocr.backfill` OCRs the new pages
+            and the already stored pages of these files still without text (so re-running an
+            interrupted ``ingest --ocr`` finishes the OCR); the result is ``report.ocr``.
+
+    Returns:
+        An :class:`IngestReport`.
+
+    Raises:
+        CollectionBusyError: another writer held the lock for ``lock_timeout_s``.
+        CollectionError: the collection's vectors were made with other weights or settings.
+        PopplerMissingError: PDFs were found and poppler is not installed.
+        WeightsError, BackboneError: the backbone cannot be built.
+        TesseractMissingError: with ``ocr``, Tesseract or a language of ``settings.ocr.lang`` is missing.
+    """
+    from tqdm import tqdm
+
+    run_ocr = settings.ocr.enabled if ocr is None else ocr
+    if run_ocr:
+        require_tesseract(settings.ocr.lang)
+    t0 = time.perf_counter()
+    report = IngestReport()
+    with collection.write_lock(lock_timeout_s, on_wait=log):
+        known_pages, stored_docs = collection.page_ids(), set()  # for OCR: this ingest's pages
+        t = time.perf_counter()
+        extractor = extractor or make_extractor(settings)
+        report.stage_seconds["model_build"] += time.perf_counter() - t
+        _check_extractor(collection, extractor, store=True)
+        report.weights_note = extractor.description["weights"]["note"]
+        if collection.manifest() is None:
+            collection.write_manifest(_new_manifest(settings, extractor))
+
+        # 1. discover, hash, count pages
+        t_scan = time.perf_counter()
+        queue: list[_Pending] = []
+        seen: set[str] = set()
+        found = list(discover_files(paths))
+        for item in tqdm(found, desc="scanning files", unit="file", disable=not progress or len(found) < 50, file=sys.stderr):
+            if isinstance(item, NotADocumentError):
+                report.skipped += 1
+                continue
+            if isinstance(item, PageError):
+                report.failures.append(_fail(collection, _path_reason(item), log))
+                continue
+            try:
+                sha = sha256_file(item.path)
+            except OSError as exc:
+                report.failures.append(_fail(collection, (str(item.path), f"cannot read: {exc.strerror or exc}"), log))
+                continue
+            existing = collection.find_document(sha)
+            if existing is not None or sha in seen:
+                report.already_stored += 1
+                stored_docs.add(existing)
+                if existing is not None and collection.add_path(existing, str(item.path)):
+                    report.new_paths += 1
+                continue
+            if item.format == "pdf":
+                require_poppler()
+            try:
+                n = count_pages(item)
+            except PageError as exc:
+                report.failures.append(_fail(collection, _path_reason(exc, item.path), log))
+                continue
+            seen.add(sha)
+            queue.append(_Pending(item, sha, n))
+
+        report.stage_seconds["scan"] += time.perf_counter() - t_scan
+
+        # 2. render in worker processes (bounded queue), embed in batches, store each document
+        #    in one transaction as soon as all its pages have vectors.
+        total = sum(p.n_pages for p in queue)
+        bar = tqdm(total=total, desc="embedding pages", unit="page", disable=not progress or total == 0, file=sys.stderr)
+        stages = report.stage_seconds
+        batch: list[np.ndarray] = []
+        owners: list[tuple[_Pending, int]] = []
+        done = 0
+
+        def flush() -> None:
+            nonlocal done
+            if not batch:
+                return
+            t = time.perf_counter()
+            vecs = extractor.embed(np.stack(batch))
+            stages["model"] += time.perf_counter() - t
+            for (doc, slot), vec in zip(owners, vecs):
+                page_no, w, h, _, thumb = doc.pages[slot]
+                doc.pages[slot] = (page_no, w, h, vec, thumb)
+                doc.embedded += 1
+            done += len(batch)
+            bar.update(len(batch))
+            if on_progress:
+                on_progress(done, total)
+            batch.clear()
+            finished = {id(d): d for d, _ in owners if d.embedded == d.n_pages}
+            owners.clear()
+            t = time.perf_counter()
+            for doc in finished.values():
+                _store(collection, doc, report, log)
+            stages["database"] += time.perf_counter() - t
+
+        def drop(doc: _Pending, exc: PageError) -> None:
+            # Nothing of a failed document is stored: take its pages out of the pending batch.
+            keep = [(i, o) for i, o in enumerate(owners) if o[0] is not doc]
+            batch[:] = [batch[i] for i, _ in keep]
+            owners[:] = [o for _, o in keep]
+            bar.update(doc.n_pages - doc.embedded)
+            doc.failed, doc.pages = True, []
+            report.failures.append(_fail(collection, _path_reason(exc, doc.src.path), log))
+
+        tasks = [
+            (doc, first, min(doc.n_pages, first + settings.render.pdf_chunk_pages - 1))
+            for doc in queue
+            for first in range(1, doc.n_pages + 1, settings.render.pdf_chunk_pages)
+        ]
+        workers = settings.render.workers or os.cpu_count() or 1
+        t_wait = time.perf_counter()
+        try:
+            for doc, pages, error, seconds, last_chunk in _render_stream(tasks, settings.render, extractor.input_size, workers, log,
+                                                                         ahead_pages=2 * extractor.batch_size):
+                stages["render"] += seconds
+                if doc.failed:
+                    continue
+                for rp in pages:
+                    doc.pages.append((rp.page_no, rp.width_px, rp.height_px, None, rp.thumbnail))
+                    doc.read += 1
+                    batch.append(rp.pixels)
+                    owners.append((doc, len(doc.pages) - 1))
+                    if len(batch) >= extractor.batch_size:
+                        flush()
+                if error is None and last_chunk and doc.read != doc.n_pages:
+                    error = PageError(f"{doc.src.path}: expected {doc.n_pages} pages, read {doc.read}")
+                if error is not None:
+                    drop(doc, error)
+                elif last_chunk and doc.embedded == doc.n_pages:  # all pages embedded in earlier batches
+                    _store(collection, doc, report, log)
+            flush()
+        finally:
+            bar.close()
+            # Always: also repairs an index file that disagrees with the database.
+            stages["pipeline_wall"] += time.perf_counter() - t_wait
+            t = time.perf_counter()
+            _, info_ = sync_index(collection, settings.index)
+            report.index = f"{info_.kind}, {info_.ntotal} vectors ({info_.action})"
+            projection = active_projection(collection, settings)
+            if projection is not None:
+                # The projected index, which searches read; index.faiss (raw vectors) is kept too,
+                # for the collection with the projection turned off.
+                _, pinfo = sync_index(collection, settings.index, projection=projection)
+                report.index += f"; scan-style invariant {projection.dims}-d: {pinfo.kind}, {pinfo.ntotal} vectors ({pinfo.action})"
+            stages["index"] += time.perf_counter() - t
+        classify.after_ingest(collection, settings, log=log)  # document types for new pages; no-op without a classifier
+        report.provisional_pages = assign_provisional(collection, log=log)  # issue 5: clusters for new pages, no re-fit
+        if run_ocr:
+            ocr_pages = np.setdiff1d(collection.page_ids(), known_pages).tolist() + [
+                pid for pid, doc, _ in collection.pages_needing_text(settings.ocr.lang) if doc in stored_docs]
+    if run_ocr:  # after the write lock: OCR is slow and must not block other writers
+        report.ocr = ocr_backfill(collection, settings, page_ids=ocr_pages, progress=progress, log=log, lock_timeout_s=lock_timeout_s)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+#: Hide the caller's ``__main__`` while spawn-ed workers start (see :func:`docsort.core.pages.without_main_module`).
+_without_main_module = without_main_module
+
+
+def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr, ahead_pages: int = 0):
+    """Yield ``(doc, pages, error, seconds, last_chunk)`` for each task, in task order.
+
+    With ``workers > 1`` the chunks are rendered by a pool of ``spawn``-ed worker processes
+    (no TensorFlow in them), with at least ``2 * workers`` chunks and, beyond that, up to
+    ``ahead_pages`` pages in flight (the ingest asks for two batches), so the workers keep
+    rendering the next batch while this process runs the forward pass on the current one, and
+    memory stays flat whatever the corpus size. A worker
+    that dies fails only its chunk's document; if a fresh pool cannot finish a single chunk,
+    the rest is rendered in this process.
+    """
+    import multiprocessing
+
+    last_of = {}
+    for i, (doc, _, _) in enumerate(tasks):
+        last_of[id(doc)] = i
+    if multiprocessing.parent_process() is not None:
+        workers = 1  # never start a pool from inside a worker process
+    if workers <= 1 or len(tasks) <= 1:
+        for i, (doc, first, last) in enumerate(tasks):
+            yield (doc, *render_for_network(doc.src, render, input_size, first, last), last_of[id(doc)] == i)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    def new_pool():
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=exit_with_parent, initargs=(os.getpid(),))
+
+    pool = new_pool()
+    pool_done = 0  # chunks finished by the current pool
+    in_process = False
+    pending: deque = deque()
+    next_task = 0
+    inflight_pages = 0
+
+    def n_pages(i):
+        return tasks[i][2] - tasks[i][1] + 1
+
+    def submit(i):
+        nonlocal inflight_pages
+        doc, first, last = tasks[i]
+        inflight_pages += n_pages(i)
+        if in_process:
+            pending.append((i, None))
+            return
+        with _without_main_module():  # worker processes start inside submit()
+            pending.append((i, pool.submit(render_for_network, doc.src, render, input_size, first, last)))
+
+    def fill():
+        nonlocal next_task
+        while next_task < len(tasks) and (len(pending) < 2 * workers or inflight_pages < ahead_pages):
+            submit(next_task)
+            next_task += 1
+
+    try:
+        fill()
+        while pending:
+            i, fut = pending.popleft()
+            inflight_pages -= n_pages(i)
+            doc, first, last = tasks[i]
+            try:
+                result = render_for_network(doc.src, render, input_size, first, last) if fut is None else fut.result()
+                pool_done += fut is not None
+            except BrokenProcessPool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                inflight = [j for j, _ in pending]
+                pending.clear()
+                inflight_pages = 0
+                if pool_done == 0:
+                    # The pool never worked (workers cannot start here): render in this process.
+                    log("warning: rasterization worker processes failed; rendering in this process instead")
+                    in_process = True
+                    result = render_for_network(doc.src, render, input_size, first, last)
+                else:
+                    # A worker died (out of memory, a crash in a decoder): fail this chunk's
+                    # document, start a fresh pool and resubmit what was in flight.
+                    result = ([], PageError(f"{doc.src.path}: rendering worker crashed", doc.src.path), 0.0)
+                    pool, pool_done = new_pool(), 0
+                for j in inflight:
+                    submit(j)
+            fill()
+            yield (doc, *result, last_of[id(doc)] == i)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _path_reason(exc: PageError, path: str | Path | None = None) -> tuple[str, str]:
+    """``(path, reason)`` of a per-file error ``"PATH: reason"``; a path may contain ``": "``."""
+    text = str(exc)
+    path = str(path) if path is not None else getattr(exc, "path", None) or text.split(": ", 1)[0]
+    return path, text[len(path) + 2 :] if text.startswith(f"{path}: ") else text
+
+
+def _fail(collection: Collection, path_reason, log: Log) -> tuple[str, str]:
+    path, reason = (list(path_reason) + ["unknown error"])[:2]
+    # The database keeps the real path; the log escapes control characters (a newline in a name).
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+    log(f"error: {shown}: {reason}")
+    collection.record_failure(path, reason)
+    return (path, reason)
+
+
+def _store(collection: Collection, doc: _Pending, report: IngestReport, log: Log) -> None:
+    if doc.stored:
+        return
+    doc.stored = True
+    result = collection.add_document(
+        sha256=doc.sha256,
+        path=str(doc.src.path),
+        format=doc.src.format,
+        size_bytes=doc.src.size_bytes,
+        pages=doc.pages,
+    )
+    if result is None:
+        report.already_stored += 1
+        return
+    report.documents_added += 1
+    report.pages_added += len(doc.pages)
+    doc.pages = []  # free thumbnails and vectors

@@ -1,0 +1,48 @@
+"""The layer rules of README "How it works" hold: import-linter's contracts in pyproject.toml
+(layers import one way; only the feature stage imports Keras / TensorFlow / TF Hub; only the store
+imports sqlite3) are all kept, and the package has no import cycle between its layers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+
+def _lint_imports() -> list[str]:
+    exe = Path(sys.executable).with_name("lint-imports")
+    if exe.is_file():
+        return [str(exe)]
+    found = shutil.which("lint-imports")
+    if found is None:
+        pytest.skip("import-linter is not installed (pip install -e '.[test]')")
+    return [found]
+
+
+def test_import_linter_contracts_are_kept():
+    res = subprocess.run([*_lint_imports(), "--config", str(REPO / "pyproject.toml")], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "0 broken" in out, out
+    # every contract of pyproject.toml was checked, not an empty config
+    assert out.count(" KEPT") >= 3, out
+
+
+def test_a_broken_layer_rule_is_reported(tmp_path):
+    # The check can fail: a copy of the package in which the store imports a job breaks the layers contract.
+    pkg = tmp_path / "docsort"
+    shutil.copytree(REPO / "docsort", pkg, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    bad = pkg / "store" / "storage.py"
+    bad.write_text(bad.read_text() + "\n\ndef _bad():\n    from docsort.jobs import ingest  # noqa: F401\n")
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    res = subprocess.run([*_lint_imports(), "--config", str(tmp_path / "pyproject.toml"), "--no-cache"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert "docsort.store.storage -> docsort.jobs.ingest" in out, out
