@@ -46,3 +46,19 @@ def test_a_broken_layer_rule_is_reported(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode != 0, out
     assert "docsort.store.storage -> docsort.jobs.ingest" in out, out
+
+
+def test_only_the_store_runs_sql():
+    # sqlite3 is kept out of the other layers by import-linter; SQL passed through Collection.query /
+    # transaction would bypass that, so no module outside docsort/store calls them.
+    import re
+
+    calls = re.compile(r"\.(query|transaction|execute|executemany)\(")
+    found = []
+    for path in sorted((REPO / "docsort").rglob("*.py")):
+        if path.parent.name == "store":
+            continue
+        for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if calls.search(line) and "KDTree" not in line:  # KDTree.query: scikit-learn's neighbour search, not SQL
+                found.append(f"{path.relative_to(REPO)}:{no}: {line.strip()}")
+    assert found == [], "\n".join(found)

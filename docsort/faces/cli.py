@@ -9,16 +9,18 @@ Every command takes ``--collection PATH`` (env ``DOCSORT_COLLECTION``, default
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from docsort.config.settings import PipelineError, PipelineSettings, load_pipeline
+from docsort.config.settings import PipelineSettings, load_pipeline
 
 app = typer.Typer(
     name="docsort",
@@ -60,29 +62,77 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _pipeline(name: str | None) -> tuple[PipelineSettings, bool]:
-    try:
-        return load_pipeline(name or "default"), name is not None
-    except PipelineError as exc:
-        raise _fail(str(exc), 2) from exc
+    return load_pipeline(name or "default"), name is not None
 
 
 def _open(collection: Path, create: bool = False):
-    from docsort.store.storage import Collection, CollectionError
+    from docsort.store.storage import Collection
 
-    try:
-        return Collection(collection, create=create)
-    except CollectionError as exc:
-        raise _fail(str(exc), 2) from exc
+    return Collection(collection, create=create)
 
 
-def _environment_errors():
-    from docsort.core.features import BackboneError
-    from docsort.core.ocr import TesseractMissingError
-    from docsort.core.pages import PopplerMissingError
-    from docsort.store.storage import CollectionBusyError
-    from docsort.core.weights import WeightsError
+#: The one map from errors to exit codes (README "Use"): 2 = bad input (a file, a setting, the
+#: collection's state), 3 = the environment (a missing tool or weights, another writer holding the
+#: lock); 130 = interrupted. In order: CollectionBusyError is a CollectionError. Classes are named by
+#: module so that mapping them imports nothing (the feature stage would import TensorFlow, ~6 s): a
+#: class whose module was never imported cannot have been raised.
+EXIT_CODES: tuple[tuple[str, str, int], ...] = (
+    ("docsort.core.pages", "PopplerMissingError", 3),
+    ("docsort.core.weights", "WeightsError", 3),
+    ("docsort.core.features", "BackboneError", 3),
+    ("docsort.store.storage", "CollectionBusyError", 3),
+    ("docsort.core.ocr", "TesseractMissingError", 3),
+    ("docsort.config.settings", "PipelineError", 2),
+    ("docsort.store.storage", "CollectionError", 2),
+    ("docsort.core.pages", "PageError", 2),
+    ("docsort.core.clustering", "ClusteringError", 2),
+    ("docsort.core.adapt", "AdaptError", 2),
+    ("docsort.queries.evaluate", "LabelsError", 2),
+)
 
-    return (PopplerMissingError, WeightsError, BackboneError, CollectionBusyError, TesseractMissingError)
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code :data:`EXIT_CODES` gives ``exc``, or ``None`` (an unexpected error: a traceback)."""
+    for module, name, code in EXIT_CODES:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return code
+    return None
+
+
+def command(*args, also: tuple[type[Exception], ...] = (), interrupted: str | None = None, **kwargs):
+    """``app.command(*args, **kwargs)`` whose errors become a one-line message and an exit code, in one place.
+
+    Args:
+        also: further exception types that mean bad input for this command (exit code 2), e.g.
+            ``ValueError`` for one that parses user values.
+        interrupted: what Ctrl-C leaves behind, printed before exiting with 130; ``None``: Ctrl-C
+            is not caught.
+    """
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def run(*a, **kw):
+            try:
+                return fn(*a, **kw)
+            except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+                raise
+            except KeyboardInterrupt:
+                if interrupted is None:
+                    raise
+                err.print(f"interrupted: {interrupted}")
+                raise typer.Exit(130) from None
+            except Exception as exc:
+                code = exit_code(exc)
+                if code is None and isinstance(exc, also):
+                    code = 2
+                if code is None:
+                    raise
+                raise _fail(str(exc), code) from exc
+
+        return app.command(*args, **kwargs)(run)
+
+    return decorate
 
 
 def _with_ocr(settings, **changes):
@@ -114,7 +164,7 @@ def _print_ocr(report) -> None:
         err.print(f"... {len(report.failures) - 20} more (`docsort ocr --retry-failed` tries them again)", highlight=False)
 
 
-@app.command()
+@command(interrupted="documents stored so far are kept; run the same command again to resume")
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders of scans (walked recursively).")],
     collection: CollectionOpt = DEFAULT_COLLECTION,
@@ -139,7 +189,6 @@ def ingest(
     """Rasterize, embed and index every new page (PDF, TIFF, PNG, JPEG); with --ocr, then OCR them. Resumable; re-running adds nothing."""
     from docsort.store.manifest import effective_settings
     from docsort.jobs.ingest import ingest as run_ingest
-    from docsort.store.storage import CollectionError
 
     requested, explicit = _pipeline(pipeline)
     col = _open(collection, create=True)
@@ -148,13 +197,6 @@ def ingest(
         if ocr_lang is not None and ocr is None:
             ocr = True
         report = run_ingest(col, paths, settings, progress=progress, lock_timeout_s=lock_timeout, ocr=ocr)
-    except _environment_errors() as exc:  # before CollectionError: CollectionBusyError is one
-        raise _fail(str(exc), 3) from exc
-    except CollectionError as exc:
-        raise _fail(str(exc), 2) from exc
-    except KeyboardInterrupt:
-        err.print("interrupted: documents stored so far are kept; run the same command again to resume")
-        raise typer.Exit(130)
     finally:
         col.close()
     out.print(
@@ -177,7 +219,7 @@ def ingest(
         raise typer.Exit(1)
 
 
-@app.command("ocr")
+@command("ocr", interrupted="text stored so far is kept; run the same command again to resume")
 def ocr_command(
     collection: CollectionOpt = DEFAULT_COLLECTION,
     pipeline: PipelineOpt = None,
@@ -197,10 +239,7 @@ def ocr_command(
 
     Reads each page again from its file (only if the file's sha256 is unchanged); stores text, word confidence and errors per page; the full-text index follows.
     """
-    from docsort.core.ocr import TesseractMissingError
     from docsort.jobs.ocr import backfill, ocr_pipeline
-    from docsort.core.pages import PopplerMissingError
-    from docsort.store.storage import CollectionBusyError, CollectionError
 
     requested, explicit = _pipeline(pipeline)
     col = _open(collection)
@@ -210,14 +249,6 @@ def ocr_command(
                           log=lambda m: err.print(m, highlight=False))
         counts = col.text_counts()
         n_pages = col.counts()["pages"]
-    # Not _environment_errors(): it imports the feature stage (TensorFlow, ~6 s), which OCR never needs.
-    except (TesseractMissingError, PopplerMissingError, CollectionBusyError) as exc:  # before CollectionError
-        raise _fail(str(exc), 3) from exc
-    except CollectionError as exc:
-        raise _fail(str(exc), 2) from exc
-    except KeyboardInterrupt:
-        err.print("interrupted: text stored so far is kept; run the same command again to resume")
-        raise typer.Exit(130)
     finally:
         col.close()
     _print_ocr(report)
@@ -227,7 +258,7 @@ def ocr_command(
         raise typer.Exit(1)
 
 
-@app.command()
+@command()
 def cluster(
     collection: CollectionOpt = DEFAULT_COLLECTION,
     pipeline: PipelineOpt = None,
@@ -239,7 +270,6 @@ def cluster(
     ] = None,
 ) -> None:
     """UMAP + HDBSCAN over the collection; prints a cluster summary table."""
-    from docsort.core.clustering import ClusteringError
     from docsort.jobs.cluster import cluster as run_cluster
     from docsort.store.manifest import effective_settings
     from docsort.jobs.invariance import prepare_invariance
@@ -255,10 +285,6 @@ def cluster(
             result = run_cluster(col, settings, lock_timeout_s=lock_timeout)
         out.print(cluster_summary(result, settings.hdbscan.reassign_noise_threshold), highlight=False)
         _print_clusters(col)
-    except ClusteringError as exc:
-        raise _fail(str(exc), 2) from exc
-    except _environment_errors() as exc:
-        raise _fail(str(exc), 3) from exc
     finally:
         col.close()
 
@@ -301,7 +327,7 @@ def _print_clusters(col) -> None:
     out.print(table)
 
 
-@app.command()
+@command(also=(ValueError,))
 def search(
     query: Annotated[Optional[Path], typer.Argument(help="A scan to find similar documents for (embedded, not stored).")] = None,
     page: Annotated[Optional[int], typer.Option(help="Search by a stored page id instead of a file.")] = None,
@@ -318,10 +344,8 @@ def search(
     page, about 0 = unrelated; fused with the OCR text in fused mode). The line under the tables
     says which.
     """
-    from docsort.core.pages import PageError
     from docsort.store.manifest import effective_settings
     from docsort.queries.search import search_file, search_page
-    from docsort.store.storage import CollectionError
 
     if sum(x is not None for x in (query, page, text)) != 1:
         raise _fail("give one of: a file to search with, --page ID, or --text WORDS", 2)
@@ -336,10 +360,6 @@ def search(
             result = search_page(col, page, settings, k, mode=mode)
         else:
             result = search_file(col, query, settings, k, mode=mode, log=lambda m: err.print(m, markup=False, highlight=False))
-    except (PageError, CollectionError, ValueError) as exc:
-        raise _fail(str(exc), 2) from exc
-    except _environment_errors() as exc:
-        raise _fail(str(exc), 3) from exc
     finally:
         col.close()
     if as_json:
@@ -429,7 +449,7 @@ def _cluster_label(cid, name) -> str:
     return f"{cid} ({name})" if name and name != f"cluster {cid}" else str(cid)
 
 
-@app.command()
+@command(interrupted="the collection keeps its old vectors; run docsort adapt again to finish")
 def adapt(
     collection: CollectionOpt = DEFAULT_COLLECTION,
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the pages (5: chosen on two development corpora, benchmarks/RESULTS.md).")] = 5,
@@ -440,10 +460,8 @@ def adapt(
     lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another process is writing.")] = 600.0,
 ) -> None:
     """Fine-tune the network on this collection's own pages (no labels), then re-embed every page and rebuild the index. Resumable."""
-    from docsort.core.adapt import AdaptError
     from docsort.jobs.adaptation import adapt as run_adapt
     from docsort.store.manifest import effective_settings
-    from docsort.store.storage import CollectionError
 
     requested, _ = _pipeline(None)
     col = _open(collection)
@@ -451,15 +469,6 @@ def adapt(
         settings = effective_settings(col, requested)
         report = run_adapt(col, settings, epochs=epochs, minutes=minutes, layers=layers, seed=seed, progress=progress,
                            lock_timeout_s=lock_timeout)
-    except AdaptError as exc:
-        raise _fail(str(exc), 2) from exc
-    except _environment_errors() as exc:
-        raise _fail(str(exc), 3) from exc
-    except CollectionError as exc:
-        raise _fail(str(exc), 2) from exc
-    except KeyboardInterrupt:
-        err.print("interrupted: the collection keeps its old vectors; run docsort adapt again to finish")
-        raise typer.Exit(130)
     finally:
         col.close()
     if report.trained:
@@ -473,7 +482,7 @@ def adapt(
     out.print("run `docsort cluster` to re-cluster with the adapted vectors", highlight=False)
 
 
-@app.command()
+@command()
 def info(
     collection: CollectionOpt = DEFAULT_COLLECTION,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
@@ -498,7 +507,7 @@ def info(
         err.print(f"failed {when}: {path}: {reason}", highlight=False)
 
 
-@app.command()
+@command(also=(ValueError,))
 def export(
     out_path: Annotated[Path, typer.Argument(metavar="OUT", help="Output file: .parquet or .csv.")],
     vectors: Annotated[bool, typer.Option("--vectors", help="Include each page's vector: by default the one the index and clustering use "
@@ -511,38 +520,32 @@ def export(
 ) -> None:
     """One row per page: path, page, sha256, cluster, cluster name, UMAP x/y."""
     from docsort.jobs.export import export_pages
-    from docsort.store.storage import CollectionError
 
     col = _open(collection)
     try:
         n = export_pages(col, out_path, vectors=vectors_kind or vectors)
-    except (ValueError, CollectionError) as exc:  # a bad extension or kind; text vectors without OCR text
-        raise _fail(str(exc), 2) from exc
     finally:
         col.close()
     out.print(f"wrote {n} pages to {out_path}", highlight=False)
 
 
-@app.command()
+@command()
 def rename(
     cluster_id: Annotated[int, typer.Argument(help="Cluster id.")],
     name: Annotated[str, typer.Argument(help="New name.")],
     collection: CollectionOpt = DEFAULT_COLLECTION,
 ) -> None:
     """Name a cluster (kept in the collection; shown by cluster, search, export and the UI)."""
-    from docsort.store.storage import CollectionError
 
     col = _open(collection)
     try:
         col.rename_cluster(cluster_id, name)
-    except CollectionError as exc:
-        raise _fail(str(exc), 2) from exc
     finally:
         col.close()
     out.print(f"cluster {cluster_id} is now {name!r}", highlight=False)
 
 
-@app.command()
+@command(also=(ValueError,))
 def label(
     page_ids: Annotated[Optional[list[int]], typer.Argument(metavar="[PAGE_ID]...", help="Stored page ids (see `docsort search`, `docsort export`).")] = None,
     doc_type: Annotated[Optional[str], typer.Option("--type", "-t", help="Document type to give, e.g. 'invoice'.")] = None,
@@ -553,7 +556,6 @@ def label(
 ) -> None:
     """Give pages or a whole cluster a document type (stored with who and when), or remove labels."""
     from docsort.jobs import classify
-    from docsort.store.storage import CollectionError
 
     page_ids = page_ids or []
     if remove:
@@ -574,8 +576,6 @@ def label(
             n = classify.label_pages(col, page_ids, doc_type)
             msg = f"labelled {n} page{'s' if n != 1 else ''} as {classify.normalise_type(doc_type, classify.label_counts(col))!r}"
         counts = classify.label_counts(col)
-    except (CollectionError, ValueError) as exc:
-        raise _fail(str(exc), 2) from exc
     finally:
         col.close()
     out.print(msg, highlight=False)
@@ -583,7 +583,7 @@ def label(
               + ("; `docsort classify` retrains the classifier on them" if len(counts) >= 2 else ""), highlight=False)
 
 
-@app.command()
+@command()
 def labels(
     export_path: Annotated[Optional[Path], typer.Option("--export", help="Write every label to this .csv file.")] = None,
     limit: Annotated[int, typer.Option(help="Show at most this many labels.", min=0)] = 50,
@@ -631,7 +631,7 @@ def _run_classify(col, settings, threshold, lock_timeout):
                                             log=lambda m: err.print(m, highlight=False))
 
 
-@app.command()
+@command(also=(ValueError,))
 def classify(
     threshold: Annotated[Optional[float], typer.Option(help="Below this probability a page is 'unsure'. [default: the pipeline's, 0.6]", min=0.0, max=1.0)] = None,
     collection: CollectionOpt = DEFAULT_COLLECTION,
@@ -643,17 +643,12 @@ def classify(
     from dataclasses import asdict
 
     from docsort.jobs import classify as cl
-    from docsort.store.storage import CollectionError
 
     col = _open(collection)
     try:
         settings = _classifier_settings(col, pipeline)
         report = _run_classify(col, settings, threshold, lock_timeout)
         rows = cl.type_summary(col, report.classifier)
-    except _environment_errors() as exc:
-        raise _fail(str(exc), 3) from exc
-    except (CollectionError, ValueError) as exc:
-        raise _fail(str(exc), 2) from exc
     finally:
         col.close()
     clf = report.classifier
@@ -677,7 +672,7 @@ def classify(
     out.print(f"probabilities: {clf.calibration}", highlight=False)
 
 
-@app.command("sort-by-type")
+@command("sort-by-type", also=(ValueError, OSError))
 def sort_by_type(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder (documents are copied, never moved).")],
     threshold: Annotated[Optional[float], typer.Option(help="Below this probability a page is 'unsure'. [default: the pipeline's]", min=0.0, max=1.0)] = None,
@@ -687,17 +682,12 @@ def sort_by_type(
 ) -> None:
     """Classify, then copy every document into OUT/<type>/ (unsure ones into OUT/unsure/), with OUT/docsort-types.csv."""
     from docsort.jobs import classify as cl
-    from docsort.store.storage import CollectionError
 
     col = _open(collection)
     try:
         settings = _classifier_settings(col, pipeline)
         _run_classify(col, settings, threshold, lock_timeout)
         report = cl.sort_by_type(col, out_dir)
-    except _environment_errors() as exc:
-        raise _fail(str(exc), 3) from exc
-    except (CollectionError, ValueError, OSError) as exc:
-        raise _fail(str(exc), 2) from exc
     finally:
         col.close()
     out.print(f"copied {report.copied} documents into {len(report.folders)} folders in {report.out_dir} "
@@ -710,7 +700,7 @@ def sort_by_type(
         raise typer.Exit(1)
 
 
-@app.command()
+@command()
 def evaluate(
     labels_csv: Annotated[Path, typer.Option("--labels", help="labels.csv: file,page,category (files relative to its folder).")],
     k: Annotated[list[str], typer.Option("-k", help="Neighbour counts for kNN precision@k: -k 1 -k 5 or -k 1,5,10.")] = ["1", "5", "10"],  # noqa: B006
@@ -725,7 +715,7 @@ def evaluate(
 
     With a ``style`` column in the labels (each page's scan style), also cross-style kNN@k and
     style leakage (NMI of clusters vs scan style)."""
-    from docsort.queries.evaluate import LabelsError, evaluate as run_evaluate
+    from docsort.queries.evaluate import evaluate as run_evaluate
 
     try:
         ks = sorted({int(v) for item in k for v in str(item).split(",") if v.strip()})
@@ -752,8 +742,6 @@ def evaluate(
                     + (f", scan-style-invariant {projection.dims}-d (sha256 {projection.sha256[:12]})" if projection is not None
                        else ", raw visual (no invariance projection)"))
         result = run_evaluate(col, labels_csv, ks, vectors=given, vectors_note=note)
-    except LabelsError as exc:
-        raise _fail(str(exc), 2) from exc
     finally:
         col.close()
     _print_evaluation(result)
@@ -827,7 +815,7 @@ def _print_evaluation(r) -> None:
             err.print(f"  ... {len(r.missing_labels) - 20} more (see --json)", highlight=False)
 
 
-@app.command()
+@command()
 def ui(
     collection: CollectionOpt = DEFAULT_COLLECTION,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,

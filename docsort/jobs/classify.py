@@ -44,6 +44,7 @@ import numpy as np
 
 from docsort.core.invariance import stored_projection
 from docsort.config.settings import ClassifierSettings
+from docsort.store import labels as store_labels
 from docsort.store.storage import Collection, CollectionError, atomic_write_bytes
 
 __all__ = [
@@ -121,16 +122,6 @@ def _who(who: str | None) -> str:
         return "unknown"
 
 
-def _chunks(ids: list[int], n: int = 900) -> Iterable[list[int]]:
-    for start in range(0, len(ids), n):
-        yield ids[start : start + n]
-
-
-# ---------------------------------------------------------------------------------------------
-# labels
-# ---------------------------------------------------------------------------------------------
-
-
 def normalise_type(name: str, existing: Iterable[str] = ()) -> str:
     """A document type name as stored: whitespace collapsed, and the spelling of an existing type
     that differs only in case (so "Invoice" and "invoice" are one type).
@@ -162,16 +153,13 @@ def normalise_type(name: str, existing: Iterable[str] = ()) -> str:
 
 
 def _existing_types(collection: Collection) -> list[str]:
-    return [r[0] for r in collection.query("SELECT DISTINCT type FROM page_labels ORDER BY type")]
+    return store_labels.existing_types(collection)
 
 
 def _check_pages(collection: Collection, page_ids: list[int]) -> None:
-    for chunk in _chunks(page_ids):
-        marks = ",".join("?" * len(chunk))
-        found = {r[0] for r in collection.query(f"SELECT id FROM pages WHERE id IN ({marks})", chunk)}
-        missing = [i for i in chunk if i not in found]
-        if missing:
-            raise CollectionError(f"no page with id {missing[0]} in {collection.root}")
+    missing = store_labels.missing_page_ids(collection, page_ids)
+    if missing:
+        raise CollectionError(f"no page with id {missing[0]} in {collection.root}")
 
 
 def label_pages(
@@ -209,16 +197,7 @@ def label_pages(
     name = normalise_type(doc_type, _existing_types(collection))
     _check_pages(collection, ids)
     now, by = _now(), _who(who)
-    with collection.transaction() as c:
-        c.executemany(
-            "INSERT INTO page_labels(page_id, type, source, cluster, who, at) VALUES(?,?,?,?,?,?) "
-            "ON CONFLICT(page_id) DO UPDATE SET type=excluded.type, source=excluded.source, "
-            "cluster=excluded.cluster, who=excluded.who, at=excluded.at",
-            [(i, name, source, cluster, by, now) for i in ids],
-        )
-        # A labelled page needs no prediction.
-        for chunk in _chunks(ids):
-            c.execute(f"DELETE FROM page_predictions WHERE page_id IN ({','.join('?' * len(chunk))})", chunk)
+    store_labels.upsert_labels(collection, ids, name, source, cluster, by, now)  # and drops their predictions
     return len(ids)
 
 
@@ -269,14 +248,7 @@ def label_cluster(
     name = normalise_type(doc_type, _existing_types(collection))
     kept: set[int] = set()
     if not overwrite_page_labels:
-        for chunk in _chunks(members):
-            marks = ",".join("?" * len(chunk))
-            kept |= {
-                r[0]
-                for r in collection.query(
-                    f"SELECT page_id FROM page_labels WHERE source='page' AND type<>? AND page_id IN ({marks})", [name, *chunk]
-                )
-            }
+        kept = store_labels.pages_with_other_page_label(collection, members, name)
     todo = [i for i in members if i not in kept]
     n = label_pages(collection, todo, name, who=who, source="cluster", cluster=cluster_id) if todo else 0
     return ClusterLabelResult(name, n, len(kept))
@@ -290,12 +262,7 @@ def unlabel(collection: Collection, page_ids: Iterable[int]) -> int:
         The number of labels removed.
     """
     ids = list(dict.fromkeys(int(i) for i in page_ids))
-    removed = 0
-    with collection.transaction() as c:
-        for chunk in _chunks(ids):
-            cur = c.execute(f"DELETE FROM page_labels WHERE page_id IN ({','.join('?' * len(chunk))})", chunk)
-            removed += cur.rowcount
-    return removed
+    return store_labels.delete_labels(collection, ids)
 
 
 def labels(collection: Collection):
@@ -309,10 +276,7 @@ def labels(collection: Collection):
     """
     import pandas as pd
 
-    rows = collection.query(
-        "SELECT l.page_id, p.document_id, d.path, p.page_no, d.sha256, l.type, l.source, l.cluster, l.who, l.at "
-        "FROM page_labels l JOIN pages p ON p.id = l.page_id JOIN documents d ON d.id = p.document_id ORDER BY l.page_id"
-    )
+    rows = store_labels.label_rows(collection)
     cols = ["page_id", "document_id", "path", "page", "sha256", "type", "source", "cluster", "who", "at"]
     df = pd.DataFrame(rows, columns=cols)
     for c in ("page_id", "document_id", "page"):
@@ -323,7 +287,7 @@ def labels(collection: Collection):
 
 def label_counts(collection: Collection) -> dict[str, int]:
     """``{type: labelled pages}``, types in name order."""
-    return {t: int(n) for t, n in collection.query("SELECT type, COUNT(*) FROM page_labels GROUP BY type ORDER BY type")}
+    return store_labels.label_counts(collection)
 
 
 def labels_csv(collection: Collection) -> bytes:
@@ -353,7 +317,7 @@ def export_labels(collection: Collection, out: str | os.PathLike[str]) -> int:
 def label_set_hash(collection: Collection) -> str:
     """sha256 (hex) of the sorted ``(page id, type)`` pairs: it changes whenever a label does."""
     h = hashlib.sha256()
-    for pid, t in collection.query("SELECT page_id, type FROM page_labels ORDER BY page_id"):
+    for pid, t in store_labels.label_pairs(collection):
         h.update(f"{pid}\t{t}\n".encode("utf-8"))
     return h.hexdigest()
 
@@ -659,7 +623,7 @@ def fit_collection(collection: Collection, settings: ClassifierSettings) -> Trai
     """
     import joblib
 
-    rows = collection.query("SELECT page_id, type FROM page_labels ORDER BY page_id")
+    rows = store_labels.label_pairs(collection)
     if len({t for _, t in rows}) < 2:
         have = sorted({t for _, t in rows})
         raise ClassifierError(
@@ -818,14 +782,7 @@ def classify_collection(
         if retrained and log:
             log(f"trained the document-type classifier {clf.version} on {clf.n_labels} labelled pages; "
                 f"cross-validated accuracy {clf.cv.describe()}")
-        if only_missing and not retrained:
-            sql = ("SELECT p.id FROM pages p LEFT JOIN page_labels l ON l.page_id = p.id "
-                   "LEFT JOIN page_predictions pr ON pr.page_id = p.id "
-                   "WHERE l.page_id IS NULL AND (pr.page_id IS NULL OR pr.model_version <> ?) ORDER BY p.id")
-            todo = [r[0] for r in collection.query(sql, (clf.version,))]
-        else:
-            sql = "SELECT p.id FROM pages p LEFT JOIN page_labels l ON l.page_id = p.id WHERE l.page_id IS NULL ORDER BY p.id"
-            todo = [r[0] for r in collection.query(sql)]
+        todo = store_labels.pages_to_predict(collection, clf.version if only_missing and not retrained else None)
         rows = []
         n_unsure = 0
         if todo:
@@ -838,12 +795,7 @@ def classify_collection(
                 (int(i), str(t), float(p), float(s), int(u), threshold, clf.version, now)
                 for i, t, p, s, u in zip(ids, types, probs, sims, unsure)
             ]
-        with collection.transaction() as c:
-            if not only_missing or retrained:
-                c.execute("DELETE FROM page_predictions")
-            else:
-                c.execute("DELETE FROM page_predictions WHERE page_id IN (SELECT page_id FROM page_labels)")
-            c.executemany("INSERT OR REPLACE INTO page_predictions VALUES(?,?,?,?,?,?,?,?)", rows)
+        store_labels.replace_predictions(collection, rows, drop_all=not only_missing or retrained)
     return ClassifyReport(clf, retrained, len(rows), n_unsure, threshold, settings.reject_unlike)
 
 
@@ -895,11 +847,11 @@ def type_table(collection: Collection, *, table=None):
 
     df = (collection.page_table() if table is None else table).copy()
     lab = pd.DataFrame(
-        collection.query("SELECT page_id, type, source, who, at FROM page_labels"),
+        store_labels.label_table_rows(collection),
         columns=["page_id", "label", "label_source", "labelled_by", "labelled_at"],
     )
     pred = pd.DataFrame(
-        collection.query("SELECT page_id, type, probability, similarity, unsure, model_version FROM page_predictions"),
+        store_labels.prediction_table_rows(collection),
         columns=["page_id", "predicted", "type_probability", "similarity", "unsure", "model_version"],
     )
     df = df.merge(lab, on="page_id", how="left").merge(pred, on="page_id", how="left")

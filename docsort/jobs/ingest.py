@@ -88,15 +88,108 @@ class IngestReport:
 
 
 @dataclass
-class _Pending:
+class PendingPage:
+    """A page of a document being ingested: rendered, then given its vector by the embedder.
+
+    Attributes:
+        page_no: 1-based page number; width_px, height_px: the rendered page's size, pixels.
+        thumbnail: JPEG bytes; vector: float32 (D,) L2-normalised, ``None`` until embedded.
+    """
+
+    page_no: int
+    width_px: int
+    height_px: int
+    thumbnail: bytes
+    vector: np.ndarray | None = None
+
+
+@dataclass
+class PendingDocument:
+    """A new document on its way from the reader through the embedder to the writer.
+
+    Attributes:
+        src: the file; sha256: of its bytes; n_pages: pages it has.
+        pages: its pages read so far, in order; read / embedded: how many were read / embedded.
+        stored: committed by the writer; failed: dropped (nothing of it is stored).
+    """
+
     src: SourceFile
     sha256: str
     n_pages: int
-    pages: list = field(default_factory=list)  # (page_no, w, h, vector|None, thumb)
+    pages: list[PendingPage] = field(default_factory=list)
     read: int = 0
     embedded: int = 0
     stored: bool = False
     failed: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Every page read and embedded."""
+        return self.embedded == self.n_pages
+
+
+class Embedder:
+    """Ingest's embedder: batches rendered pages of any documents through the feature extractor.
+
+    Pages go in with :meth:`add`; every ``extractor.batch_size`` pages (and at :meth:`flush`) one
+    forward pass gives them their vectors, float32 (batch, D). Its wall time is ``timing["model"]``.
+    """
+
+    def __init__(self, extractor: FeatureExtractor, timing: dict[str, float], on_embedded: Callable[[int], None]):
+        self.extractor, self.timing, self.on_embedded = extractor, timing, on_embedded
+        self._pixels: list[np.ndarray] = []
+        self._owners: list[tuple[PendingDocument, PendingPage]] = []
+
+    def add(self, doc: PendingDocument, page: PendingPage, pixels: np.ndarray) -> list[PendingDocument]:
+        """Queue one page (``pixels``: uint8 (H, W, C) network input); returns the documents a full
+        batch completed (every page embedded)."""
+        self._pixels.append(pixels)
+        self._owners.append((doc, page))
+        return self.flush() if len(self._pixels) >= self.extractor.batch_size else []
+
+    def flush(self) -> list[PendingDocument]:
+        """Embed the queued pages now; returns the documents this completed, in order."""
+        if not self._pixels:
+            return []
+        t = time.perf_counter()
+        vecs = self.extractor.embed(np.stack(self._pixels))
+        self.timing["model"] += time.perf_counter() - t
+        for (doc, page), vec in zip(self._owners, vecs):
+            page.vector = vec
+            doc.embedded += 1
+        n = len(self._pixels)
+        finished = list({id(d): d for d, _ in self._owners if d.complete}.values())
+        self._pixels.clear()
+        self._owners.clear()
+        self.on_embedded(n)
+        return finished
+
+    def drop(self, doc: PendingDocument) -> None:
+        """Take ``doc``'s queued pages out of the batch (its file failed)."""
+        keep = [i for i, (d, _) in enumerate(self._owners) if d is not doc]
+        self._pixels[:] = [self._pixels[i] for i in keep]
+        self._owners[:] = [self._owners[i] for i in keep]
+
+
+class Writer:
+    """Ingest's writer: commits a document, all its pages with their vectors, in one transaction
+    once the embedder has embedded them all, and records failed files. Its wall time is
+    ``timing["database"]``."""
+
+    def __init__(self, collection: Collection, report: IngestReport, log: Log):
+        self.collection, self.report, self.log = collection, report, log
+
+    def commit(self, docs: Iterable[PendingDocument]) -> None:
+        """Store each complete document of ``docs`` not stored yet (:meth:`Collection.add_document`)."""
+        t = time.perf_counter()
+        for doc in docs:
+            _store(self.collection, doc, self.report, self.log)
+        self.report.stage_seconds["database"] += time.perf_counter() - t
+
+    def fail(self, doc: PendingDocument, exc: PageError) -> None:
+        """Drop ``doc`` (nothing of it is stored) and record why."""
+        doc.failed, doc.pages = True, []
+        self.report.failures.append(_fail(self.collection, _path_reason(exc, doc.src.path), self.log))
 
 
 def ingest(
@@ -162,7 +255,7 @@ def ingest(
 
         # 1. discover, hash, count pages
         t_scan = time.perf_counter()
-        queue: list[_Pending] = []
+        queue: list[PendingDocument] = []
         seen: set[str] = set()
         found = list(discover_files(paths))
         for item in tqdm(found, desc="scanning files", unit="file", disable=not progress or len(found) < 50, file=sys.stderr):
@@ -192,51 +285,26 @@ def ingest(
                 report.failures.append(_fail(collection, _path_reason(exc, item.path), log))
                 continue
             seen.add(sha)
-            queue.append(_Pending(item, sha, n))
+            queue.append(PendingDocument(item, sha, n))
 
         report.stage_seconds["scan"] += time.perf_counter() - t_scan
 
-        # 2. render in worker processes (bounded queue), embed in batches, store each document
-        #    in one transaction as soon as all its pages have vectors.
+        # 2. reader (render in worker processes, bounded queue) -> embedder (batches) -> writer
+        #    (each document in one transaction as soon as all its pages have vectors).
         total = sum(p.n_pages for p in queue)
         bar = tqdm(total=total, desc="embedding pages", unit="page", disable=not progress or total == 0, file=sys.stderr)
         stages = report.stage_seconds
-        batch: list[np.ndarray] = []
-        owners: list[tuple[_Pending, int]] = []
         done = 0
 
-        def flush() -> None:
+        def embedded(n: int) -> None:
             nonlocal done
-            if not batch:
-                return
-            t = time.perf_counter()
-            vecs = extractor.embed(np.stack(batch))
-            stages["model"] += time.perf_counter() - t
-            for (doc, slot), vec in zip(owners, vecs):
-                page_no, w, h, _, thumb = doc.pages[slot]
-                doc.pages[slot] = (page_no, w, h, vec, thumb)
-                doc.embedded += 1
-            done += len(batch)
-            bar.update(len(batch))
+            done += n
+            bar.update(n)
             if on_progress:
                 on_progress(done, total)
-            batch.clear()
-            finished = {id(d): d for d, _ in owners if d.embedded == d.n_pages}
-            owners.clear()
-            t = time.perf_counter()
-            for doc in finished.values():
-                _store(collection, doc, report, log)
-            stages["database"] += time.perf_counter() - t
 
-        def drop(doc: _Pending, exc: PageError) -> None:
-            # Nothing of a failed document is stored: take its pages out of the pending batch.
-            keep = [(i, o) for i, o in enumerate(owners) if o[0] is not doc]
-            batch[:] = [batch[i] for i, _ in keep]
-            owners[:] = [o for _, o in keep]
-            bar.update(doc.n_pages - doc.embedded)
-            doc.failed, doc.pages = True, []
-            report.failures.append(_fail(collection, _path_reason(exc, doc.src.path), log))
-
+        embedder = Embedder(extractor, stages, embedded)
+        writer = Writer(collection, report, log)
         tasks = [
             (doc, first, min(doc.n_pages, first + settings.render.pdf_chunk_pages - 1))
             for doc in queue
@@ -251,19 +319,19 @@ def ingest(
                 if doc.failed:
                     continue
                 for rp in pages:
-                    doc.pages.append((rp.page_no, rp.width_px, rp.height_px, None, rp.thumbnail))
+                    page = PendingPage(rp.page_no, rp.width_px, rp.height_px, rp.thumbnail)
+                    doc.pages.append(page)
                     doc.read += 1
-                    batch.append(rp.pixels)
-                    owners.append((doc, len(doc.pages) - 1))
-                    if len(batch) >= extractor.batch_size:
-                        flush()
+                    writer.commit(embedder.add(doc, page, rp.pixels))
                 if error is None and last_chunk and doc.read != doc.n_pages:
                     error = PageError(f"{doc.src.path}: expected {doc.n_pages} pages, read {doc.read}")
                 if error is not None:
-                    drop(doc, error)
-                elif last_chunk and doc.embedded == doc.n_pages:  # all pages embedded in earlier batches
-                    _store(collection, doc, report, log)
-            flush()
+                    embedder.drop(doc)
+                    bar.update(doc.n_pages - doc.embedded)
+                    writer.fail(doc, error)
+                elif last_chunk and doc.complete:  # all pages embedded in earlier batches
+                    writer.commit([doc])
+            writer.commit(embedder.flush())
         finally:
             bar.close()
             # Always: also repairs an index file that disagrees with the database.
@@ -396,7 +464,7 @@ def _fail(collection: Collection, path_reason, log: Log) -> tuple[str, str]:
     return (path, reason)
 
 
-def _store(collection: Collection, doc: _Pending, report: IngestReport, log: Log) -> None:
+def _store(collection: Collection, doc: PendingDocument, report: IngestReport, log: Log) -> None:
     if doc.stored:
         return
     doc.stored = True
@@ -405,7 +473,7 @@ def _store(collection: Collection, doc: _Pending, report: IngestReport, log: Log
         path=str(doc.src.path),
         format=doc.src.format,
         size_bytes=doc.src.size_bytes,
-        pages=doc.pages,
+        pages=[(p.page_no, p.width_px, p.height_px, p.vector, p.thumbnail) for p in doc.pages],
     )
     if result is None:
         report.already_stored += 1

@@ -14,6 +14,7 @@ from docsort.config.settings import PipelineSettings
 from docsort.core.invariance import InvarianceProjection, stored_projection
 from docsort.core.text import FEATURE_MODES, TextModel, fit_text_model, fuse, usable_text
 from docsort.store.storage import Collection, CollectionError
+from docsort.store.version import text_state
 
 Log = Callable[[str], None]
 
@@ -151,10 +152,9 @@ def _text_model_in_memory(collection: Collection, settings: PipelineSettings) ->
     """A text model fitted in memory for a collection that has OCR text but no stored model yet
     (never clustered since OCR), kept for this process while the collection's text and the text
     settings stay the same, so repeated searches (the app) do not refit it each time."""
-    state = collection.query("SELECT COUNT(*), TOTAL(LENGTH(text)), TOTAL(n_words), MAX(at), TOTAL(confidence) FROM page_text")[0]
-    n_pages = collection.query("SELECT COUNT(*), MAX(id) FROM pages")[0]  # the visual mean is part of the model
+    state = text_state(collection)  # the text and the pages (the visual mean is part of the model)
     projection = active_projection(collection, settings)  # the visual mean is of the projected vectors
-    key = (str(collection.root.resolve()), *state, *n_pages, settings.text.model_dump_json(), projection.sha256 if projection else None)
+    key = (str(collection.root.resolve()), *state, settings.text.model_dump_json(), projection.sha256 if projection else None)
     if key not in _IN_MEMORY_MODELS:
         if len(_IN_MEMORY_MODELS) >= 4:
             _IN_MEMORY_MODELS.pop(next(iter(_IN_MEMORY_MODELS)))

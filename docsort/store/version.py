@@ -15,7 +15,7 @@ from pathlib import Path
 
 from docsort.store.storage import Collection
 
-__all__ = ["data_version"]
+__all__ = ["data_version", "text_state"]
 
 _lock = threading.Lock()
 #: {database path: the watcher connection}, one per database for the life of the process.
@@ -55,3 +55,12 @@ def data_version(collection: Collection) -> tuple[int, ...]:
             _watchers.pop(str(db.resolve()), None)
             raise CollectionError(f"{db}: cannot read: {exc}") from exc
         return (id(con), int(n))
+
+
+def text_state(collection: Collection) -> tuple:
+    """A token of the stored OCR text and of the page set: (pages with text, total text length,
+    total words, latest OCR time, total confidence, pages, largest page id). It changes when a page's
+    text or the pages change; the key of a text model fitted in memory (:mod:`docsort.queries.vectors`)."""
+    text = collection.query("SELECT COUNT(*), TOTAL(LENGTH(text)), TOTAL(n_words), MAX(at), TOTAL(confidence) FROM page_text")[0]
+    pages = collection.query("SELECT COUNT(*), MAX(id) FROM pages")[0]  # the visual mean is part of the model
+    return (*text, *pages)
