@@ -33,13 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from docsort.config.settings import PipelineSettings
+from docsort.core.adapt import AUGMENTATIONS, LAYER_CHOICES, OBJECTIVE, AdaptError, train_contrastive
+from docsort.core.pages import to_network_input
+
 # docsort.store.storage first: it loads Python's sqlite3 (with FTS5) before TensorFlow, whose bundled
 # SQLite lacks FTS5 and would otherwise be the one _sqlite3 binds to.
 from docsort.store.storage import Collection  # noqa: I001
-
-from docsort.core.adapt import AUGMENTATIONS, LAYER_CHOICES, OBJECTIVE, AdaptError, train_contrastive
-from docsort.core.pages import to_network_input
-from docsort.config.settings import PipelineSettings
 
 __all__ = ["AdaptReport", "adapt"]
 
@@ -117,9 +117,9 @@ def adapt(
     """
     from tqdm import tqdm
 
-    from docsort.store.manifest import _check_extractor, library_versions, make_extractor
-    from docsort.jobs.invariance import reread_pages
     from docsort.core.weights import read_sidecar
+    from docsort.jobs.invariance import reread_pages
+    from docsort.store.manifest import _check_extractor, library_versions, make_extractor, write_manifest
 
     if layers not in LAYER_CHOICES:
         raise AdaptError(f"unknown --layers {layers!r}; use one of {', '.join(LAYER_CHOICES)}")
@@ -192,7 +192,7 @@ def adapt(
                 "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             }
             manifest["adaptation"] = entry
-            collection.write_manifest(manifest)
+            write_manifest(collection, manifest)
             log(f"adapt: trained {tr.epochs_run} epoch(s) on {len(sample) - len(skipped)} pages in {tr.seconds:.1f} s"
                 + (" (stopped by the time budget)" if tr.stopped_by_budget else ""))
         report.weights_sha256 = sha = entry["sha256"]
@@ -243,7 +243,7 @@ def adapt(
                      embedded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         if manifest.get("invariance"):
             manifest["invariance"]["active"] = False  # fitted on the old vectors: docsort cluster refits it
-        collection.write_manifest(manifest)
+        write_manifest(collection, manifest)
         from docsort.store.index_file import sync_index
 
         for p in [collection.index_path(), *collection.root.glob("index.*.faiss")]:

@@ -42,9 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-from docsort.core.invariance import stored_projection
 from docsort.config.settings import ClassifierSettings
+from docsort.core.invariance import stored_projection
 from docsort.store import labels as store_labels
+from docsort.store.manifest import recorded_settings, write_manifest
 from docsort.store.storage import Collection, CollectionError, atomic_write_bytes
 
 __all__ = [
@@ -644,7 +645,7 @@ def fit_collection(collection: Collection, settings: ClassifierSettings) -> Trai
             "calibration": clf.calibration, "cv_accuracy": clf.cv.accuracy, "cv_method": clf.cv.method,
             "similarity_floor": clf.similarity_floor, "scikit-learn": clf.sklearn,
         }
-        collection.write_manifest(manifest)
+        write_manifest(collection, manifest)
     return clf
 
 
@@ -692,18 +693,18 @@ def ensure_classifier(collection: Collection, settings: ClassifierSettings) -> t
 
 
 def classifier_settings(collection: Collection, requested=None) -> ClassifierSettings:
-    """The classifier settings for a command on ``collection`` without importing the pipeline
-    (and TensorFlow): ``requested.classifier`` when the user chose a pipeline, else those recorded
-    in the collection's manifest (as :func:`docsort.store.manifest.effective_settings` does), else the
-    defaults.
+    """The classifier settings for a command on ``collection``: ``requested.classifier`` when the user
+    chose a pipeline, else those recorded in the collection's manifest
+    (:func:`docsort.store.manifest.recorded_settings`, as :func:`docsort.store.manifest.effective_settings`
+    does), else the defaults.
 
     Raises:
-        pydantic.ValidationError: the manifest's ``[classifier]`` section does not validate.
+        pydantic.ValidationError: the manifest's pipeline does not validate.
     """
     if requested is not None:
         return requested.classifier
-    manifest = collection.manifest() or {}
-    return ClassifierSettings(**manifest.get("pipeline", {}).get("classifier", {}))
+    recorded = recorded_settings(collection)
+    return recorded.classifier if recorded is not None else ClassifierSettings()
 
 
 # ---------------------------------------------------------------------------------------------

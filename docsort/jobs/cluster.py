@@ -17,7 +17,7 @@ from docsort.core.text import TextModel, cluster_keywords, keyword_name
 from docsort.jobs import classify
 from docsort.jobs.invariance import fit_invariance
 from docsort.queries.vectors import _usable_texts, _vectors_of, _visual_vectors, fit_text_model_of, load_text_model, page_vectors
-from docsort.store.manifest import library_versions
+from docsort.store.manifest import library_versions, write_manifest
 from docsort.store.storage import Collection, atomic_write_bytes
 
 Log = Callable[[str], None]
@@ -60,7 +60,7 @@ def fit_text(
         manifest = collection.manifest() or {}
         manifest["text"] = {**model.info, "settings": settings.text.model_dump(mode="json"), "dim": model.dim,
                             "pages_fitted": model.n_fitted, "token": model.token}
-        collection.write_manifest(manifest)
+        write_manifest(collection, manifest)
     return model
 
 
@@ -149,7 +149,7 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
         result.names = _name_clusters_by_keywords(collection, settings, ids, result.labels, texts)
         manifest = collection.manifest() or {}
         manifest["clustering"] = {**result.params, "libraries": library_versions(), "machine": machine()}
-        collection.write_manifest(manifest)
+        write_manifest(collection, manifest)
     return result
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from docsort.config.settings import PipelineSettings
 from docsort.core.features import FeatureExtractor
-from docsort.store.index_file import sync_index
+from docsort.core.ocr import require_tesseract
 from docsort.core.pages import (
     NotADocumentError,
     PageError,
@@ -34,10 +34,10 @@ from docsort.core.pages import (
 from docsort.jobs import classify
 from docsort.jobs.cluster import assign_provisional
 from docsort.jobs.ocr import OcrReport
-from docsort.core.ocr import require_tesseract
 from docsort.jobs.ocr import backfill as ocr_backfill
 from docsort.queries.vectors import active_projection
-from docsort.store.manifest import _check_extractor, _new_manifest, make_extractor
+from docsort.store.index_file import sync_index
+from docsort.store.manifest import _check_extractor, _new_manifest, make_extractor, write_manifest
 from docsort.store.storage import Collection
 
 Log = Callable[[str], None]
@@ -251,7 +251,7 @@ def ingest(
         _check_extractor(collection, extractor, store=True)
         report.weights_note = extractor.description["weights"]["note"]
         if collection.manifest() is None:
-            collection.write_manifest(_new_manifest(settings, extractor))
+            write_manifest(collection, _new_manifest(settings, extractor))
 
         # 1. discover, hash, count pages
         t_scan = time.perf_counter()

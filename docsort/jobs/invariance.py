@@ -14,7 +14,6 @@ import numpy as np
 
 from docsort.config.settings import PipelineSettings
 from docsort.core.features import FeatureExtractor
-from docsort.store.index_file import sync_index
 from docsort.core.invariance import InvarianceProjection, fit_projection, stored_projection
 from docsort.core.pages import (
     PageError,
@@ -22,7 +21,8 @@ from docsort.core.pages import (
     to_network_input,
 )
 from docsort.core.styles import page_rng, render_styles
-from docsort.store.manifest import _PINNED_FEATURE_KEYS, _RENDER_KEYS_NOT_IN_VECTORS, _check_extractor, make_extractor
+from docsort.store.index_file import sync_index
+from docsort.store.manifest import _PINNED_FEATURE_KEYS, _RENDER_KEYS_NOT_IN_VECTORS, _check_extractor, make_extractor, write_manifest
 from docsort.store.storage import Collection
 
 Log = Callable[[str], None]
@@ -248,7 +248,7 @@ def fit_invariance(
         m = collection.manifest() or {}
         if m.get("invariance") and m["invariance"].get("active") != active:
             m["invariance"]["active"] = active
-            collection.write_manifest(m)
+            write_manifest(collection, m)
 
     if not inv.enabled:
         set_active(False)

@@ -48,6 +48,7 @@ from filelock import FileLock, Timeout
 from docsort.config.settings import OcrSettings, PipelineSettings
 from docsort.core.ocr import _error_row, _init_worker, ocr_pages, require_tesseract
 from docsort.core.pages import SourceFile, sha256_file, without_main_module
+from docsort.store.manifest import recorded_settings, write_manifest
 from docsort.store.storage import Collection, CollectionBusyError
 
 Log = Callable[[str], None]
@@ -97,13 +98,12 @@ def ocr_pipeline(collection: Collection, requested: PipelineSettings, *, explici
     """The pipeline whose ``ocr`` section a back-fill of ``collection`` runs with.
 
     The rule of :func:`docsort.store.manifest.effective_settings` for the OCR section: the explicitly
-    chosen pipeline's (``explicit``), else the one recorded in the collection's manifest, else
-    ``requested``; here without importing the feature stage (TensorFlow takes ~6 s to import).
+    chosen pipeline's (``explicit``), else the one recorded in the collection's manifest
+    (:func:`docsort.store.manifest.recorded_settings`), else ``requested``.
     """
-    manifest = collection.manifest()
-    if explicit or manifest is None or "pipeline" not in manifest:
+    if explicit:
         return requested
-    return PipelineSettings(**manifest["pipeline"])
+    return recorded_settings(collection) or requested
 
 
 def with_ocr(settings: PipelineSettings, **changes: object) -> PipelineSettings:
@@ -155,7 +155,7 @@ def _record_settings(collection: Collection, ocr: OcrSettings, engine: str, lock
             "pytesseract": md.version("pytesseract"),
             "updated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        collection.write_manifest(manifest)
+        write_manifest(collection, manifest)
 
 
 @dataclass

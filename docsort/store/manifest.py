@@ -14,9 +14,10 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from docsort import __version__
 from docsort.config.settings import PipelineSettings
@@ -52,6 +53,74 @@ ENGINE_PROBE_MIN_COSINE = 0.9999
 _RENDER_KEYS_NOT_IN_VECTORS = ("pdf_chunk_pages", "workers", "thumbnail_px")
 
 
+class Manifest(BaseModel):
+    """``manifest.json``: what built a collection and what it pins (:func:`effective_settings`).
+
+    Sections are written by the jobs through :func:`write_manifest`, which validates them with this
+    model first; unknown sections are kept (``extra="allow"``), so manifests of newer versions survive.
+
+    Attributes:
+        collection_format: layout version of the collection (1).
+        docsort_version, created_at: who made it, when (ISO 8601 UTC).
+        pipeline: the :class:`PipelineSettings` it was built with (JSON); render: its render settings.
+        features: the feature extractor's description (backbone, layer, pooling, dim, weights with
+            sha256, engine with its probe vectors).
+        seeds, libraries, machine, reproducibility: what reproducing its vectors needs.
+        engine_checks: passed probe checks of other engines (:func:`check_engine_parity`).
+        text, ocr, invariance, adaptation, classifier, clustering: written by the job of that name.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    collection_format: int = 1
+    docsort_version: str | None = None
+    created_at: str | None = None
+    pipeline: dict[str, Any] | None = None
+    features: dict[str, Any] | None = None
+    render: dict[str, Any] | None = None
+    seeds: dict[str, Any] | None = None
+    libraries: dict[str, Any] | None = None
+    machine: dict[str, Any] | None = None
+    reproducibility: Any = None
+    engine_checks: list[dict[str, Any]] | None = None
+    text: dict[str, Any] | None = None
+    ocr: dict[str, Any] | None = None
+    invariance: dict[str, Any] | None = None
+    adaptation: dict[str, Any] | None = None
+    classifier: dict[str, Any] | None = None
+    clustering: dict[str, Any] | None = None
+
+
+def read_manifest(collection: Collection) -> Manifest | None:
+    """The collection's manifest as a :class:`Manifest`, or ``None`` before the first ingest.
+
+    Raises:
+        CollectionError: the manifest is unreadable or does not validate.
+    """
+    data = collection.manifest()
+    if data is None:
+        return None
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise CollectionError(f"{collection.manifest_path}: invalid manifest: {exc}") from exc
+
+
+def write_manifest(collection: Collection, manifest: dict[str, Any]) -> None:
+    """Validate ``manifest`` (:class:`Manifest`) and replace the collection's atomically; the one
+    writer of ``manifest.json`` for the jobs (the caller holds the collection's write lock). The
+    dict is written as given (JSON, sorted keys), so validation changes no byte of it.
+
+    Raises:
+        CollectionError: a section does not validate (nothing is written).
+    """
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        raise CollectionError(f"{collection.manifest_path}: refusing to write an invalid manifest: {exc}") from exc
+    collection.write_manifest(manifest)
+
+
 def library_versions() -> dict[str, str]:
     """Versions of Python, the libraries that shape vectors and clusters, and poppler."""
     out = {"python": platform.python_version(), "docsort": __version__}
@@ -67,6 +136,19 @@ def library_versions() -> dict[str, str]:
     except (OSError, IndexError, subprocess.SubprocessError):
         out["poppler"] = "not installed"
     return out
+
+
+def recorded_settings(collection: Collection) -> PipelineSettings | None:
+    """The pipeline recorded in ``collection``'s manifest at its first ingest, or ``None`` (nothing
+    ingested yet). Imports no feature stage: commands that never embed (OCR, classify) use it.
+
+    Raises:
+        CollectionError: the manifest is unreadable; pydantic.ValidationError: its pipeline does not validate.
+    """
+    manifest = collection.manifest()
+    if manifest is None or "pipeline" not in manifest:
+        return None
+    return PipelineSettings(**manifest["pipeline"])
 
 
 def effective_settings(
@@ -224,7 +306,7 @@ def check_engine_parity(collection: Collection, extractor: FeatureExtractor, *, 
     if store:
         manifest = collection.manifest() or manifest
         manifest["engine_checks"] = [*manifest.get("engine_checks", []), check]
-        collection.write_manifest(manifest)
+        write_manifest(collection, manifest)
     return check
 
 
