@@ -242,12 +242,9 @@ class ClassifierSettings(_Strict):
             scikit-learn's ``CalibratedClassifierCV(method="temperature")``) once every type has at
             least this many labelled pages; below it the logistic regression's own probabilities
             (fitted by log-loss, so already close to calibrated: Niculescu-Mizil & Caruana 2005).
-            Measured on the development corpus (245 pages, 13 types, 30-50 draws, ``gap`` pooling):
-            with 3, 10 and 15 labels per type temperature scaling left the expected calibration
-            error worse or even (0.17 vs 0.07, 0.05 vs 0.05, 0.07 vs 0.04) and now and then
-            flattened every probability below the threshold; at 20 it was even (0.036 vs 0.037).
-            With ``topk`` pooling: even at 3 (0.10 vs 0.11), unstable at 10 (0.06 +- 0.14 vs
-            0.05 +- 0.01). Hence 20 (``benchmarks/few_shot.py --compare-calibration``).
+            20: below it temperature scaling left the expected calibration error worse or even on
+            the development corpus (benchmarks/RESULTS.md, "Document-type classifier: calibration
+            and the unsure rule").
         reject_unlike: also route a page to "unsure" when it is less like the nearest labelled page
             of its best type than labelled pages of different types typically are like each other
             (a nearest-neighbour rejection rule for types the labels do not cover).

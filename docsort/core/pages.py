@@ -511,9 +511,7 @@ def without_main_module() -> Iterator[None]:
     docsort's own modules, and re-running a user's script that calls docsort without an
     ``if __name__ == "__main__":`` guard would make every worker run that script (Python docs,
     multiprocessing, "Safe importing of main module"). A bare stand-in module is put in place for
-    the moment the processes are started. (The same helper as ``docsort.jobs.ingest``'s
-    ``_without_main_module``, here so that :mod:`docsort.jobs.ocr` need not import the feature stage
-    and TensorFlow with it.)
+    the moment the processes are started (:mod:`docsort.core.workers` starts every worker so).
     """
     import sys
     import types

@@ -46,6 +46,7 @@ from docsort.config.settings import ClassifierSettings
 from docsort.core.invariance import stored_projection
 from docsort.store import labels as store_labels
 from docsort.store.manifest import recorded_settings, write_manifest
+from docsort.store.models import load_model, model_path, save_model
 from docsort.store.storage import Collection, CollectionError, atomic_write_bytes
 
 __all__ = [
@@ -516,9 +517,9 @@ def train(
     probabilities by itself (Niculescu-Mizil & Caruana 2005, "Predicting good probabilities with
     supervised learning", ICML), and the L2 penalty shrinks them towards uniform, so with few
     labels they err towards "unsure". Post-hoc calibration needs held-out scores: with 1-2 labels
-    per type there are none (``CalibratedClassifierCV`` cannot run), and measured on the
-    development corpus it made the probabilities worse up to 15 labels per type (see
-    :class:`~docsort.config.settings.ClassifierSettings`). So the model's own probabilities are used until
+    per type there are none (``CalibratedClassifierCV`` cannot run), and up to 15 labels per type
+    it made the probabilities worse (benchmarks/RESULTS.md, "Document-type classifier: calibration
+    and the unsure rule"). So the model's own probabilities are used until
     every type has ``settings.calibrate_min_per_type`` labels (default 20); from there they are
     calibrated by temperature scaling (Guo, Pleiss, Sun & Weinberger 2017, "On Calibration of
     Modern Neural Networks", ICML; scikit-learn >= 1.8 ``CalibratedClassifierCV(method=
@@ -622,8 +623,6 @@ def fit_collection(collection: Collection, settings: ClassifierSettings) -> Trai
     Raises:
         ClassifierError: fewer than two document types are labelled.
     """
-    import joblib
-
     rows = store_labels.label_pairs(collection)
     if len({t for _, t in rows}) < 2:
         have = sorted({t for _, t in rows})
@@ -635,9 +634,7 @@ def fit_collection(collection: Collection, settings: ClassifierSettings) -> Trai
     _, allX, _ = _vectors(collection)
     clf = train(X, [r[1] for r in rows], settings, centre=allX.mean(axis=0), label_hash=label_set_hash(collection))
     clf.projection_sha256 = projection
-    buf = io.BytesIO()
-    joblib.dump(clf, buf)
-    atomic_write_bytes(collection.root / Collection.CLASSIFIER, buf.getvalue())
+    save_model(collection, "classifier", clf)
     manifest = collection.manifest()
     if manifest is not None:
         manifest["classifier"] = {
@@ -652,13 +649,8 @@ def fit_collection(collection: Collection, settings: ClassifierSettings) -> Trai
 def load_classifier(collection: Collection) -> TrainedClassifier | None:
     """The stored classifier, or ``None`` when none was trained (or its file cannot be read by
     this docsort; it is then retrained on the next use)."""
-    import joblib
-
-    path = collection.root / Collection.CLASSIFIER
-    if not path.is_file():
-        return None
     try:
-        clf = joblib.load(path)
+        clf = load_model(collection, "classifier")
     except Exception:  # noqa: BLE001 - an unreadable or incompatible pickle means "retrain"
         return None
     if not isinstance(clf, TrainedClassifier) or getattr(clf, "format", None) != MODEL_FORMAT:
@@ -749,11 +741,8 @@ def classify_collection(
     regression's probabilities grow more confident far from every training example, so they alone
     cannot say that a page belongs to no known type. The rule is the nearest-neighbour rejection of
     open-set recognition (cf. Mendes Júnior et al. 2017, "Nearest neighbors distance ratio open-set
-    classifier", Machine Learning 106). Measured with 3 labels per type and each type in turn left
-    unlabelled (5 draws each): of the unlabelled type's pages the rule sends 59-76 % to "unsure"
-    against 13-61 % by probability alone, at a cost of 3-10 points more "unsure" among pages typed
-    right (sample_docs and the development corpus, gap and topk pooling); the centred similarity
-    tells them from correctly typed pages with AUROC 0.83-0.89, the probability with 0.67-0.85.
+    classifier", Machine Learning 106). What it catches and costs: benchmarks/RESULTS.md,
+    "Document-type classifier: calibration and the unsure rule".
 
     Args:
         collection: an open collection.
@@ -816,7 +805,7 @@ def after_ingest(collection: Collection, settings, *, log: Callable[[str], None]
     Returns:
         The :class:`ClassifyReport`, or ``None`` when there is no classifier (or it failed).
     """
-    if not (collection.root / Collection.CLASSIFIER).is_file():
+    if not model_path(collection, "classifier").is_file():
         return None
     try:
         report = classify_collection(collection, settings.classifier, only_missing=True, lock=False, log=log)

@@ -18,7 +18,8 @@ from docsort.jobs import classify
 from docsort.jobs.invariance import fit_invariance
 from docsort.queries.vectors import _usable_texts, _vectors_of, _visual_vectors, fit_text_model_of, load_text_model, page_vectors
 from docsort.store.manifest import library_versions, write_manifest
-from docsort.store.storage import Collection, atomic_write_bytes
+from docsort.store.models import load_model, model_path, save_model
+from docsort.store.storage import Collection
 
 Log = Callable[[str], None]
 
@@ -48,15 +49,9 @@ def fit_text(
     Raises:
         TextModelError: a pretrained method (``minilm``, ``hub:``) cannot be loaded.
     """
-    import io
-
-    import joblib
-
     model = fit_text_model_of(collection, settings, log=log, texts=texts, visual=visual)
     if model is not None and persist:
-        buf = io.BytesIO()
-        joblib.dump(model, buf)
-        atomic_write_bytes(collection.root / Collection.TEXT_MODEL, buf.getvalue())
+        save_model(collection, "text", model)
         manifest = collection.manifest() or {}
         manifest["text"] = {**model.info, "settings": settings.text.model_dump(mode="json"), "dim": model.dim,
                             "pages_fitted": model.n_fitted, "token": model.token}
@@ -101,10 +96,8 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
     Raises:
         ClusteringError: too few pages; CollectionBusyError: another writer holds the lock.
     """
-    import io
     import uuid
 
-    import joblib
 
     with collection.write_lock(lock_timeout_s, on_wait=log):
         before = stored_projection(collection)
@@ -119,7 +112,7 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
         texts = _usable_texts(collection, settings)
         text_model = fit_text(collection, settings, log=log, texts=texts, visual=visual) if settings.text.fusion_weight > 0 else None
         if text_model is None:
-            (collection.root / Collection.TEXT_MODEL).unlink(missing_ok=True)
+            model_path(collection, "text").unlink(missing_ok=True)
         pv = _vectors_of(ids, visual, texts, settings, "fused", text_model)
         vecs = pv.vectors
         result = cluster_vectors(vecs, settings.umap, settings.hdbscan)
@@ -140,10 +133,8 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
         old[pos[known]] = old_clusters[known]
         result.labels, result.label_map = match_cluster_ids(old, result.labels, collection.next_cluster_id())
         token = uuid.uuid4().hex
-        buf = io.BytesIO()
-        joblib.dump({"page_ids": ids, **result.models, "params": result.params, "label_map": result.label_map,
-                     "models_token": token}, buf)
-        atomic_write_bytes(collection.root / Collection.MODELS, buf.getvalue())
+        save_model(collection, "clustering", {"page_ids": ids, **result.models, "params": result.params,
+                                              "label_map": result.label_map, "models_token": token})
         collection.store_clustering(ids, result.labels, result.probabilities, result.embedding_2d,
                                     {**result.params, "models_token": token}, result.seconds, membership=result.membership)
         result.names = _name_clusters_by_keywords(collection, settings, ids, result.labels, texts)
@@ -169,15 +160,14 @@ def assign_provisional(collection: Collection, *, log: Log = _stderr) -> int:
         unreadable or not the one of the stored clustering (said in ``log``: run ``docsort
         cluster``).
     """
-    import joblib
 
     pending = collection.unclustered_page_ids()
     run = collection.last_cluster_run()
     if len(pending) == 0 or run is None:
         return 0
-    path = collection.root / Collection.MODELS
+    path = model_path(collection, "clustering")
     try:
-        models = joblib.load(path)
+        models = load_model(collection, "clustering")
     except Exception as exc:  # missing, truncated, or pickled by incompatible library versions
         log(f"{len(pending)} new pages not given a cluster: cannot read {path} ({exc}); run `docsort cluster`")
         return 0

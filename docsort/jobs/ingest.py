@@ -29,8 +29,8 @@ from docsort.core.pages import (
     render_for_network,
     require_poppler,
     sha256_file,
-    without_main_module,
 )
+from docsort.core.workers import ProcessExpired, in_worker, worker_pool
 from docsort.jobs import classify
 from docsort.jobs.cluster import assign_provisional
 from docsort.jobs.ocr import OcrReport
@@ -357,41 +357,29 @@ def ingest(
     return report
 
 
-#: Hide the caller's ``__main__`` while spawn-ed workers start (see :func:`docsort.core.pages.without_main_module`).
-_without_main_module = without_main_module
-
-
 def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr, ahead_pages: int = 0):
-    """Yield ``(doc, pages, error, seconds, last_chunk)`` for each task, in task order.
+    """Ingest's reader: yield ``(doc, pages, error, seconds, last_chunk)`` for each task, in task order.
 
-    With ``workers > 1`` the chunks are rendered by a pool of ``spawn``-ed worker processes
-    (no TensorFlow in them), with at least ``2 * workers`` chunks and, beyond that, up to
-    ``ahead_pages`` pages in flight (the ingest asks for two batches), so the workers keep
-    rendering the next batch while this process runs the forward pass on the current one, and
-    memory stays flat whatever the corpus size. A worker
-    that dies fails only its chunk's document; if a fresh pool cannot finish a single chunk,
-    the rest is rendered in this process.
+    With ``workers > 1`` the chunks are rendered by a pebble pool of ``spawn``-ed worker processes
+    (:func:`docsort.core.workers.worker_pool`; no TensorFlow in them), with at least ``2 * workers``
+    chunks and, beyond that, up to ``ahead_pages`` pages in flight (the ingest asks for two batches),
+    so the workers keep rendering the next batch while this process runs the forward pass on the
+    current one, and memory stays flat whatever the corpus size. A worker that dies fails only its
+    chunk's document (pebble replaces the worker); if the pool cannot finish a single chunk, the rest
+    is rendered in this process.
     """
-    import multiprocessing
-
     last_of = {}
     for i, (doc, _, _) in enumerate(tasks):
         last_of[id(doc)] = i
-    if multiprocessing.parent_process() is not None:
+    if in_worker():
         workers = 1  # never start a pool from inside a worker process
     if workers <= 1 or len(tasks) <= 1:
         for i, (doc, first, last) in enumerate(tasks):
             yield (doc, *render_for_network(doc.src, render, input_size, first, last), last_of[id(doc)] == i)
         return
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
 
-    def new_pool():
-        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=exit_with_parent, initargs=(os.getpid(),))
-
-    pool = new_pool()
-    pool_done = 0  # chunks finished by the current pool
+    pool = worker_pool(workers, exit_with_parent, (os.getpid(),))
+    pool_done = 0  # chunks the pool finished
     in_process = False
     pending: deque = deque()
     next_task = 0
@@ -404,11 +392,8 @@ def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr, 
         nonlocal inflight_pages
         doc, first, last = tasks[i]
         inflight_pages += n_pages(i)
-        if in_process:
-            pending.append((i, None))
-            return
-        with _without_main_module():  # worker processes start inside submit()
-            pending.append((i, pool.submit(render_for_network, doc.src, render, input_size, first, last)))
+        fut = None if in_process else pool.schedule(render_for_network, args=(doc.src, render, input_size, first, last))
+        pending.append((i, fut))
 
     def fill():
         nonlocal next_task
@@ -422,30 +407,33 @@ def _render_stream(tasks, render, input_size, workers: int, log: Log = _stderr, 
             i, fut = pending.popleft()
             inflight_pages -= n_pages(i)
             doc, first, last = tasks[i]
-            try:
-                result = render_for_network(doc.src, render, input_size, first, last) if fut is None else fut.result()
-                pool_done += fut is not None
-            except BrokenProcessPool:
-                pool.shutdown(wait=False, cancel_futures=True)
-                inflight = [j for j, _ in pending]
-                pending.clear()
-                inflight_pages = 0
-                if pool_done == 0:
-                    # The pool never worked (workers cannot start here): render in this process.
-                    log("warning: rasterization worker processes failed; rendering in this process instead")
-                    in_process = True
-                    result = render_for_network(doc.src, render, input_size, first, last)
-                else:
-                    # A worker died (out of memory, a crash in a decoder): fail this chunk's
-                    # document, start a fresh pool and resubmit what was in flight.
-                    result = ([], PageError(f"{doc.src.path}: rendering worker crashed", doc.src.path), 0.0)
-                    pool, pool_done = new_pool(), 0
-                for j in inflight:
-                    submit(j)
+            if fut is None:
+                result = render_for_network(doc.src, render, input_size, first, last)
+            else:
+                try:
+                    result = fut.result()
+                    pool_done += 1
+                except ProcessExpired:
+                    if pool_done == 0:
+                        # The pool never worked (workers cannot start here): render in this process.
+                        log("warning: rasterization worker processes failed; rendering in this process instead")
+                        in_process = True
+                        pool.stop()
+                        inflight = [j for j, _ in pending]
+                        pending.clear()
+                        inflight_pages = 0
+                        for j in inflight:
+                            submit(j)
+                        result = render_for_network(doc.src, render, input_size, first, last)
+                    else:
+                        # A worker died (out of memory, a crash in a decoder): fail this chunk's
+                        # document; pebble has replaced the worker and the other chunks go on.
+                        result = ([], PageError(f"{doc.src.path}: rendering worker crashed", doc.src.path), 0.0)
             fill()
             yield (doc, *result, last_of[id(doc)] == i)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.stop()
+        pool.join()
 
 
 def _path_reason(exc: PageError, path: str | Path | None = None) -> tuple[str, str]:

@@ -47,7 +47,8 @@ from filelock import FileLock, Timeout
 
 from docsort.config.settings import OcrSettings, PipelineSettings
 from docsort.core.ocr import _error_row, _init_worker, ocr_pages, require_tesseract
-from docsort.core.pages import SourceFile, sha256_file, without_main_module
+from docsort.core.pages import SourceFile, sha256_file
+from docsort.core.workers import ProcessExpired, in_worker, worker_pool
 from docsort.store.manifest import recorded_settings, write_manifest
 from docsort.store.storage import Collection, CollectionBusyError
 
@@ -300,16 +301,15 @@ def _ocr_stream(collection: Collection, tasks: list[_Task], ocr: OcrSettings, en
 
     ``path`` is the file the pages were read from; ``missing`` is true when no recorded path of
     the document holds its bytes (then ``path`` is its first recorded path and ``rows`` its error
-    rows, made here without a worker). With more than one worker, tasks run in a pool of
-    ``spawn``-ed processes, at most ``2 * workers`` in flight. A worker that dies is replaced; the
-    tasks that were in flight are run again one at a time, so the one that kills a worker is
-    found and stored as failed ("OCR worker crashed") while the others complete. If the first pool
-    cannot finish a single task (workers cannot start here), the rest runs in this process.
+    rows, made here without a worker). With more than one worker, tasks run in a pebble pool of
+    ``spawn``-ed processes (:func:`docsort.core.workers.worker_pool`), at most ``2 * workers`` in
+    flight. A worker that dies fails only its own task, and pebble replaces it: that task runs
+    again, and if it kills a worker a second time it is stored as failed ("OCR worker crashed")
+    while the others complete. If the pool cannot finish a single task (workers cannot start here),
+    the rest runs in this process.
     """
-    import multiprocessing
     from collections import deque
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     cache: dict[int, tuple[SourceFile | None, str, list[str]]] = {}
 
@@ -333,7 +333,7 @@ def _ocr_stream(collection: Collection, tasks: list[_Task], ocr: OcrSettings, en
         return task, str(src.path), rows, False
 
     workers = ocr.workers or os.cpu_count() or 1
-    if multiprocessing.parent_process() is not None:
+    if in_worker():
         workers = 1  # never start a pool from inside a worker process
     if min(workers, len(tasks)) <= 1:
         for task in tasks:
@@ -341,61 +341,45 @@ def _ocr_stream(collection: Collection, tasks: list[_Task], ocr: OcrSettings, en
         return
     workers = min(workers, len(tasks))
 
-    def new_pool():
-        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(os.getpid(),))
-
     queue: deque[int] = deque(range(len(tasks)))
-    suspects: set[int] = set()  # in flight when a worker died: rerun one at a time
+    crashed: set[int] = set()  # tasks whose worker died once: a second death fails them
     inflight: dict = {}  # future -> (task index, path)
-    pool = new_pool()
+    pool = worker_pool(workers, _init_worker, (os.getpid(),))
     ever_worked = False
     try:
         while queue or inflight:
-            while queue and len(inflight) < (1 if suspects else 2 * workers):
+            while queue and len(inflight) < 2 * workers:
                 i = queue.popleft()
                 src, _, _ = source(tasks[i])
                 if src is None:
                     yield run_here(tasks[i])
                     continue
-                with without_main_module():  # worker processes start inside submit()
-                    inflight[pool.submit(ocr_pages, src, tasks[i].pages, ocr, engine)] = (i, str(src.path))
+                inflight[pool.schedule(ocr_pages, args=(src, tasks[i].pages, ocr, engine))] = (i, str(src.path))
             if not inflight:
                 continue
             finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-            broken: list[int] = []
             for fut in finished:
                 i, path = inflight.pop(fut)
                 try:
                     rows = fut.result()
-                except BrokenProcessPool:
-                    broken.append(i)
+                except ProcessExpired:
+                    if not ever_worked:
+                        log("warning: OCR worker processes failed; running OCR in this process instead")
+                        pool.stop()
+                        for j in sorted({i, *queue, *(k for k, _ in inflight.values())}):
+                            yield run_here(tasks[j])
+                        inflight.clear()
+                        return
+                    if i in crashed:  # it killed a worker twice: it is the task that kills workers
+                        yield tasks[i], path, failed(tasks[i], path, f"{path}: OCR worker crashed"), False
+                    else:
+                        crashed.add(i)
+                        queue.appendleft(i)
                     continue
                 except Exception as exc:
                     rows = failed(tasks[i], path, f"{path}: OCR failed: {exc}")
                 ever_worked = True
-                suspects.discard(i)
                 yield tasks[i], path, rows, False
-            if not broken:
-                continue
-            # A worker died, and every task in flight with the pool.
-            lost = broken + [i for i, _ in inflight.values()]
-            inflight.clear()
-            pool.shutdown(wait=False, cancel_futures=True)
-            if not ever_worked:
-                log("warning: OCR worker processes failed; running OCR in this process instead")
-                for i in sorted(set(lost) | set(queue)):
-                    yield run_here(tasks[i])
-                return
-            if len(lost) == 1:  # it ran alone: it is the task that kills workers
-                i = lost[0]
-                suspects.discard(i)
-                src, first_path, _ = source(tasks[i])
-                path = str(src.path) if src is not None else first_path
-                yield tasks[i], path, failed(tasks[i], path, f"{path}: OCR worker crashed"), False
-            else:
-                suspects.update(lost)
-                queue.extendleft(sorted(lost, reverse=True))
-            pool = new_pool()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.stop()
+        pool.join()

@@ -13,6 +13,7 @@ import numpy as np
 from docsort.config.settings import PipelineSettings
 from docsort.core.invariance import InvarianceProjection, stored_projection
 from docsort.core.text import FEATURE_MODES, TextModel, fit_text_model, fuse, usable_text
+from docsort.store.models import load_model
 from docsort.store.storage import Collection, CollectionError
 from docsort.store.version import text_state
 
@@ -62,14 +63,9 @@ def fit_text_model_of(
 def load_text_model(collection: Collection) -> TextModel | None:
     """The stored text model (``text_model.joblib``), or ``None`` when there is none or it cannot be
     read (then :func:`page_vectors` fits one in memory)."""
-    import joblib
-
-    path = collection.root / Collection.TEXT_MODEL
-    if not path.is_file():
-        return None
     try:
-        model = joblib.load(path)
-    except Exception:  # truncated, or pickled by an incompatible scikit-learn
+        model = load_model(collection, "text")
+    except Exception:  # noqa: BLE001 - missing, truncated, or pickled by an incompatible scikit-learn
         return None
     return model if isinstance(model, TextModel) else None
 
