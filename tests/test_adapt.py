@@ -25,6 +25,9 @@ from docsort.core.weights import BUNDLED_WEIGHTS, WeightsError, file_sha256, sid
 
 from .conftest import SAMPLE_DOCS
 
+# The fast tier (pytest -m "not slow") leaves this file out: it trains the network (TensorFlow).
+pytestmark = pytest.mark.slow
+
 QUIET = {"progress": False, "log": lambda m: None}
 FILES = ["leptonica/bois-2-5.pdf", "leptonica/book-pages.pdf", "leptonica/pageseg1.png", "leptonica/pageseg2.png",
          "leptonica/pageseg3.png"]  # 4 + 5 + 3 = 12 pages

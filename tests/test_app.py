@@ -192,6 +192,7 @@ def test_add_scans_ingests_uploads_and_reports_each_file(collection_copy, monkey
     assert [h.value for h in at.header] == ["Added since the last clustering"] and _captions(at) == ["scan_.jpg · p.1"]
 
 
+@pytest.mark.slow
 def test_empty_collection_starts_on_add_scans(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
@@ -245,6 +246,7 @@ def test_recluster_button(app, collection_copy):
     col.close()
 
 
+@pytest.mark.slow
 def test_from_an_empty_collection_to_clusters_and_neighbours(tmp_path, monkeypatch):
     """The whole first-time journey in the app: upload scans, they are clustered, browse, search."""
     from streamlit.testing.v1 import AppTest

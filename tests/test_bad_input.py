@@ -348,6 +348,7 @@ def obeying_permissions(cmd: list[str]) -> list[str]:
     return [sys.executable, "-c", _OBEY_PERMISSIONS, *cmd] if os.geteuid() == 0 else cmd
 
 
+@pytest.mark.slow
 def test_cli_ingest_of_the_bad_folder_stores_the_good_and_names_every_bad_file(corpus):
     """One `docsort ingest` of the corpus, as a user runs it. When the tests run as root, it runs
     without root's permission override, so the chmod 000 file really cannot be opened."""
@@ -466,6 +467,7 @@ class _PixelStatsExtractor:
         return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_a_thousand_page_pdf_is_ingested_once_with_flat_memory(thousand_pages, settings, tmp_path):
     from docsort.jobs.ingest import ingest
     from docsort.store.storage import Collection

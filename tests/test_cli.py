@@ -66,6 +66,7 @@ def test_ingest_cluster_search_info_export_end_to_end(tmp_path):
     assert header[:7] == ["path", "page", "sha256", "cluster", "cluster_name", "document_cluster", "umap_x"]
 
 
+@pytest.mark.slow
 def test_failures_give_nonzero_exit_and_name_the_file(tmp_path):
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -84,6 +85,7 @@ def test_failures_give_nonzero_exit_and_name_the_file(tmp_path):
     assert "refusing to mix" in res.stderr
 
 
+@pytest.mark.slow
 def test_missing_poppler_is_a_clear_error(tmp_path):
     env = {"PATH": str(Path(sys.executable).parent)}  # the venv's bin only: no pdftoppm
     res = run("ingest", SAMPLE_DOCS / "leptonica" / "bois-2-5.pdf", "-c", tmp_path / "col", env=env, check=3)

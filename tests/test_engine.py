@@ -20,6 +20,9 @@ from docsort.store.storage import Collection, CollectionError
 
 from .conftest import SAMPLE_DOCS
 
+# The fast tier (pytest -m "not slow") leaves this file out: it converts and compiles the network with OpenVINO.
+pytestmark = pytest.mark.slow
+
 
 def _pages(n: int = 12) -> np.ndarray:
     files = [f for f in discover_files([SAMPLE_DOCS / "leptonica"]) if hasattr(f, "format")][:n]

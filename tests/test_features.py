@@ -14,6 +14,9 @@ from docsort.core.weights import BUNDLED_WEIGHTS, KNOWN_SHA256, WeightsError, fi
 
 from .conftest import SAMPLE_DOCS
 
+# The fast tier (pytest -m "not slow") leaves this file out: it builds the Keras network for every pooling and layer.
+pytestmark = pytest.mark.slow
+
 
 def _sample_batch(n: int = 4) -> np.ndarray:
     files = [f for f in discover_files([SAMPLE_DOCS / "leptonica"]) if hasattr(f, "format")][:n]

@@ -10,6 +10,11 @@ from docsort.config.settings import RenderSettings
 
 from .conftest import SAMPLE_DOCS
 
+import pytest
+
+# The fast tier (pytest -m "not slow") leaves this file out: it embeds pages in two precisions.
+pytestmark = pytest.mark.slow
+
 
 def test_bfloat16_vectors_match_float32_neighbourhoods(settings):
     """Keras' own mixed_bfloat16 policy on the TensorFlow engine (OpenVINO's bf16: tests/test_engine.py)."""

@@ -12,6 +12,9 @@ import pytest
 
 from .test_wheel import NOISE
 
+# The fast tier (pytest -m "not slow") leaves this file out: it imports TensorFlow in fresh subprocesses.
+pytestmark = pytest.mark.slow
+
 NATIVE = """
 import os, sys
 from docsort.core.runtime import quiet_native_stderr

@@ -6,7 +6,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from .conftest import SAMPLE_DOCS, sample_labels
+
+# The fast tier (pytest -m "not slow") leaves this file out: it ingests with spawn-ed worker processes in a subprocess.
+pytestmark = pytest.mark.slow
 
 
 def test_a_script_without_a_main_guard_ingests_with_worker_processes(tmp_path):
