@@ -158,12 +158,6 @@ def _existing_types(collection: Collection) -> list[str]:
     return store_labels.existing_types(collection)
 
 
-def _check_pages(collection: Collection, page_ids: list[int]) -> None:
-    missing = store_labels.missing_page_ids(collection, page_ids)
-    if missing:
-        raise CollectionError(f"no page with id {missing[0]} in {collection.root}")
-
-
 def label_pages(
     collection: Collection,
     page_ids: Iterable[int],
@@ -196,10 +190,11 @@ def label_pages(
         raise ValueError("no pages to label")
     if source not in ("page", "cluster"):
         raise ValueError(f"source must be 'page' or 'cluster', not {source!r}")
-    name = normalise_type(doc_type, _existing_types(collection))
-    _check_pages(collection, ids)
+    normalise_type(doc_type)  # a bad name fails before the write lock is taken
     now, by = _now(), _who(who)
-    store_labels.upsert_labels(collection, ids, name, source, cluster, by, now)  # and drops their predictions
+    # The type is normalised against the stored ones inside the write transaction, which writers take
+    # in turn: "Invoice" and "invoice" labelled at once by two app sessions are stored as one type.
+    store_labels.upsert_labels(collection, ids, lambda existing: normalise_type(doc_type, existing), source, cluster, by, now)
     return len(ids)
 
 

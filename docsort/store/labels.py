@@ -6,9 +6,9 @@ run in one transaction each and are called by that job only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from docsort.store.storage import Collection
+from docsort.store.storage import Collection, CollectionError
 
 __all__ = [
     "existing_types", "missing_page_ids", "upsert_labels", "pages_with_other_page_label", "delete_labels",
@@ -39,11 +39,24 @@ def missing_page_ids(collection: Collection, page_ids: Sequence[int]) -> list[in
     return missing
 
 
-def upsert_labels(collection: Collection, page_ids: Sequence[int], doc_type: str, source: str, cluster: int | None,
-                  who: str, at: str) -> None:
-    """Give ``page_ids`` the label ``doc_type`` (replacing theirs) and drop their predictions (a
-    labelled page needs none), in one transaction. ``at``: ISO 8601 UTC."""
+def upsert_labels(collection: Collection, page_ids: Sequence[int], name_of: Callable[[list[str]], str], source: str,
+                  cluster: int | None, who: str, at: str) -> str:
+    """Give ``page_ids`` one label and drop their predictions (a labelled page needs none), in one
+    write transaction. The type is ``name_of(existing types)``, called inside the transaction, so two
+    writers labelling at once see each other's types. ``at``: ISO 8601 UTC.
+
+    Returns:
+        The type stored.
+
+    Raises:
+        CollectionError: a page id that is not in the collection (nothing is written then);
+        whatever ``name_of`` raises.
+    """
     with collection.transaction() as c:
+        doc_type = name_of(existing_types(collection))
+        missing = missing_page_ids(collection, page_ids)
+        if missing:
+            raise CollectionError(f"no page with id {missing[0]} in {collection.root}")
         c.executemany(
             "INSERT INTO page_labels(page_id, type, source, cluster, who, at) VALUES(?,?,?,?,?,?) "
             "ON CONFLICT(page_id) DO UPDATE SET type=excluded.type, source=excluded.source, "
@@ -52,6 +65,7 @@ def upsert_labels(collection: Collection, page_ids: Sequence[int], doc_type: str
         )
         for chunk in _chunks(page_ids):
             c.execute(f"DELETE FROM page_predictions WHERE page_id IN ({','.join('?' * len(chunk))})", chunk)
+    return doc_type
 
 
 def pages_with_other_page_label(collection: Collection, page_ids: Sequence[int], doc_type: str) -> set[int]:
