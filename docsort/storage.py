@@ -1071,10 +1071,10 @@ class Collection:
             raise CollectionError("a cluster name cannot be empty")
         if cluster_id < 0:
             raise CollectionError("noise (-1) is not a cluster and cannot be renamed")
-        exists = self._conn.execute("SELECT 1 FROM page_clusters WHERE cluster=? LIMIT 1", (int(cluster_id),)).fetchone()
-        if exists is None:
-            raise CollectionError(f"no cluster {cluster_id} in {self.root}")
         with self.transaction() as c:
+            # Checked inside the transaction: a re-clustering committed meanwhile may have retired the id.
+            if c.execute("SELECT 1 FROM page_clusters WHERE cluster=? LIMIT 1", (int(cluster_id),)).fetchone() is None:
+                raise CollectionError(f"no cluster {cluster_id} in {self.root}")
             c.execute(
                 "INSERT INTO clusters(id, name, user_named) VALUES(?, ?, 1) "
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, user_named=1",
