@@ -103,6 +103,22 @@ def shared_runtime():
         app_test.Runtime, app_test.patch_config_options = saved
 
 
+@pytest.fixture
+def slow_transactions(monkeypatch):
+    """Widen the window in which writers can collide: every transaction of this process waits
+    20 ms before it commits (the app's transactions otherwise last well under a millisecond, so
+    a collision would be rare even where nothing prevents it)."""
+    original = Collection.transaction
+
+    @contextlib.contextmanager
+    def slow(self):
+        with original(self) as c:
+            yield c
+            time.sleep(0.02)
+
+    monkeypatch.setattr(Collection, "transaction", slow)
+
+
 def _submit(at, label):
     return next(b for b in at.get("form_submit_button") if b.label == label).click().run()
 
@@ -175,7 +191,8 @@ def _session(i: int, names: dict, ingest_done: threading.Event, log: dict) -> No
 
 
 @pytest.mark.slow
-def test_four_app_sessions_label_rename_and_recluster_while_the_cli_ingests(small_collection, shared_runtime, monkeypatch, tmp_path):
+def test_four_app_sessions_label_rename_and_recluster_while_the_cli_ingests(small_collection, shared_runtime, slow_transactions,
+                                                                            monkeypatch, tmp_path):
     root = small_collection
     monkeypatch.setenv("DOCSORT_COLLECTION", str(root))
     pipeline = tmp_path / "small-batches.toml"

@@ -259,9 +259,10 @@ def test_nested_transactions_commit_once_and_an_inner_failure_rolls_back_only_it
 
 
 def test_writers_in_threads_never_land_inside_each_others_transactions(tmp_path):
-    """Each writer inserts a row, waits, checks that the table holds exactly its own rows beyond what
-    was committed before it began, and deletes them: with a shared connection (the old store) the
-    other threads' rows would show up inside its transaction."""
+    """Each writer inserts a row, waits, inserts another, checks that the table holds exactly its own
+    uncommitted rows besides the committed ``kept-`` ones, and replaces them: with one connection
+    shared by the threads (the store before issue 15) a second ``BEGIN`` fails inside the first
+    transaction, or one thread's rows land in another's transaction."""
     col = Collection(tmp_path / "c", create=True)
     errors = []
 
@@ -270,11 +271,10 @@ def test_writers_in_threads_never_land_inside_each_others_transactions(tmp_path)
             for k in range(15):
                 with col.transaction() as c:
                     c.execute("INSERT INTO failures VALUES(?, 'r', 't')", (f"{i}-{k}",))
-                    with col.transaction() as c2:  # nested, as jobs call store methods inside their own
-                        c2.execute("INSERT INTO failures VALUES(?, 'r', 't')", (f"{i}-{k}-nested",))
                     threading.Event().wait(0.002)
+                    c.execute("INSERT INTO failures VALUES(?, 'r', 't')", (f"{i}-{k}-second",))
                     rows = [r[0] for r in c.execute("SELECT path FROM failures WHERE path NOT LIKE 'kept-%'")]
-                    assert sorted(rows) == sorted([f"{i}-{k}", f"{i}-{k}-nested"]), rows
+                    assert sorted(rows) == sorted([f"{i}-{k}", f"{i}-{k}-second"]), rows
                     c.execute("DELETE FROM failures WHERE path LIKE ?", (f"{i}-{k}%",))
                     c.execute("INSERT INTO failures VALUES(?, 'r', 't')", (f"kept-{i}-{k}",))
         except BaseException as exc:  # reported below
