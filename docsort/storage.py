@@ -246,7 +246,8 @@ class CollectionError(RuntimeError):
 
 
 class CollectionBusyError(CollectionError):
-    """Another docsort process holds the collection's write lock."""
+    """Another docsort process holds the collection's write lock (:meth:`Collection.write_lock`),
+    or another thread of this process kept writing for too long (:meth:`Collection.transaction`)."""
 
 
 @dataclass(frozen=True)
@@ -580,8 +581,9 @@ class Collection:
                     pass
 
     def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        """Run one read statement and return all its rows (for stage modules that own tables,
-        such as :mod:`docsort.classify`; writes go through :meth:`transaction`)."""
+        """Run one read statement on this thread's connection and return all its rows (for stage
+        modules that own tables, such as :mod:`docsort.classify`; writes go through
+        :meth:`transaction`, and a read inside one sees its uncommitted writes)."""
         return self._conn.execute(sql, tuple(params)).fetchall()
 
     # -- manifest --------------------------------------------------------------------------
