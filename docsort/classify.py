@@ -206,10 +206,13 @@ def label_pages(
         raise ValueError("no pages to label")
     if source not in ("page", "cluster"):
         raise ValueError(f"source must be 'page' or 'cluster', not {source!r}")
-    name = normalise_type(doc_type, _existing_types(collection))
-    _check_pages(collection, ids)
+    normalise_type(doc_type)  # a bad name fails before the write lock is taken
     now, by = _now(), _who(who)
     with collection.transaction() as c:
+        # Inside the transaction, which writers take in turn: "Invoice" and "invoice" labelled at
+        # once by two app sessions are stored as one type.
+        name = normalise_type(doc_type, _existing_types(collection))
+        _check_pages(collection, ids)
         c.executemany(
             "INSERT INTO page_labels(page_id, type, source, cluster, who, at) VALUES(?,?,?,?,?,?) "
             "ON CONFLICT(page_id) DO UPDATE SET type=excluded.type, source=excluded.source, "

@@ -68,7 +68,9 @@ st.set_page_config(page_title="docsort", page_icon=":card_index_dividers:", layo
 
 @st.cache_resource(show_spinner=False)
 def open_collection(root: str) -> Collection:
-    """One handle per collection directory, shared by all sessions (SQLite in WAL mode)."""
+    """One handle per collection directory, shared by all sessions and the re-cluster thread: each
+    thread gets its own SQLite connection (WAL mode) and their writes take turns
+    (:meth:`docsort.storage.Collection.transaction`)."""
     return Collection(root, create=True)
 
 
