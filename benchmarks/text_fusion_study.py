@@ -1,19 +1,29 @@
 """Text fusion re-measured on the two style-balanced corpora (issue 13, item 3).
 
-    python benchmarks/text_fusion_study.py prepare   # copy + refit the invariance (default styles)
-    python benchmarks/text_fusion_study.py run --seeds 0,1,2,3,4
+    python benchmarks/text_fusion_study.py prepare   # copy the collections, refit the invariance
+    python benchmarks/text_fusion_study.py run --seeds 0,1,2,3,4,5,6,7,8,9 [--variants V1,V2,...]
+    python benchmarks/text_fusion_study.py table [--variants ...]   # Markdown tables
+    python benchmarks/text_fusion_study.py select                    # label-free weight choices
 
-``prepare`` copies the two OCR'd collections of ``style_study.py --ocr`` (read-only sources, see
-``SOURCES``) into ``benchmarks/out/text_fusion/`` and refits their scan-style-invariant projection
-with today's ``[invariance]`` defaults (``docsort.pipeline.fit_invariance``), then caches per
-corpus: page ids, the projected visual vectors, the stored OCR results and the labels (``cache.npz``
-/ ``texts.json``). ``run`` works on those in memory: text vectors (docsort's
-``docsort.text.fit_text_model`` or a plain ``TfidfVectorizer(sublinear_tf=True) -> TruncatedSVD ->
-L2``), fusions (``docsort.text.fuse`` and alternatives), each embedded with UMAP as
-``docsort.clustering.cluster_vectors`` does (same settings, UMAP seeds given) and clustered by
+``prepare`` copies the two OCR'd collections of ``style_study.py --ocr`` (never changed; paths in
+``SOURCES``, or ``--source NAME=COLLECTION,LABELS``) into ``benchmarks/out/text_fusion/NAME`` and
+refits their scan-style-invariant projection with today's ``[invariance]`` defaults
+(``docsort.pipeline.fit_invariance``), then caches per corpus the labelled page ids, projected and
+raw visual vectors, categories and styles (``NAME.npz``) and the stored OCR results
+(``NAME_texts.json``). ``run`` works on those in memory: text vectors by docsort
+(``docsort.text.fit_text_model``) or the plain ``TfidfVectorizer(sublinear_tf=True) ->
+TruncatedSVD -> L2``, fusions by ``docsort.text.fuse`` with three ways of filling the text part of
+pages without usable text, each embedded by UMAP as ``docsort.clustering.cluster_vectors`` does
+(same settings, the UMAP seeds given; without the 2-D map) and clustered by
 ``docsort.clustering.cluster_embedding``; figures from ``docsort.evaluate``: kNN@5, cross-style
-kNN@5, ARI / NMI (noise pages as singletons), style leakage, noise, seed-to-seed ARI.
-Results: ``benchmarks/out/text_fusion/results.json``.
+kNN@5, ARI / NMI (noise pages as singletons), style leakage, noise, seed-to-seed ARI, and
+HDBSCAN's DBCV (label-free). Results: ``benchmarks/out/text_fusion/results.json``.
+
+Variants: ``visual`` | ``rawvisual`` (no invariance) | ``text:KIND`` (text alone, pages with usable
+text) | ``textall:KIND`` (every page) | ``fuse:KIND:FILL:W`` | ``rawfuse:KIND:FILL:W``, with KIND
+``dsN`` (docsort LSA, N dims), ``plainN``, either with ``-c`` (text vectors centred); FILL ``zero``
+(docsort), ``mean`` or ``knn``; then optionally ``@min_confidence=X``, ``@min_words=N``,
+``@or_words=N`` (also usable: at least N words, whatever the confidence).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ SOURCES = {
 
 
 def prepare(names) -> None:
+    """Copy each corpus's collection, refit its invariance with the default settings, write the caches."""
     from docsort.evaluate import match_label_rows, read_labels
     from docsort.pipeline import _visual_vectors, fit_invariance
     from docsort.settings import load_pipeline
@@ -70,6 +81,9 @@ def prepare(names) -> None:
 
 
 def load(name, text_overrides=None):
+    """``(settings, arrays, OCR texts, usable)`` of a prepared corpus: the default pipeline settings
+    with ``text_overrides`` applied, the ``NAME.npz`` arrays, the OCR text of each page ("" for
+    none) and bool (n,) whether it is usable (``docsort.text.usable_text``, plus ``or_words``)."""
     from docsort.settings import load_pipeline
     from docsort.text import usable_text
 
@@ -90,6 +104,7 @@ def load(name, text_overrides=None):
 
 
 def l2(x):
+    """Rows L2-normalised (float32; zero rows stay zero)."""
     x = np.asarray(x, np.float32)
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return np.where(n > 1e-12, x / np.maximum(n, 1e-12), 0.0).astype(np.float32)
@@ -164,6 +179,7 @@ def cluster_runs(vectors, settings, seeds):
 
 
 def figures(vectors, cats, styles, runs):
+    """The study's figures of one set of vectors and its clusterings (one per UMAP seed)."""
     from sklearn.metrics import adjusted_rand_score
 
     from docsort.evaluate import cluster_scores, cross_style_knn_precision, knn_precision, style_leakage
@@ -183,6 +199,7 @@ def figures(vectors, cats, styles, runs):
 
 
 def run(names, seeds, variants):
+    """Measure each variant on each corpus; results merged into results.json (by corpus and variant)."""
     from docsort.text import fuse
 
     results_file = OUT / "results.json"
@@ -282,10 +299,15 @@ def main() -> None:
     ap.add_argument("--corpora", default="corpus1,corpus2")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--variants", default="")
+    ap.add_argument("--source", action="append", default=[], help="NAME=COLLECTION,LABELS (prepare): another source collection")
     a = ap.parse_args()
     os.environ.setdefault("DOCSORT_OFFLINE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     OUT.mkdir(parents=True, exist_ok=True)
+    for spec in a.source:
+        name, paths = spec.split("=", 1)
+        coll, labels = paths.split(",", 1)
+        SOURCES[name] = (Path(coll), Path(labels))
     if a.what == "prepare":
         prepare(a.corpora.split(","))
     elif a.what == "table":
