@@ -33,7 +33,8 @@ from .adapt import AdaptError, augment_view, set_trainable
 __all__ = ["FineTuneError", "FitReport", "FineTuned", "train_classifier", "predict", "cross_validate"]
 
 #: What the softmax head is, as recorded in the manifest.
-HEAD = "pooling (the collection's) -> L2 normalisation -> Dense(types, softmax)"
+HEAD = ("pooling (the collection's) -> L2 normalisation -> standardisation (training pages' mean and variance, "
+        "fixed) -> Dense(types, softmax)")
 
 
 class FineTuneError(AdaptError):
@@ -75,7 +76,8 @@ class FineTuned:
     report: FitReport
 
 
-def _full_model(backbone, n_classes: int, preprocessing: str, pooling: str, channels: int, seed: int):
+def _features_model(backbone, preprocessing: str, pooling: str, channels: int):
+    """uint8 (n, H, W, C) -> float32 (n, D): pooled, L2-normalised, as docsort embeds pages."""
     import keras
 
     from .features import POOLINGS, preprocess
@@ -86,9 +88,18 @@ def _full_model(backbone, n_classes: int, preprocessing: str, pooling: str, chan
     fmap = backbone(preprocess(inp, preprocessing), training=False)
     v = pool(keras.ops.cast(fmap, "float32"))
     v = v / keras.ops.maximum(keras.ops.norm(v, axis=-1, keepdims=True), 1e-12)
+    return keras.Model(inp, v, name="pooled_features")
+
+
+def _full_model(features, mean: np.ndarray, variance: np.ndarray, n_classes: int, seed: int):
+    """features -> fixed standardisation (the frozen classifier's StandardScaler) -> Dense softmax."""
+    import keras
+
+    inp = keras.Input(features.input.shape[1:], dtype="uint8")
+    z = keras.layers.Normalization(mean=mean, variance=variance, name="standardise")(features(inp))
     head = keras.layers.Dense(n_classes, activation="softmax", name="type_head",
                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed))
-    return keras.Model(inp, head(v), name="fine_tuned_classifier")
+    return keras.Model(inp, head(z), name="fine_tuned_classifier")
 
 
 def train_classifier(
@@ -109,7 +120,10 @@ def train_classifier(
 ) -> FineTuned:
     """Fine-tune ``backbone`` in place plus a new softmax head on labelled pages.
 
-    Adam (Kingma & Ba 2015) on the mean cross-entropy, class-balanced (each page weighted by
+    The head's input is the pooled, L2-normalised vector standardised by the mean and variance of
+    the training pages' clean (unaugmented) vectors before training, fixed afterwards: the frozen
+    classifier's ``StandardScaler``: an L2-normalised vector's coordinates are small, and without it a
+    short budget left the head far from fitted (benchmarks/RESULTS.md, "Adapting the network"). Adam (Kingma & Ba 2015) on the mean cross-entropy, class-balanced (each page weighted by
     ``n / (types * pages of its type)``, scikit-learn's ``class_weight="balanced"`` rule, as the
     frozen classifier of :mod:`docsort.classify` weighs its pages). The head learns at
     ``learning_rate``, the backbone at a tenth of it (the usual smaller step for pretrained layers,
@@ -153,7 +167,17 @@ def train_classifier(
     keras.utils.set_random_seed(seed)
     report = FitReport(trainable_params=set_trainable(backbone, layers))
     size = tuple(int(d) for d in backbone.input.shape[1:3])
-    model = _full_model(backbone, len(classes), preprocessing, pooling, channels, seed)
+    features = _features_model(backbone, preprocessing, pooling, channels)
+    # Standardised head inputs (docstring): Adam's per-weight steps move the logits in proportion
+    # to the inputs' scale.
+    from .pages import to_network_input
+
+    mode = "L" if channels == 1 else "RGB"
+    clean = np.concatenate([np.asarray(features(np.stack([to_network_input(im.convert(mode), size)
+                                                          for im in images[s:s + batch_size]]), training=False))
+                            for s in range(0, len(images), batch_size)])
+    mean, var = clean.mean(axis=0), np.maximum(clean.var(axis=0), 1e-12)
+    model = _full_model(features, mean, var, len(classes), seed)
     head_vars = model.get_layer("type_head").trainable_variables
     body_vars = backbone.trainable_variables
     opt_head, opt_body = keras.optimizers.Adam(learning_rate), keras.optimizers.Adam(learning_rate / 10.0)
