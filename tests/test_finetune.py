@@ -152,6 +152,12 @@ def test_cli_reports_both_accuracies_and_applies_the_measured_rule(base, tmp_pat
         assert col.manifest()["fine_tune"]["in_use"] == data["in_use"]
     res = CliRunner().invoke(app, ["info", "--collection", str(root), "--json"])
     assert json.loads(res.stdout[res.stdout.index("{"):])["classifier_in_use"].startswith(data["in_use"])
+    # the table for people: both accuracies and the model in use (same seed, same machine: same figures)
+    res = CliRunner().invoke(app, ["classify", "--fine-tune", "--epochs", "1", "--seed", "5", "--no-progress",
+                                   "--collection", str(root)])
+    assert res.exit_code == 0, res.output
+    assert "frozen features + logistic regression" in res.stdout and f"{data['frozen_accuracy']:.3f}" in res.stdout
+    assert f"{data['fine_tuned_accuracy']:.3f}" in res.stdout and f"in use: {data['in_use']}" in res.stdout
 
 
 def test_training_is_seeded_and_refuses_one_type(small_settings):
