@@ -847,6 +847,11 @@ def classify_collection(
             else:
                 c.execute("DELETE FROM page_predictions WHERE page_id IN (SELECT page_id FROM page_labels)")
             c.executemany("INSERT OR REPLACE INTO page_predictions VALUES(?,?,?,?,?,?,?,?)", rows)
+        if not only_missing:  # every prediction is the frozen classifier's now (issue 14)
+            from .finetuning import forget_fine_tuned
+
+            if forget_fine_tuned(collection) and log:
+                log("the frozen-feature classifier types the pages again (the fine-tuned one is no longer in use)")
     return ClassifyReport(clf, retrained, len(rows), n_unsure, threshold, settings.reject_unlike)
 
 
@@ -866,6 +871,12 @@ def after_ingest(collection: Collection, settings, *, log: Callable[[str], None]
     Returns:
         The :class:`ClassifyReport`, or ``None`` when there is no classifier (or it failed).
     """
+    from .finetuning import fine_tuned_in_use
+
+    if fine_tuned_in_use(collection):  # issue 14: never mix frozen predictions into fine-tuned ones
+        if log:
+            log("new pages not typed: the fine-tuned classifier is in use; run docsort classify --fine-tune to type them")
+        return None
     if not (collection.root / Collection.CLASSIFIER).is_file():
         return None
     try:

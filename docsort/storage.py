@@ -352,6 +352,9 @@ class Collection:
     #: ``docsort adapt``'s fine-tuned backbone (Keras ``.weights.h5`` of the truncated network) and
     #: its sidecar (:func:`docsort.weights.sidecar_path`).
     ADAPTED_WEIGHTS = "adapted.weights.h5"
+    #: ``docsort classify --fine-tune``'s kept classifier (:mod:`docsort.finetuning`): the
+    #: backbone with its type head, Keras ``.weights.h5``, sha256 in its sidecar and the manifest.
+    FINE_TUNED = "finetuned.weights.h5"
     LOCK = ".lock"
     #: How long a statement waits for another connection's write lock (SQLite's busy handler,
     #: ``sqlite3.connect(timeout=...)``), and a transaction for another thread's, seconds.
