@@ -415,10 +415,15 @@ def test_classifier_settings_and_migration_of_an_older_collection(collection_cop
     bad.write_text("[classifier]\nthreshold = 1.5\n")
     with pytest.raises(PipelineError, match="threshold"):
         load_pipeline(bad)
-    # A collection made before labels existed gets the tables when opened.
+    # A collection made before labels existed (schema 1, as docsort before numbered migrations left
+    # it: user_version 0) gets the tables when opened.
     db = sqlite3.connect(collection_copy / Collection.DB)
     db.execute("DROP TABLE page_labels")
     db.execute("DROP TABLE page_predictions")
+    db.execute("ALTER TABLE page_clusters DROP COLUMN membership")
+    db.execute("ALTER TABLE cluster_runs DROP COLUMN n_reassigned")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.execute("PRAGMA user_version = 0")
     db.commit()
     db.close()
     col = Collection(collection_copy)

@@ -313,11 +313,15 @@ class TextSettings(_Strict):
             below this: OCR of photographs, maps and music reads shapes as words (sample_docs:
             confidence 22-48 on those, 78-95 on printed text). On the development corpus 0, 50
             and 70 gave fused kNN@5 within 0.01 of each other; 50 keeps garbage out of keyword names.
+            Re-checked on issue 13's style-balanced corpora (benchmarks/RESULTS.md, "Text fusion,
+            re-measured").
         fusion_weight: weight w of the text part in the fused page vector
             ``[sqrt(1-w) * visual, sqrt(w) * text]`` (both L2-normalised, the visual vector
             centred on the collection mean first; then the cosine of two pages with text is
             ``(1-w) cos_visual + w cos_text``); 0 = visual only. 0.3 measured best on the
-            development corpus (kNN@5 and ARI; ``benchmarks/text_study.py``, benchmarks/RESULTS.md).
+            development corpus (kNN@5 and ARI; ``benchmarks/text_study.py``, benchmarks/RESULTS.md),
+            and kept on issue 13's two style-balanced corpora, where no weight chosen per collection
+            without labels beat it on both (RESULTS.md, "Text fusion, re-measured").
         keywords: words per default cluster name (class-based TF-IDF, as BERTopic names topics).
     """
 

@@ -76,7 +76,9 @@ st.set_page_config(page_title="docsort", page_icon=":card_index_dividers:", layo
 
 @st.cache_resource(show_spinner=False)
 def open_collection(root: str) -> Collection:
-    """One handle per collection directory, shared by all sessions (SQLite in WAL mode)."""
+    """One handle per collection directory, shared by all sessions and the re-cluster thread: each
+    thread gets its own SQLite connection (WAL mode) and their writes take turns
+    (:meth:`docsort.store.storage.Collection.transaction`)."""
     return Collection(root, create=True)
 
 
@@ -1062,6 +1064,7 @@ def view_status(col: Collection, root: str, version: tuple, counts: dict, about:
     else:
         st.write("Not clustered yet.")
     recluster_button(col, counts["pages"], key="status-recluster")
+    adapt_section(col, counts, about)
     st.subheader("Text (OCR)")
     if counts["pages"]:
         st.caption("Tesseract reads the words on each page: then pages can be found by their words (**Search text**), "
@@ -1098,6 +1101,80 @@ def view_status(col: Collection, root: str, version: tuple, counts: dict, about:
             if report.missing:
                 st.warning(f"{len(report.missing)} documents were not copied: "
                            + "; ".join(f"{p}: {r}" for p, r in report.missing[:10]))
+
+
+def _measures_row(name: str, m) -> dict:
+    if m is None:
+        return {"": name, "clusters": "-", "noise pages": "-", "neighbours in the same cluster": "-"}
+    return {"": name, "clusters": str(m.clusters), "noise pages": f"{100 * m.noise_share:.0f} %",
+            "neighbours in the same cluster": "-" if m.neighbour_agreement is None else f"{100 * m.neighbour_agreement:.0f} %"}
+
+
+def adapt_section(col: Collection, counts: dict, about: dict) -> None:
+    """Issue 14: "Adapt to this collection": ``docsort adapt`` + re-clustering in the background
+    (:func:`docsort.jobs.adaptation_review.adapt_and_recluster`), with an estimate, a progress bar
+    and the before/after of the clustering."""
+    from docsort.jobs.adaptation_review import SECONDS_PER_PAGE_EPOCH, adapt_and_recluster, collection_busy, estimate_seconds
+
+    st.subheader("Adapt to this collection")
+    st.caption("Fine-tunes the network on these pages (no labels needed: two scan styles of the same page are taught to "
+               "look alike), then re-embeds every page and re-clusters. The old vectors stay in use until it has finished.")
+    if about.get("adapted_weights") not in (None, "no"):
+        st.write(f"Adapted weights in use: {about['adapted_weights']}")
+    msg = st.session_state.pop("adapt_message", None)
+    if msg:
+        getattr(st, msg[0])(msg[1])
+        if len(msg) > 2:
+            st.table(msg[2])
+    n = counts["pages"]
+    c1, c2 = st.columns(2)
+    epochs = int(c1.number_input("Epochs", min_value=1, max_value=100, value=5, step=1, key="adapt-epochs"))
+    minutes = float(c2.number_input("Time budget for training, minutes (0 = none)", min_value=0.0, value=0.0, step=1.0,
+                                    key="adapt-minutes")) or None
+    settings = settings_for(col)
+    last = col.last_cluster_run()
+    cl_s = max(5.0, float(last["seconds"]) * n / max(last["n_pages"], 1)) if last else None
+    estimate = estimate_seconds(n, epochs, input_size=tuple(settings.features.input_size), minutes=minutes, cluster_seconds=cl_s)
+    st.caption(f"Estimate: about {estimate / 60:.1f} min ({plural(n, 'page')} × {epochs} epochs × "
+               f"{SECONDS_PER_PAGE_EPOCH:.2f} s per page-epoch at 299×299, then re-embedding and re-clustering).")
+    if not st.button("Adapt to this collection", key="adapt-go", disabled=n < MIN_PAGES,
+                     help=f"Needs at least {MIN_PAGES} pages"):
+        return
+    if collection_busy(col):
+        st.session_state["adapt_message"] = (
+            "error", "Another docsort job (ingest, OCR, clustering or adapt) is writing to this collection: "
+                     "try again when it has finished.")
+        st.rerun()
+    bar = st.progress(0.0, text="Adapting the network...")
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = adapt_and_recluster(col, settings, epochs=epochs, minutes=minutes)
+        except BaseException as exc:  # shown / re-raised in the script thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="docsort-adapt", daemon=True)
+    t0 = time.perf_counter()
+    worker.start()
+    while worker.is_alive():
+        elapsed = time.perf_counter() - t0
+        bar.progress(min(0.95, 0.95 * elapsed / estimate),
+                     text=f"Adapting the network, re-embedding and re-clustering... {elapsed:.0f} s of about {estimate:.0f} s")
+        worker.join(0.5)
+    bar.progress(1.0, text="Adapting finished")
+    error = outcome.get("error")
+    if isinstance(error, (CollectionBusyError, ClusteringError, CollectionError, ValueError)):
+        st.session_state["adapt_message"] = ("error", str(error))
+    elif error is not None:
+        raise error
+    else:
+        r = outcome["result"]
+        st.session_state["adapt_message"] = (
+            "success", f"Adapted the network in {r.adapt.train_seconds:.0f} s ({r.adapt.epochs_run} epochs on "
+                       f"{plural(r.adapt.pages_trained, 'page')}), re-embedded and re-clustered in {r.seconds:.0f} s in all.",
+            [_measures_row("before", r.before), _measures_row("after", r.after)])
+    st.rerun()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -638,6 +638,13 @@ def classify(
     pipeline: PipelineOpt = None,
     lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another process is writing.")] = 600.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    fine_tune: Annotated[bool, typer.Option("--fine-tune", help="Also fine-tune the network's last blocks and a softmax head on the "
+                                            "labelled pages; kept only if more accurate than the frozen-feature classifier on the same folds.")] = False,
+    epochs: Annotated[int, typer.Option(min=1, help="With --fine-tune: passes over the labelled pages per training run.")] = 10,
+    minutes: Annotated[Optional[float], typer.Option(min=0.0, help="With --fine-tune: time budget for all training, minutes.")] = None,
+    layers: Annotated[str, typer.Option(help="With --fine-tune: blocks to train: mixed1 | mixed0,mixed1 | all.")] = "mixed1",
+    seed: Annotated[int, typer.Option(help="With --fine-tune: seed of the augmentations, page order and head.")] = 0,
+    progress: Annotated[bool, typer.Option(help="With --fine-tune: show progress bars.")] = True,
 ) -> None:
     """Train the document-type classifier on the labels (when they changed) and type every unlabelled page."""
     from dataclasses import asdict
@@ -645,6 +652,13 @@ def classify(
     from docsort.jobs import classify as cl
 
     col = _open(collection)
+    if fine_tune:
+        try:
+            _fine_tune(col, pipeline, threshold, lock_timeout, as_json, epochs=epochs, minutes=minutes, layers=layers,
+                       seed=seed, progress=progress)
+        finally:
+            col.close()
+        return
     try:
         settings = _classifier_settings(col, pipeline)
         report = _run_classify(col, settings, threshold, lock_timeout)
@@ -672,6 +686,35 @@ def classify(
     out.print(f"probabilities: {clf.calibration}", highlight=False)
 
 
+def _fine_tune(col, pipeline, threshold, lock_timeout, as_json, **train) -> None:
+    """``docsort classify --fine-tune`` (docsort/jobs/finetuning.py): train, compare, report which model types the pages."""
+    from dataclasses import asdict
+
+    from docsort.jobs.finetuning import fine_tune as run_fine_tune
+    from docsort.store.manifest import effective_settings
+
+    requested, explicit = _pipeline(pipeline)
+    # FineTuneError (an AdaptError), CollectionError, ValueError: exit codes from classify's command().
+    settings = effective_settings(col, requested, explicit=explicit)
+    report = run_fine_tune(col, settings, threshold=threshold, lock_timeout_s=lock_timeout,
+                           log=lambda m: err.print(m, highlight=False), **train)
+    if as_json:
+        out.print_json(json.dumps(asdict(report)))
+        return
+    table = Table(title=f"cross-validated accuracy ({report.cv_method})")
+    table.add_column("classifier")
+    table.add_column("accuracy", justify="right")
+    table.add_row("frozen features + logistic regression", f"{report.frozen_accuracy:.3f}")
+    table.add_row(f"fine-tuned ({train['layers']} + softmax head)", f"{report.fine_tuned_accuracy:.3f}")
+    out.print(table)
+    out.print(f"in use: {report.in_use}" + ("" if report.kept else " (the fine-tuned model was not more accurate)")
+              + (f"; fine-tuned weights sha256 {report.weights_sha256[:16]}" if report.kept else ""), highlight=False)
+    out.print(f"typed {report.typed} unlabelled pages, {report.unsure} unsure"
+              + (f"; {report.untyped_moved} left untyped (file moved or changed)" if report.untyped_moved else "")
+              + (f"; {report.labelled_skipped} labelled pages left out (file moved or changed)" if report.labelled_skipped else ""),
+              highlight=False)
+
+
 @command("sort-by-type", also=(ValueError, OSError))
 def sort_by_type(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder (documents are copied, never moved).")],
@@ -686,7 +729,15 @@ def sort_by_type(
     col = _open(collection)
     try:
         settings = _classifier_settings(col, pipeline)
-        _run_classify(col, settings, threshold, lock_timeout)
+        from docsort.store.manifest import fine_tuned_in_use
+
+        if fine_tuned_in_use(col):  # the kept fine-tuned classifier's types, not a frozen re-run (issue 14)
+            if (col.manifest() or {})["fine_tune"].get("label_hash") != cl.label_set_hash(col):
+                raise _fail("the labels changed since the fine-tuned classifier was trained: run docsort classify "
+                            "--fine-tune (or plain docsort classify) first", 2)
+            err.print("types from the fine-tuned classifier (docsort classify --fine-tune)", highlight=False)
+        else:
+            _run_classify(col, settings, threshold, lock_timeout)
         report = cl.sort_by_type(col, out_dir)
     finally:
         col.close()

@@ -45,7 +45,7 @@ import numpy as np
 from docsort.config.settings import ClassifierSettings
 from docsort.core.invariance import stored_projection
 from docsort.store import labels as store_labels
-from docsort.store.manifest import recorded_settings, write_manifest
+from docsort.store.manifest import fine_tuned_in_use, forget_fine_tuned, recorded_settings, write_manifest
 from docsort.store.models import load_model, model_path, save_model
 from docsort.store.storage import Collection, CollectionError, atomic_write_bytes
 
@@ -781,6 +781,9 @@ def classify_collection(
                 for i, t, p, s, u in zip(ids, types, probs, sims, unsure)
             ]
         store_labels.replace_predictions(collection, rows, drop_all=not only_missing or retrained)
+        if not only_missing:  # every prediction is the frozen classifier's now (issue 14)
+            if forget_fine_tuned(collection) and log:
+                log("the frozen-feature classifier types the pages again (the fine-tuned one is no longer in use)")
     return ClassifyReport(clf, retrained, len(rows), n_unsure, threshold, settings.reject_unlike)
 
 
@@ -800,6 +803,10 @@ def after_ingest(collection: Collection, settings, *, log: Callable[[str], None]
     Returns:
         The :class:`ClassifyReport`, or ``None`` when there is no classifier (or it failed).
     """
+    if fine_tuned_in_use(collection):  # issue 14: never mix frozen predictions into fine-tuned ones
+        if log:
+            log("new pages not typed: the fine-tuned classifier is in use; run docsort classify --fine-tune to type them")
+        return None
     if not model_path(collection, "classifier").is_file():
         return None
     try:

@@ -100,6 +100,10 @@ def info(collection: Collection) -> dict:
                                        if a.get("state") == "done" else
                                        f"re-embedding unfinished (sha256 {str(a.get('sha256'))[:12]}): run docsort adapt to finish")
                             if a else "no")(manifest.get("adaptation")),
+        "classifier_in_use": (lambda f: (f"{f.get('in_use')} (cross-validated accuracy: fine-tuned {f.get('fine_tuned_accuracy')}, "
+                                         f"frozen features {f.get('frozen_accuracy')}, {f.get('cv_method')})"
+                                         + (f"; weights sha256 {str(f.get('sha256'))[:12]}" if f.get("in_use") == "fine-tuned" else ""))
+                              if f else ("frozen features" if manifest.get("classifier") else None))(manifest.get("fine_tune")),
         "invariance": (lambda v: (f"{v.get('dims')}-d from {v.get('n_pages_fitted')} pages x {len(v.get('styles', []))} styles, "
                                   f"sha256 {str(v.get('sha256'))[:12]}" + ("" if v.get("active") else " (not in use)")) if v else None)(
             manifest.get("invariance")),

@@ -67,7 +67,7 @@ class Manifest(BaseModel):
             sha256, engine with its probe vectors).
         seeds, libraries, machine, reproducibility: what reproducing its vectors needs.
         engine_checks: passed probe checks of other engines (:func:`check_engine_parity`).
-        text, ocr, invariance, adaptation, classifier, clustering: written by the job of that name.
+        text, ocr, invariance, adaptation, classifier, clustering, fine_tune: written by the job of that name.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -89,6 +89,7 @@ class Manifest(BaseModel):
     adaptation: dict[str, Any] | None = None
     classifier: dict[str, Any] | None = None
     clustering: dict[str, Any] | None = None
+    fine_tune: dict[str, Any] | None = None
 
 
 def read_manifest(collection: Collection) -> Manifest | None:
@@ -389,3 +390,27 @@ def check_adapted_weights(path: str | os.PathLike[str]) -> str:
         if entry.get("sha256") and entry["sha256"] != sha:
             raise WeightsError(f"{p}: sha256 {sha} differs from the one its collection recorded ({entry['sha256']})")
     return sha
+
+
+def fine_tuned_in_use(collection: Collection) -> bool:
+    """Whether the collection's predictions come from a kept fine-tuned classifier (manifest)."""
+    return ((collection.manifest() or {}).get("fine_tune") or {}).get("in_use") == "fine-tuned"
+
+
+def forget_fine_tuned(collection: Collection) -> bool:
+    """Mark the fine-tuned classifier as no longer in use (a plain ``docsort classify`` typed the
+    pages with the frozen one); its weights file stays. The caller holds the write lock.
+
+    Returns:
+        Whether it was in use.
+    """
+    manifest = collection.manifest() or {}
+    entry = manifest.get("fine_tune") or {}
+    if entry.get("in_use") != "fine-tuned":
+        return False
+    entry["in_use"] = "frozen"
+    manifest["fine_tune"] = entry
+    if manifest.get("classifier"):
+        manifest["classifier"]["in_use"] = "frozen"
+    write_manifest(collection, manifest)
+    return True

@@ -15,6 +15,16 @@ A collection is a directory::
 SQLite is the single source of truth and every document is stored in one transaction with all
 its pages and vectors, so a crash mid-ingest leaves either the whole document or nothing. The
 database runs in WAL mode so readers (the UI) keep reading while a writer commits.
+
+Threads: a :class:`Collection` may be shared by threads (the app's sessions and its re-cluster
+thread share one through ``st.cache_resource``). Each thread gets its own SQLite connection, and
+the writers of one process take turns (:meth:`Collection.transaction`); writers of different
+processes take turns through SQLite's own write lock, and jobs additionally hold the collection's
+file lock (:meth:`Collection.write_lock`).
+
+Schema: numbered migrations (:data:`MIGRATIONS`) recorded in SQLite's ``PRAGMA user_version``
+(SQLite docs, "PRAGMA user_version"); opening a collection applies the missing ones, one
+transaction each.
 """
 
 from __future__ import annotations
@@ -24,7 +34,8 @@ import json
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,17 +47,49 @@ __all__ = [
     "Collection",
     "CollectionError",
     "CollectionBusyError",
+    "MIGRATIONS",
+    "Migration",
+    "SCHEMA_VERSION",
     "StoredPage",
     "atomic_write_bytes",
     "default_collection_path",
 ]
 
-#: 2: page_clusters.membership, cluster_runs.n_reassigned, meta next_cluster_id (issue #5);
-#: 3: page_text and its FTS5 index page_text_fts (OCR, issue #6; new tables only).
-#: An older database is migrated when opened (:meth:`Collection._migrate`).
-SCHEMA_VERSION = 3
+# -- schema: numbered migrations -------------------------------------------------------------
 
-_SCHEMA = """
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: ``apply(conn)`` takes a database at ``version - 1`` to ``version``.
+
+    Attributes:
+        version: the ``PRAGMA user_version`` the database has once this step ran (1, 2, ...).
+        apply: runs the step's statements on the connection, inside the transaction that
+            :meth:`Collection._migrate` opened (so it must not commit); its docstring says what
+            the step adds.
+    """
+
+    version: int
+    apply: Callable[[sqlite3.Connection], None]
+
+    @property
+    def description(self) -> str:
+        """The first line of ``apply``'s docstring."""
+        return (self.apply.__doc__ or "").strip().splitlines()[0]
+
+
+def _run(c: sqlite3.Connection, script: str) -> None:
+    """Run ``;``-separated statements one by one (``executescript`` would commit first)."""
+    for stmt in script.split(";"):
+        if stmt.strip():
+            c.execute(stmt)
+
+
+def _m1_base(c: sqlite3.Connection) -> None:
+    """Schema 1 (the docsort spine): documents and their paths, pages with their float32 vector
+    BLOB, JPEG thumbnails, cluster assignments, cluster names, clustering runs, ingest failures
+    and a key/value ``meta`` table."""
+    _run(c, """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents(
     id INTEGER PRIMARY KEY,
@@ -82,8 +125,7 @@ CREATE TABLE IF NOT EXISTS page_clusters(
     probability REAL NOT NULL,
     umap_x REAL NOT NULL,
     umap_y REAL NOT NULL,
-    run_id INTEGER NOT NULL,
-    membership TEXT NOT NULL DEFAULT 'member'
+    run_id INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS clusters(
     id INTEGER PRIMARY KEY,
@@ -97,17 +139,24 @@ CREATE TABLE IF NOT EXISTS cluster_runs(
     n_pages INTEGER NOT NULL,
     n_clusters INTEGER NOT NULL,
     n_noise INTEGER NOT NULL,
-    seconds REAL NOT NULL,
-    n_reassigned INTEGER NOT NULL DEFAULT 0
+    seconds REAL NOT NULL
 );
--- docsort adapt: vectors of the adapted network, staged until every page has one (then swapped in).
-CREATE TABLE IF NOT EXISTS staged_vectors(
-    page_id INTEGER PRIMARY KEY REFERENCES pages(id),
-    weights_sha256 TEXT NOT NULL,
-    vector BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS failures(path TEXT PRIMARY KEY, reason TEXT NOT NULL, at TEXT NOT NULL);
--- docsort.jobs.classify: document types given by a user (one per page) and the classifier's predictions.
+CREATE TABLE IF NOT EXISTS failures(path TEXT PRIMARY KEY, reason TEXT NOT NULL, at TEXT NOT NULL)
+""")
+
+
+def _m2_membership_and_labels(c: sqlite3.Connection) -> None:
+    """Schema 2 (issue 5): ``page_clusters.membership`` (``'member'``, ``'noise'`` for the rows
+    with cluster -1; later also ``'reassigned'`` and ``'provisional'``), ``cluster_runs.n_reassigned``
+    (0), and the tables of :mod:`docsort.jobs.classify`: ``page_labels`` (a user's document type per
+    page) and ``page_predictions`` (the classifier's). Existing cluster ids are kept; the next
+    fresh id is derived from them (:meth:`Collection.next_cluster_id`)."""
+    c.execute("ALTER TABLE page_clusters ADD COLUMN membership TEXT NOT NULL DEFAULT 'member'")
+    c.execute("UPDATE page_clusters SET membership = 'noise' WHERE cluster < 0")
+    c.execute("ALTER TABLE cluster_runs ADD COLUMN n_reassigned INTEGER NOT NULL DEFAULT 0")
+    # IF NOT EXISTS: schema-1 databases opened by docsort before numbered migrations got these
+    # tables from its CREATE ... IF NOT EXISTS at every open.
+    _run(c, """
 CREATE TABLE IF NOT EXISTS page_labels(
     page_id INTEGER PRIMARY KEY REFERENCES pages(id),
     type TEXT NOT NULL,
@@ -125,8 +174,16 @@ CREATE TABLE IF NOT EXISTS page_predictions(
     threshold REAL NOT NULL,
     model_version TEXT NOT NULL,
     at TEXT NOT NULL
-);
--- docsort.jobs.ocr: the OCR text of a page (one row per page once OCR ran on it, failed or not).
+)
+""")
+
+
+def _m3_page_text(c: sqlite3.Connection) -> None:
+    """Schema 3 (issue 6): ``page_text``, the OCR text of a page (one row per page once OCR ran on
+    it, failed or not), and ``page_text_fts``, its full-text index (SQLite FTS5 external-content
+    table kept in step by three triggers; SQLite docs "FTS5", section 4.4.3 "External Content
+    Tables")."""
+    c.execute("""
 CREATE TABLE IF NOT EXISTS page_text(
     page_id INTEGER PRIMARY KEY REFERENCES pages(id),
     text TEXT NOT NULL,
@@ -138,23 +195,50 @@ CREATE TABLE IF NOT EXISTS page_text(
     seconds REAL NOT NULL,
     error TEXT,
     at TEXT NOT NULL
-);
-"""
+)""")
+    # The trigger bodies contain ';': one statement each, not split.
+    for stmt in (
+        "CREATE VIRTUAL TABLE IF NOT EXISTS page_text_fts USING fts5(text, content='page_text', content_rowid='page_id', "
+        "tokenize='porter unicode61 remove_diacritics 2')",
+        "CREATE TRIGGER IF NOT EXISTS page_text_ai AFTER INSERT ON page_text BEGIN "
+        "INSERT INTO page_text_fts(rowid, text) VALUES (new.page_id, new.text); END",
+        "CREATE TRIGGER IF NOT EXISTS page_text_ad AFTER DELETE ON page_text BEGIN "
+        "INSERT INTO page_text_fts(page_text_fts, rowid, text) VALUES ('delete', old.page_id, old.text); END",
+        "CREATE TRIGGER IF NOT EXISTS page_text_au AFTER UPDATE ON page_text BEGIN "
+        "INSERT INTO page_text_fts(page_text_fts, rowid, text) VALUES ('delete', old.page_id, old.text); "
+        "INSERT INTO page_text_fts(rowid, text) VALUES (new.page_id, new.text); END",
+    ):
+        c.execute(stmt)
 
-#: Full-text index over ``page_text.text`` (SQLite FTS5 external-content table, kept in step by
-#: triggers; SQLite docs "FTS5", section 4.4.3 "External Content Tables"). Statements contain
-#: ``;`` inside ``BEGIN ... END``, so they are run one by one, not split.
-_FTS_SCHEMA = (
-    "CREATE VIRTUAL TABLE IF NOT EXISTS page_text_fts USING fts5(text, content='page_text', content_rowid='page_id', "
-    "tokenize='porter unicode61 remove_diacritics 2')",
-    "CREATE TRIGGER IF NOT EXISTS page_text_ai AFTER INSERT ON page_text BEGIN "
-    "INSERT INTO page_text_fts(rowid, text) VALUES (new.page_id, new.text); END",
-    "CREATE TRIGGER IF NOT EXISTS page_text_ad AFTER DELETE ON page_text BEGIN "
-    "INSERT INTO page_text_fts(page_text_fts, rowid, text) VALUES ('delete', old.page_id, old.text); END",
-    "CREATE TRIGGER IF NOT EXISTS page_text_au AFTER UPDATE ON page_text BEGIN "
-    "INSERT INTO page_text_fts(page_text_fts, rowid, text) VALUES ('delete', old.page_id, old.text); "
-    "INSERT INTO page_text_fts(rowid, text) VALUES (new.page_id, new.text); END",
+
+def _m4_staged_vectors(c: sqlite3.Connection) -> None:
+    """Schema 4 (issue 14, ``docsort adapt``): ``staged_vectors``, the vectors of the adapted
+    network kept aside, tagged with the weights' sha256, until every page has one (then swapped
+    in by :meth:`Collection.swap_in_staged_vectors`). IF NOT EXISTS: databases of schema 3 made
+    before numbered migrations may already have it."""
+    c.execute("""
+CREATE TABLE IF NOT EXISTS staged_vectors(
+    page_id INTEGER PRIMARY KEY REFERENCES pages(id),
+    weights_sha256 TEXT NOT NULL,
+    vector BLOB NOT NULL
+)""")
+
+
+#: The schema, step by step, in order; a database's ``PRAGMA user_version`` is the number of the
+#: last step applied to it. Append new steps here (never edit a released one).
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, _m1_base),
+    Migration(2, _m2_membership_and_labels),
+    Migration(3, _m3_page_text),
+    Migration(4, _m4_staged_vectors),
 )
+#: The schema this docsort writes: the last migration's number. Also mirrored in ``meta`` under
+#: ``schema_version``, which docsort before numbered migrations (schema 3 and older) reads to
+#: refuse a newer collection.
+SCHEMA_VERSION = MIGRATIONS[-1].version
+#: The newest schema of docsort before numbered migrations: such a database has user_version 0
+#: and its schema number in ``meta.schema_version`` (1 to 3).
+_LEGACY_MAX = 3
 
 
 class CollectionError(RuntimeError):
@@ -162,7 +246,8 @@ class CollectionError(RuntimeError):
 
 
 class CollectionBusyError(CollectionError):
-    """Another docsort process holds the collection's write lock."""
+    """Another docsort process holds the collection's write lock (:meth:`Collection.write_lock`),
+    or another thread of this process kept writing for too long (:meth:`Collection.transaction`)."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +322,14 @@ def _retry_while_locked(op, timeout_s: float):
 class Collection:
     """A docsort collection directory.
 
+    One object may be shared by threads (the app shares one between its sessions and its
+    re-cluster thread): every thread that touches it gets its own SQLite connection (WAL mode,
+    ``busy_timeout`` :attr:`BUSY_TIMEOUT_S`), opened on first use and closed by :meth:`close`
+    (or, once its thread has ended, when another thread opens one). Writes go through
+    :meth:`transaction`, which nests within a thread and lets one thread of the process write at a
+    time; between processes SQLite's write lock orders the transactions, and jobs also hold the
+    file lock of :meth:`write_lock`.
+
     Args:
         root: the collection directory.
         create: create the directory and database if missing (otherwise a missing collection
@@ -244,7 +337,7 @@ class Collection:
 
     Raises:
         CollectionError: the directory is not a collection (and ``create`` is false), or its
-            database has a newer schema.
+            database was made by a newer docsort (the message names both schema versions).
     """
 
     DB = "docsort.sqlite"
@@ -259,70 +352,82 @@ class Collection:
     #: ``docsort adapt``'s fine-tuned backbone (Keras ``.weights.h5`` of the truncated network) and
     #: its sidecar (:func:`docsort.core.weights.sidecar_path`).
     ADAPTED_WEIGHTS = "adapted.weights.h5"
+    #: ``docsort classify --fine-tune``'s kept classifier (:mod:`docsort.jobs.finetuning`): the
+    #: backbone with its type head, Keras ``.weights.h5``, sha256 in its sidecar and the manifest.
+    FINE_TUNED = "finetuned.weights.h5"
     LOCK = ".lock"
+    #: How long a statement waits for another connection's write lock (SQLite's busy handler,
+    #: ``sqlite3.connect(timeout=...)``), and a transaction for another thread's, seconds.
+    BUSY_TIMEOUT_S = 60.0
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = False):
         self.root = Path(root)
-        db = self.root / self.DB
-        if not db.exists():
+        self._db = self.root / self.DB
+        if not self._db.exists():
             if not create:
                 raise CollectionError(
                     f"{self.root}: no docsort collection here (run `docsort ingest FOLDER` first, "
                     "or pass --collection PATH)"
                 )
             self.root.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(db, timeout=60, isolation_level=None, check_same_thread=False)
-        # Switching to WAL needs a moment of exclusive access and SQLite does not wait for it
-        # (no busy handler): retry while another process holds the database.
-        if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            _retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"), timeout_s=60)
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        for stmt in [*_SCHEMA.strip().split(";"), *_FTS_SCHEMA]:
-            if stmt.strip():
-                self._conn.execute(stmt)
-        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is not None and int(row[0]) > SCHEMA_VERSION:
-            raise CollectionError(f"{self.root}: collection schema {row[0]} is newer than this docsort")
-        self._migrate()
+        self._local = threading.local()  # .conn, .depth: this thread's connection and transaction depth
+        self._conns: dict[threading.Thread, sqlite3.Connection] = {}
+        self._conns_lock = threading.Lock()
+        self._writer = threading.RLock()  # one writing thread per process at a time
+        self._closed = False
+        try:
+            conn = self._conn
+            # Switching to WAL needs a moment of exclusive access and SQLite does not wait for it
+            # (no busy handler): retry while another process holds the database. WAL is a property
+            # of the database file, so later connections find it set.
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                _retry_while_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"), timeout_s=self.BUSY_TIMEOUT_S)
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
 
-    def _migrate(self) -> None:
-        """Bring a database of an older schema up to :data:`SCHEMA_VERSION`, in one transaction.
+    # -- connections and transactions --------------------------------------------------------
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use).
 
-        Schema 2 -> 3 (issue #6) only adds tables (``page_text``, ``page_text_fts``), created by
-        ``CREATE ... IF NOT EXISTS`` when the database is opened; the version is then raised.
-        Schema 1 -> 2 (issue #5): ``page_clusters.membership`` (``'member'``, or ``'noise'`` for
-        the rows with cluster -1) and ``cluster_runs.n_reassigned`` (0) are added with
-        ``ALTER TABLE ... ADD COLUMN``, each only when ``PRAGMA table_info`` lacks it, so two
-        processes opening the same old collection at once both succeed. Existing cluster ids are
-        kept; the next fresh id is derived from them (:meth:`next_cluster_id`).
+        Raises:
+            CollectionError: the collection was closed.
         """
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise CollectionError(f"{self.root}: the collection was closed")
+        conn = sqlite3.connect(self._db, timeout=self.BUSY_TIMEOUT_S, isolation_level=None,
+                               # used by this thread only; closed by another one (close(), or
+                               # after this thread ended), which check_same_thread would refuse
+                               check_same_thread=False)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        with self._conns_lock:
+            if self._closed:
+                conn.close()
+                raise CollectionError(f"{self.root}: the collection was closed")
+            for thread in [t for t in self._conns if not t.is_alive()]:
+                # Streamlit runs each rerun of a session in a new thread: drop the ended ones'.
+                self._conns.pop(thread).close()
+            self._conns[threading.current_thread()] = conn
+        self._local.conn, self._local.depth = conn, 0
+        return conn
 
-        def missing(c) -> dict[str, bool]:
-            pc = {r[1] for r in c.execute("PRAGMA table_info(page_clusters)")}
-            runs = {r[1] for r in c.execute("PRAGMA table_info(cluster_runs)")}
-            return {"membership": "membership" not in pc, "n_reassigned": "n_reassigned" not in runs}
-
-        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is not None and int(row[0]) >= SCHEMA_VERSION and not any(missing(self._conn).values()):
-            return
-        with self.transaction() as c:
-            todo = missing(c)
-            if todo["membership"]:
-                c.execute("ALTER TABLE page_clusters ADD COLUMN membership TEXT NOT NULL DEFAULT 'member'")
-                c.execute("UPDATE page_clusters SET membership = 'noise' WHERE cluster < 0")
-            if todo["n_reassigned"]:
-                c.execute("ALTER TABLE cluster_runs ADD COLUMN n_reassigned INTEGER NOT NULL DEFAULT 0")
-            c.execute(
-                "INSERT INTO meta VALUES('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value "
-                "WHERE CAST(meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)",
-                (str(SCHEMA_VERSION),),
-            )
-
-    # -- plumbing --------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the database connection."""
-        self._conn.close()
+        """Close every thread's database connection; later use raises :class:`CollectionError`.
+
+        Call it when no other thread is using the collection (a connection in use by another
+        thread would be closed under it)."""
+        with self._conns_lock:
+            self._closed = True
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
 
     def __enter__(self) -> "Collection":
         return self
@@ -332,15 +437,111 @@ class Collection:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception)."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        """A write transaction on this thread's connection: ``BEGIN IMMEDIATE`` ... ``COMMIT``,
+        ``ROLLBACK`` on any exception.
+
+        Nests: inside another :meth:`transaction` of the same thread it is a ``SAVEPOINT``
+        (released on success, rolled back to on an exception), and only the outermost one
+        commits. The outermost one first takes the process's writer lock (a ``threading.RLock``),
+        so two threads' transactions never interleave; ``BEGIN IMMEDIATE`` then takes SQLite's
+        write lock, waiting up to :attr:`BUSY_TIMEOUT_S` for other processes (SQLite docs,
+        "Transaction", section "Immediate"; "Write-Ahead Logging").
+
+        Yields:
+            This thread's ``sqlite3.Connection``.
+
+        Raises:
+            CollectionBusyError: another thread of this process kept writing for longer than
+                :attr:`BUSY_TIMEOUT_S`.
+            sqlite3.OperationalError: "database is locked" when another process kept SQLite's
+                write lock for longer than that.
+        """
+        conn = self._conn
+        depth = self._local.depth
+        if depth:
+            name = f"docsort_sp{depth}"
+            conn.execute(f"SAVEPOINT {name}")
+            self._local.depth = depth + 1
+            try:
+                yield conn
+            except BaseException:
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
+                raise
+            else:
+                conn.execute(f"RELEASE {name}")
+            finally:
+                self._local.depth = depth
+            return
+        if not self._writer.acquire(timeout=self.BUSY_TIMEOUT_S):
+            raise CollectionBusyError(
+                f"collection {self.root} is busy: another thread of this process has been writing to it "
+                f"for over {self.BUSY_TIMEOUT_S:.0f} s")
         try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        else:
-            self._conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            self._local.depth = 1
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+            finally:
+                self._local.depth = 0
+        finally:
+            self._writer.release()
+
+    def schema_version(self) -> int:
+        """The database's schema: the number of the last :data:`MIGRATIONS` step applied
+        (``PRAGMA user_version``)."""
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        """Bring the database up to :data:`SCHEMA_VERSION` by applying the missing
+        :data:`MIGRATIONS`, each in its own transaction that also sets ``PRAGMA user_version``.
+
+        Each step re-reads the version inside its transaction (``BEGIN IMMEDIATE``), so two
+        processes opening the same old or new collection at once apply each step once. A
+        database of docsort before numbered migrations (user_version 0 but a ``meta`` table with
+        ``schema_version`` 1 to 3; a missing row counts as 1) is adopted at that version first;
+        its rows are kept. ``meta.schema_version`` is kept equal to the version, for older
+        docsort's check.
+
+        Raises:
+            CollectionError: the database's version (or its legacy ``schema_version``) is newer
+                than :data:`SCHEMA_VERSION`; the message names the collection and both versions.
+        """
+        version = self.schema_version()
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise self._newer_error(version)
+        with self.transaction() as c:
+            if self.schema_version() == 0 and c.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+            ).fetchone():
+                row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                legacy = 1 if row is None else int(row[0])
+                if legacy > _LEGACY_MAX:
+                    raise self._newer_error(legacy)
+                c.execute(f"PRAGMA user_version = {legacy:d}")
+        for step in MIGRATIONS:
+            with self.transaction() as c:
+                if self.schema_version() >= step.version:
+                    continue
+                step.apply(c)
+                c.execute(f"PRAGMA user_version = {step.version:d}")
+                c.execute(
+                    "INSERT INTO meta VALUES('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (str(step.version),),
+                )
+
+    def _newer_error(self, version: int) -> CollectionError:
+        return CollectionError(
+            f"{self.root}: the collection has schema version {version}, newer than {SCHEMA_VERSION}, the newest "
+            "this docsort knows; upgrade docsort to open it"
+        )
 
     @contextmanager
     def write_lock(self, timeout_s: float = 600.0, on_wait=None) -> Iterator[None]:
@@ -383,8 +584,9 @@ class Collection:
                     pass
 
     def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        """Run one read statement and return all its rows (for stage modules that own tables,
-        such as :mod:`docsort.jobs.classify`; writes go through :meth:`transaction`)."""
+        """Run one read statement on this thread's connection and return all its rows (for stage
+        modules that own tables, such as :mod:`docsort.jobs.classify`; writes go through
+        :meth:`transaction`, and a read inside one sees its uncommitted writes)."""
         return self._conn.execute(sql, tuple(params)).fetchall()
 
     # -- manifest --------------------------------------------------------------------------
@@ -874,10 +1076,10 @@ class Collection:
             raise CollectionError("a cluster name cannot be empty")
         if cluster_id < 0:
             raise CollectionError("noise (-1) is not a cluster and cannot be renamed")
-        exists = self._conn.execute("SELECT 1 FROM page_clusters WHERE cluster=? LIMIT 1", (int(cluster_id),)).fetchone()
-        if exists is None:
-            raise CollectionError(f"no cluster {cluster_id} in {self.root}")
         with self.transaction() as c:
+            # Checked inside the transaction: a re-clustering committed meanwhile may have retired the id.
+            if c.execute("SELECT 1 FROM page_clusters WHERE cluster=? LIMIT 1", (int(cluster_id),)).fetchone() is None:
+                raise CollectionError(f"no cluster {cluster_id} in {self.root}")
             c.execute(
                 "INSERT INTO clusters(id, name, user_named) VALUES(?, ?, 1) "
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, user_named=1",
