@@ -31,7 +31,7 @@ from PIL import Image
 from docsort.core.styles import DEFAULT_STYLES, restyle
 
 __all__ = ["LAYER_CHOICES", "AUGMENTATIONS", "OBJECTIVE", "AdaptError", "augment_view", "set_trainable",
-           "TrainReport", "train_contrastive"]
+           "TrainReport", "run_epochs", "train_contrastive"]
 
 #: ``--layers`` choices: which blocks of the ``mixed1``-truncated InceptionV3 are trained.
 LAYER_CHOICES = ("mixed1", "mixed0,mixed1", "all")
@@ -137,7 +137,8 @@ class TrainReport:
     Attributes:
         epochs_run: epochs completed (the last may be cut short by the time budget).
         steps: optimiser steps.
-        losses: mean NT-Xent loss per epoch.
+        losses: mean training loss per epoch (NT-Xent for :func:`train_contrastive`, cross-entropy in
+            nats for :func:`docsort.core.finetune.train_classifier`).
         seconds: wall time of training, seconds.
         stopped_by_budget: the ``minutes`` budget ended training before ``epochs``.
         trainable_params: parameters trained (head excluded).
@@ -149,6 +150,62 @@ class TrainReport:
     seconds: float = 0.0
     stopped_by_budget: bool = False
     trainable_params: int = 0
+
+
+def run_epochs(
+    n: int,
+    batch_loss: Callable[[np.ndarray], float | None],
+    report: TrainReport,
+    *,
+    rng: np.random.Generator,
+    epochs: int,
+    batch_size: int,
+    minutes: float | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainReport:
+    """The epoch loop shared by :func:`train_contrastive` and :func:`docsort.core.finetune.train_classifier`.
+
+    Each epoch visits the ``n`` pages in a fresh ``rng.permutation`` order, ``batch_size`` at a
+    time; ``batch_loss(idx)`` (int indices into the pages) makes the batch's views from the same
+    ``rng``, takes one optimiser step and returns its loss, or ``None`` to skip the batch (no step
+    counted). Training stops after ``epochs``, or inside an epoch once ``minutes`` of wall time
+    have passed.
+
+    Args:
+        n: pages. batch_loss: as above. report: filled in place (``steps``, ``losses``: the mean
+            batch loss per epoch, NaN for an epoch with no step, ``epochs_run``,
+            ``stopped_by_budget``, ``seconds``: wall time).
+        rng: the seeded generator that also drives the augmentations.
+        epochs: passes over the pages (>= 1). batch_size: pages per step.
+        minutes: wall-time budget, minutes; ``None`` = none. on_step: called with the batch's
+            page count after each step.
+
+    Returns:
+        ``report``.
+    """
+    t0 = time.perf_counter()
+    deadline = None if minutes is None else t0 + 60.0 * minutes
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        ep = []
+        for s in range(0, n, batch_size):
+            idx = order[s:s + batch_size]
+            loss = batch_loss(idx)
+            if loss is None:
+                continue
+            ep.append(loss)
+            report.steps += 1
+            if on_step is not None:
+                on_step(len(idx))
+            if deadline is not None and time.perf_counter() > deadline:
+                report.stopped_by_budget = True
+                break
+        report.losses.append(float(np.mean(ep)) if ep else float("nan"))
+        report.epochs_run += 1
+        if report.stopped_by_budget:
+            break
+    report.seconds = time.perf_counter() - t0
+    return report
 
 
 def train_contrastive(
@@ -223,30 +280,16 @@ def train_contrastive(
         return loss
 
     rng = np.random.default_rng(seed)
-    n = len(images)
-    t0 = time.perf_counter()
-    deadline = None if minutes is None else t0 + 60.0 * minutes
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        ep = []
-        for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
-            if len(idx) < 2:  # one page has no negatives
-                continue
-            va = np.stack([augment_view(images[i], size, rng, channels) for i in idx])
-            vb = np.stack([augment_view(images[i], size, rng, channels) for i in idx])
-            ep.append(float(step(tf.constant(va), tf.constant(vb))))
-            report.steps += 1
-            if on_step is not None:
-                on_step(len(idx))
-            if deadline is not None and time.perf_counter() > deadline:
-                report.stopped_by_budget = True
-                break
-        report.losses.append(float(np.mean(ep)) if ep else float("nan"))
-        report.epochs_run += 1
-        if report.stopped_by_budget:
-            break
+
+    def batch_loss(idx: np.ndarray) -> float | None:
+        if len(idx) < 2:  # one page has no negatives
+            return None
+        va = np.stack([augment_view(images[i], size, rng, channels) for i in idx])
+        vb = np.stack([augment_view(images[i], size, rng, channels) for i in idx])
+        return float(step(tf.constant(va), tf.constant(vb)))
+
+    run_epochs(len(images), batch_loss, report, rng=rng, epochs=epochs, batch_size=batch_size, minutes=minutes,
+               on_step=on_step)
     for layer in model.layers:
         layer.trainable = False
-    report.seconds = time.perf_counter() - t0
     return report

@@ -21,14 +21,13 @@ nothing is written. Deterministic for a seed on one machine (``enable_op_determi
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from docsort.core.adapt import AdaptError, augment_view, set_trainable
+from docsort.core.adapt import AdaptError, TrainReport, augment_view, run_epochs, set_trainable
 
 __all__ = ["FineTuneError", "FitReport", "FineTuned", "train_classifier", "predict", "cross_validate"]
 
@@ -41,23 +40,9 @@ class FineTuneError(AdaptError):
     """Fine-tuning cannot run: fewer than two types, too few pages, a bad budget or layers choice."""
 
 
-@dataclass
-class FitReport:
-    """What one :func:`train_classifier` run did.
-
-    Attributes:
-        epochs_run: epochs completed (the last may be cut short by the time budget).
-        steps: optimiser steps; losses: mean cross-entropy per epoch (nats).
-        seconds: wall time, seconds; stopped_by_budget: ``minutes`` ended training early.
-        trainable_params: backbone parameters trained (the head excluded).
-    """
-
-    epochs_run: int = 0
-    steps: int = 0
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    stopped_by_budget: bool = False
-    trainable_params: int = 0
+#: What one :func:`train_classifier` run did: the fields of :class:`docsort.core.adapt.TrainReport`
+#: (``losses``: mean cross-entropy per epoch, nats; ``trainable_params``: backbone parameters, head excluded).
+FitReport = TrainReport
 
 
 @dataclass
@@ -200,29 +185,15 @@ def train_classifier(
         return loss
 
     rng = np.random.default_rng(seed)
-    n = len(images)
-    t0 = time.perf_counter()
-    deadline = None if minutes is None else t0 + 60.0 * minutes
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        ep = []
-        for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
-            x = np.stack([augment_view(images[i], size, rng, channels) for i in idx])
-            ep.append(float(step(tf.constant(x), tf.constant(y[idx].astype(np.int32)))))
-            report.steps += 1
-            if on_step is not None:
-                on_step(len(idx))
-            if deadline is not None and time.perf_counter() > deadline:
-                report.stopped_by_budget = True
-                break
-        report.losses.append(float(np.mean(ep)))
-        report.epochs_run += 1
-        if report.stopped_by_budget:
-            break
+
+    def batch_loss(idx: np.ndarray) -> float:
+        x = np.stack([augment_view(images[i], size, rng, channels) for i in idx])
+        return float(step(tf.constant(x), tf.constant(y[idx].astype(np.int32))))
+
+    run_epochs(len(images), batch_loss, report, rng=rng, epochs=epochs, batch_size=batch_size, minutes=minutes,
+               on_step=on_step)
     for layer in backbone.layers:
         layer.trainable = False
-    report.seconds = time.perf_counter() - t0
     return FineTuned(model, [str(c) for c in classes], report)
 
 
