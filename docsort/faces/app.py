@@ -30,7 +30,9 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -304,33 +306,53 @@ def label_form(col: Collection, rows, key: str) -> None:
             st.rerun()
 
 
+def _cluster_seconds(col: Collection, n_pages: int) -> float | None:
+    """Seconds a clustering of ``n_pages`` should take, scaled from the last run (at least 5 s);
+    ``None`` before the first run."""
+    last = col.last_cluster_run()
+    return max(5.0, float(last["seconds"]) * n_pages / max(last["n_pages"], 1)) if last else None
+
+
+def _run_in_background(job: Callable[[], Any], name: str, bar, estimate: float, text: Callable[[float], str]):
+    """Run ``job()`` in a worker thread while ``bar`` advances with the elapsed time against
+    ``estimate`` (seconds; the bar stops at 95 % until the job ends), labelled ``text(elapsed)``.
+
+    Returns:
+        ``(result, error)``: the job's return value, or the exception it raised (then result
+        ``None``), to be shown or re-raised in the script thread.
+    """
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = job()
+        except BaseException as exc:  # shown / re-raised in the script thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    t0 = time.perf_counter()
+    worker.start()
+    while worker.is_alive():
+        elapsed = time.perf_counter() - t0
+        bar.progress(min(0.95, 0.95 * elapsed / estimate), text=text(elapsed))
+        worker.join(0.5)
+    return outcome.get("result"), outcome.get("error")
+
+
 def run_clustering(col: Collection, n_pages: int) -> None:
     """Run :func:`docsort.jobs.cluster.cluster` with a progress bar; the outcome goes to session state."""
     if n_pages < MIN_PAGES:
         st.session_state["cluster_message"] = (
             "warning", f"{plural(n_pages, 'page')} cannot be clustered yet: add at least {MIN_PAGES} pages.")
         return
-    last = col.last_cluster_run()
-    estimate = max(5.0, float(last["seconds"]) * n_pages / max(last["n_pages"], 1)) if last else 30.0 + n_pages / 400
+    estimate = _cluster_seconds(col, n_pages)
+    estimate = 30.0 + n_pages / 400 if estimate is None else estimate
     bar = st.progress(0.0, text=f"Clustering {n_pages} pages (UMAP + HDBSCAN)...")
-    outcome: dict = {}
     settings = settings_for(col)
-
-    def work() -> None:
-        try:
-            outcome["result"] = cluster(col, settings, log=lambda _m: None, lock_timeout_s=30)
-        except BaseException as exc:  # re-raised / shown in the script thread
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=work, name="docsort-cluster", daemon=True)
-    t0 = time.perf_counter()
-    worker.start()
-    while worker.is_alive():
-        elapsed = time.perf_counter() - t0
-        bar.progress(min(0.95, 0.95 * elapsed / estimate), text=f"Clustering {n_pages} pages (UMAP + HDBSCAN)... {elapsed:.0f} s")
-        worker.join(0.5)
+    r, error = _run_in_background(
+        lambda: cluster(col, settings, log=lambda _m: None, lock_timeout_s=30), "docsort-cluster", bar, estimate,
+        lambda elapsed: f"Clustering {n_pages} pages (UMAP + HDBSCAN)... {elapsed:.0f} s")
     bar.progress(1.0, text="Clustering finished")
-    error = outcome.get("error")
     if isinstance(error, ClusteringError):
         st.session_state["cluster_message"] = ("warning", str(error))
     elif isinstance(error, CollectionBusyError):
@@ -338,7 +360,6 @@ def run_clustering(col: Collection, n_pages: int) -> None:
     elif error is not None:
         raise error
     else:
-        r = outcome["result"]
         st.session_state["cluster_message"] = (
             "success",
             f"Clustered {plural(len(r.labels), 'page')} into {plural(r.n_clusters, 'cluster')} "
@@ -1132,8 +1153,7 @@ def adapt_section(col: Collection, counts: dict, about: dict) -> None:
     minutes = float(c2.number_input("Time budget for training, minutes (0 = none)", min_value=0.0, value=0.0, step=1.0,
                                     key="adapt-minutes")) or None
     settings = settings_for(col)
-    last = col.last_cluster_run()
-    cl_s = max(5.0, float(last["seconds"]) * n / max(last["n_pages"], 1)) if last else None
+    cl_s = _cluster_seconds(col, n)
     estimate = estimate_seconds(n, epochs, input_size=tuple(settings.features.input_size), minutes=minutes, cluster_seconds=cl_s)
     st.caption(f"Estimate: about {estimate / 60:.1f} min ({plural(n, 'page')} × {epochs} epochs × "
                f"{SECONDS_PER_PAGE_EPOCH:.2f} s per page-epoch at 299×299, then re-embedding and re-clustering).")
@@ -1146,30 +1166,15 @@ def adapt_section(col: Collection, counts: dict, about: dict) -> None:
                      "try again when it has finished.")
         st.rerun()
     bar = st.progress(0.0, text="Adapting the network...")
-    outcome: dict = {}
-
-    def work() -> None:
-        try:
-            outcome["result"] = adapt_and_recluster(col, settings, epochs=epochs, minutes=minutes)
-        except BaseException as exc:  # shown / re-raised in the script thread
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=work, name="docsort-adapt", daemon=True)
-    t0 = time.perf_counter()
-    worker.start()
-    while worker.is_alive():
-        elapsed = time.perf_counter() - t0
-        bar.progress(min(0.95, 0.95 * elapsed / estimate),
-                     text=f"Adapting the network, re-embedding and re-clustering... {elapsed:.0f} s of about {estimate:.0f} s")
-        worker.join(0.5)
+    r, error = _run_in_background(
+        lambda: adapt_and_recluster(col, settings, epochs=epochs, minutes=minutes), "docsort-adapt", bar, estimate,
+        lambda elapsed: f"Adapting the network, re-embedding and re-clustering... {elapsed:.0f} s of about {estimate:.0f} s")
     bar.progress(1.0, text="Adapting finished")
-    error = outcome.get("error")
     if isinstance(error, (CollectionBusyError, ClusteringError, CollectionError, ValueError)):
         st.session_state["adapt_message"] = ("error", str(error))
     elif error is not None:
         raise error
     else:
-        r = outcome["result"]
         st.session_state["adapt_message"] = (
             "success", f"Adapted the network in {r.adapt.train_seconds:.0f} s ({r.adapt.epochs_run} epochs on "
                        f"{plural(r.adapt.pages_trained, 'page')}), re-embedded and re-clustered in {r.seconds:.0f} s in all.",
