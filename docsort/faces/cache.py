@@ -24,7 +24,7 @@ from docsort.jobs.ocr import ocr_pipeline
 from docsort.queries import browse
 from docsort.queries.search import mode_index, resolve_search_mode, search_page
 from docsort.queries.tables import cluster_table
-from docsort.store.manifest import effective_settings, make_extractor
+from docsort.store.manifest import Manifest, effective_settings, make_extractor, read_manifest
 from docsort.store.storage import Collection
 
 
@@ -142,11 +142,11 @@ def text_state(col: Collection, version: tuple, table) -> tuple:
     """A token of what text and fused vectors depend on: the stored pages (never changed, only
     added), their OCR text (counts, and when OCR last ran), the stored text model's token and the
     last clustering run (``docsort cluster`` refits the text model)."""
-    manifest = col.manifest() or {}
+    manifest = read_manifest(col) or Manifest()
     run = col.last_cluster_run()
     return (len(table), int(table["page_id"].max()) if len(table) else 0,
             tuple(sorted(text_counts(str(col.root), version).items())),
-            (manifest.get("ocr") or {}).get("updated_at"), (manifest.get("text") or {}).get("token"), run["id"] if run else None)
+            (manifest.ocr or {}).get("updated_at"), (manifest.text or {}).get("token"), run["id"] if run else None)
 
 
 def extractor_for(col: Collection):
