@@ -39,13 +39,8 @@ _FEATURE_KEYS_NOT_IN_VECTORS = {"weights", "weights_sha256", "batch_size", "prec
 
 #: Smallest cosine, over the 8 :func:`docsort.core.features.probe_pages`, between the vectors of the
 #: engine and precision a collection was built with and those of another one, for the collection
-#: to take the other one's vectors. Measured here (benchmarks/RESULTS.md, "Inference engines
-#: (issue 16)"): OpenVINO bfloat16 vs TensorFlow float32 gives probe cosines >= 0.99999 and real
-#: pages' cosines >= 0.99996 (sample_docs and the development corpus), kNN@5 moving by <= 0.0008.
-#: Vectors turned by random directions to cosine c with the originals moved kNN@5 (worst of 10
-#: seeds, sample_docs / development corpus) by 0.024 / 0.009 at c = 0.999, 0.010 / 0.007 at
-#: 0.9998 and 0.005 / 0.003 at 0.9999: so 0.9999, the loosest tested that keeps kNN@5 within the
-#: project's 0.005, 10x bfloat16's 1 - cos on the probe.
+#: to take the other one's vectors: 0.9999, the loosest cosine tested that keeps kNN@5 within the
+#: project's 0.005 (benchmarks/RESULTS.md, "Inference engines (issue 16)", "Quality against TensorFlow float32").
 ENGINE_PROBE_MIN_COSINE = 0.9999
 
 
