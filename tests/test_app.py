@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from docsort.faces.app import PAGES
 from docsort.queries import browse
 from docsort.jobs import export
 from docsort.queries.tables import cluster_table
@@ -41,6 +40,8 @@ def app(collection_with_noise, monkeypatch):
 def _view(at, name):
     """Open the page titled ``name`` as its sidebar link does (``st.navigation``: AppTest selects a
     page by its script, docsort/faces/views/*.py, relative to app.py)."""
+    from docsort.faces.app import PAGES  # here, not at the top: collecting the fast tier imports no Streamlit
+
     script = next(f for title, f, _ in PAGES if title == name)
     at.switch_page(f"docsort/faces/views/{script}").run()
     assert not at.exception, at.exception
