@@ -125,13 +125,23 @@ def export_pages(collection: Collection, out: str | Path, *, vectors: bool | str
     return len(df)
 
 
-def assignments_csv(collection: Collection) -> bytes:
+def assignments_csv(collection: Collection, page_ids=None) -> bytes:
     """The page-level cluster assignments as CSV bytes (UTF-8), exactly what ``docsort export X.csv`` writes.
 
     Columns: path, page, sha256, cluster, cluster_name, document_cluster, umap_x, umap_y, page_id,
     document_id (one row per page; cluster empty for pages not yet clustered).
+
+    Args:
+        page_ids: only these pages' rows (the app's map selection), in the export's order;
+            default every page.
     """
     with tempfile.TemporaryDirectory(prefix="docsort-export-") as tmp:
         out = Path(tmp) / "clusters.csv"
         export_pages(collection, out)
-        return out.read_bytes()
+        if page_ids is None:
+            return out.read_bytes()
+        import pandas as pd
+
+        df = pd.read_csv(out, keep_default_na=False, dtype=str)
+        wanted = {str(int(i)) for i in page_ids}
+        return df[df["page_id"].isin(wanted)].to_csv(index=False).encode("utf-8")
