@@ -255,3 +255,48 @@ def test_cli_edits(col):
     before = _state(col)
     res = runner.invoke(app, ["split", "4", "-c", root], input="n\n")
     assert res.exit_code == 0 and "not split" in res.output and _state(col) == before
+
+
+def _selection_script(root: str, page_ids: list[int]) -> None:
+    """An app page that shows the map-selection actions for ``page_ids`` (AppTest cannot draw a
+    lasso on a Plotly chart; the map view hands its selection to the same function)."""
+    from docsort.faces.edit_views import selection_actions, show_edit_message
+    from docsort.queries.tables import cluster_table
+    from docsort.store.storage import Collection
+
+    col = Collection(root)
+    table = col.page_table()
+    show_edit_message()
+    selection_actions(col, table[table["page_id"].isin(page_ids)], cluster_table(col))
+
+
+def test_app_acts_on_a_selection_cluster_type_and_copy(col, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from docsort.jobs import classify
+
+    fax = _pages(col, TYPES.index("fax_test_page"))
+    at = AppTest.from_function(_selection_script, args=(str(col.root), fax[:2]), default_timeout=60).run()
+    assert not at.exception, at.exception
+
+    def submit(label):
+        next(b for b in at.get("form_submit_button") if b.label == label).click().run()
+        assert not at.exception, at.exception
+        return [s.value for s in at.success] + [e.value for e in at.error]
+
+    at.selectbox(key="map-move-to").set_value("new")
+    at.text_input(key="map-move-name").set_value("Picked")
+    said = submit("Move 2 pages")
+    assert any(s.startswith("Moved 2 pages to new cluster") for s in said), said
+    target = {c for p, c in _cluster_of(col).items() if p in fax[:2]}
+    assert len(target) == 1 and col.cluster_names()[target.pop()] == ("Picked", True)
+    assert edits.list_edits(col)[-1]["who"] == "ui"
+
+    at.text_input(key="map-label-type").set_value("Fax")
+    assert "Labelled 2 pages as 'Fax'." in submit("Label 2 pages")
+    assert dict(zip(classify.labels(col)["page_id"], classify.labels(col)["type"])) == {fax[0]: "Fax", fax[1]: "Fax"}
+
+    at.text_input(key="map-copy-dir").set_value(str(tmp_path / "out"))
+    said = submit("Copy documents")
+    assert any(s.startswith("Copied 1 document into") for s in said), said  # both pages are of one TIFF
+    assert [p.name for p in (tmp_path / "out" / "selection").iterdir()] == ["ccitt-1-3-4-5-7.tif"]
