@@ -81,6 +81,12 @@ def server_side(root: Path, n_select: int) -> dict:
         table, res["page_table_s"] = _timed(col.page_table)
         fig, res["map_figure_s"] = _timed(lambda: plots.map_figure(table))
         js, res["figure_json_s"] = _timed(fig.to_json)
+        # What st.plotly_chart does with the figure on every rerun (streamlit/elements/plotly_chart.py):
+        # a validated copy, then plotly.io.to_json.
+        import plotly
+
+        _, res["plotly_chart_serialise_s"] = _timed(lambda: plotly.io.to_json(
+            plotly.tools.return_figure_from_figure_or_data(fig, validate_figure=True), validate=False))
         res["figure_json_mb"] = round(len(js) / 2**20, 1)
         res["traces"] = len(fig.data)
         res["trace_type"] = fig.data[0].type

@@ -3,7 +3,8 @@
 A collection is a directory::
 
     docsort.sqlite   documents, their paths, pages (with the float32 feature vector as a BLOB),
-                     thumbnails, cluster assignments, cluster names, ingest failures
+                     thumbnails, cluster assignments, cluster names, ingest failures, the log of
+                     hand edits and the page assignments they pinned (docsort.jobs.edits)
     index.faiss      the FAISS index (derived from the stored vectors; see docsort.core.index)
     manifest.json    how the collection was built: backbone, layer, pooling, weights sha256,
                      input size, preprocessing, render settings, pipeline, library versions, seeds
