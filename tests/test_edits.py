@@ -300,3 +300,21 @@ def test_app_acts_on_a_selection_cluster_type_and_copy(col, tmp_path):
     said = submit("Copy documents")
     assert any(s.startswith("Copied 1 document into") for s in said), said  # both pages are of one TIFF
     assert [p.name for p in (tmp_path / "out" / "selection").iterdir()] == ["ccitt-1-3-4-5-7.tif"]
+
+
+def test_map_points_carry_their_page_id_as_1d_customdata():
+    """Selections on the map come back with each point's customdata; a 2-D NumPy customdata goes
+    to the browser without its shape (plotly.py 6 typed arrays) and the page id is lost, which a
+    Chromium box selection showed (benchmarks/selection_benchmark.py). By construction: 1,500 points."""
+    import pandas as pd
+
+    from docsort.faces import plots
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"page_id": np.arange(100, 1600), "path": ["/x/a.png"] * 1500, "page": 2,
+                          "cluster": pd.array(rng.integers(-1, 4, 1500), dtype="Int64"), "cluster_name": None,
+                          "umap_x": rng.normal(size=1500), "umap_y": rng.normal(size=1500)})
+    fig = plots.map_figure(table)
+    assert all(np.asarray(t.customdata).ndim == 1 for t in fig.data)
+    assert sorted(int(i) for t in fig.data for i in t.customdata) == list(range(100, 1600))
+    assert set(fig.data[0].hovertext) == {"a.png · p.2"}
