@@ -318,3 +318,36 @@ def test_map_points_carry_their_page_id_as_1d_customdata():
     assert all(np.asarray(t.customdata).ndim == 1 for t in fig.data)
     assert sorted(int(i) for t in fig.data for i in t.customdata) == list(range(100, 1600))
     assert set(fig.data[0].hovertext) == {"a.png · p.2"}
+
+
+def test_app_cluster_view_merges_then_splits(col, monkeypatch):
+    """The real app (app.py, st.navigation): open a cluster, merge another into it, preview a split
+    and keep it; each through docsort.jobs.edits, recorded as made by ``ui``."""
+    from streamlit.testing.v1 import AppTest
+
+    from .conftest import REPO
+
+    t = {name: i for i, name in enumerate(TYPES)}
+    sheet, news = _pages(col, t["sheet_music"]), _pages(col, t["newspaper"])
+    monkeypatch.setenv("DOCSORT_COLLECTION", str(col.root))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+    at.button(key=f"open-{t['sheet_music']}").click().run()
+    at.selectbox(key=f"merge-other-{t['sheet_music']}").set_value(t["newspaper"])
+    next(b for b in at.get("form_submit_button") if b.label == "Merge").click().run()
+    assert not at.exception, at.exception
+    said = [s.value for s in at.success]
+    assert f"Merged cluster {t['newspaper']} (4 pages) into cluster {t['sheet_music']} (4 pages)." in said, said
+    assert {_cluster_of(col)[p] for p in sheet + news} == {t["sheet_music"]}
+
+    next(b for b in at.get("form_submit_button") if b.label == "Preview split").click().run()
+    assert not at.exception, at.exception
+    assert "Keep split" in [b.label for b in at.button]
+    assert sum(len(img.captions) for img in at.image) >= 8 + 2  # the gallery's 8 pages and each part's thumbnails
+    at.button(key=f"split-keep-{t['sheet_music']}").click().run()
+    assert not at.exception, at.exception
+    assert [h.value for h in at.header] == ["Clusters"]  # the split cluster is gone: back to the list
+    assert any(s.value.startswith(f"Split cluster {t['sheet_music']} into ") for s in at.success)
+    where = _cluster_of(col)
+    assert t["sheet_music"] not in where.values() and len({where[p] for p in sheet + news}) == 2
+    assert [(e["kind"], e["who"]) for e in edits.list_edits(col)] == [("merge", "ui"), ("split", "ui")]

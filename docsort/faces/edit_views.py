@@ -19,7 +19,7 @@ from docsort.jobs import classify, edits, export
 from docsort.jobs import sort as sorting
 from docsort.store.storage import Collection, CollectionError
 
-__all__ = ["NEW_CLUSTER", "WHO", "cluster_edit_tools", "selection_actions", "show_edit_message", "undo_button"]
+__all__ = ["NEW_CLUSTER", "WHO", "cluster_edit_tools", "move_form", "selection_actions", "show_edit_message", "undo_button"]
 
 #: Recorded as the author of edits made in the app (as labels are).
 WHO = "ui"
@@ -69,7 +69,7 @@ def undo_button(col: Collection, key: str) -> None:
             done=f"Undid edit {last['id']}: {last['text']}." if last else None)
 
 
-def cluster_edit_tools(col: Collection, cid: int, name: str, pages, clusters) -> None:
+def cluster_edit_tools(col: Collection, cid: int, name: str, pages, clusters, on_split=None) -> None:
     """The cluster view's edit tools for cluster ``cid``: merge another cluster into it, split it
     (preview, then keep or discard), move some of the pages shown to another or a new cluster, undo.
 
@@ -78,6 +78,7 @@ def cluster_edit_tools(col: Collection, cid: int, name: str, pages, clusters) ->
         cid: the cluster shown (>= 0); name: its shown name.
         pages: rows of the pages shown (``page_id``, ``file``, ``page``), the ones that can be moved.
         clusters: the cluster summary (:func:`docsort.queries.tables.cluster_table` rows).
+        on_split: called once a split is kept (the cluster ``cid`` is gone then), e.g. to close its view.
     """
     others = {int(r.cluster): f"{r.name} ({r.pages} pages)" for r in clusters if r.cluster >= 0 and r.cluster != cid}
     size = next((r.pages for r in clusters if r.cluster == cid), 0)
@@ -105,21 +106,34 @@ def cluster_edit_tools(col: Collection, cid: int, name: str, pages, clusters) ->
                 st.rerun()
         preview = st.session_state.get(f"split-preview-{cid}")
         if preview is not None:
-            _split_preview(col, cid, preview)
-        names = {int(r.page_id): f"{r.file} · p.{r.page}" for r in (pages.itertuples(index=False) if hasattr(pages, "itertuples") else pages)}
-        targets = _targets(clusters, exclude=cid)
-        with st.form(f"move-form-{cid}", border=True):
-            left, mid, right = st.columns([3, 2, 2], vertical_alignment="bottom")
-            chosen = left.multiselect("Move pages", list(names), format_func=lambda i: names.get(i, str(i)),
-                                      key=f"move-pages-{cid}", placeholder="Pick pages shown here")
-            target = mid.selectbox("to", list(targets), format_func=lambda c: targets[c], key=f"move-to-{cid}")
-            new_name = right.text_input("named (optional)", key=f"move-name-{cid}", max_chars=120)
-            if st.form_submit_button("Move"):
-                _move(col, chosen, target, new_name)
+            _split_preview(col, cid, preview, on_split)
+        move_form(col, pages, clusters, key=str(cid), exclude=cid)
         undo_button(col, key=f"cluster-{cid}")
 
 
-def _split_preview(col: Collection, cid: int, preview) -> None:
+def move_form(col: Collection, pages, clusters, key: str, exclude: int | None = None) -> None:
+    """A form next to a gallery: pick some of its pages (thumbnails shown, ``pages`` rows with
+    ``page_id``, ``file``, ``page``) and move them to another cluster or a new one
+    (:func:`docsort.jobs.edits.move`; kept across re-clustering).
+
+    Args:
+        exclude: the cluster shown (not offered as a target).
+    """
+    names = {int(r.page_id): f"{r.file} · p.{r.page}" for r in (pages.itertuples(index=False) if hasattr(pages, "itertuples") else pages)}
+    if not names:
+        return
+    targets = _targets(clusters, exclude=exclude)
+    with st.form(f"move-form-{key}", border=True):
+        left, mid, right = st.columns([3, 2, 2], vertical_alignment="bottom")
+        chosen = left.multiselect("Move pages", list(names), format_func=lambda i: names.get(i, str(i)),
+                                  key=f"move-pages-{key}", placeholder="Pick pages shown here")
+        target = mid.selectbox("to", list(targets), format_func=lambda c: targets[c], key=f"move-to-{key}")
+        new_name = right.text_input("named (optional)", key=f"move-name-{key}", max_chars=120)
+        if st.form_submit_button("Move"):
+            _move(col, chosen, target, new_name)
+
+
+def _split_preview(col: Collection, cid: int, preview, on_split=None) -> None:
     st.markdown(f"**Split preview** ({preview.method}): {len(preview.parts)} parts")
     for i, part in enumerate(preview.parts, 1):
         st.caption(f"Part {i}: {len(part)} page{'s' if len(part) != 1 else ''}")
@@ -131,6 +145,8 @@ def _split_preview(col: Collection, cid: int, preview) -> None:
     keep, discard = st.columns(2)
     if keep.button("Keep split", key=f"split-keep-{cid}", type="primary"):
         st.session_state.pop(f"split-preview-{cid}", None)
+        if on_split is not None:
+            on_split()
         _do(lambda: edits.keep_split(col, preview, who=WHO, lock_timeout_s=LOCK_TIMEOUT_S, log=lambda m: None))
     if discard.button("Discard", key=f"split-discard-{cid}"):
         st.session_state.pop(f"split-preview-{cid}", None)
