@@ -19,6 +19,11 @@ here, run by a three-line page script in docsort/faces/views/ (file pages, not c
 :func:`go` (``st.switch_page``). Labelling (a cluster, or pages next to any gallery) and the document-type
 classifier are :mod:`docsort.jobs.classify`'s.
 
+Hand edits (issue 18): a cluster's view can merge another cluster into it, preview and keep a split,
+move picked pages elsewhere (noise and new pages too) and undo; the Map's lasso / box selection can
+be given a cluster, a document type, or exported. The widgets are :mod:`docsort.faces.edit_views`';
+every write is a job's (:mod:`docsort.jobs.edits`, recorded as made by ``ui``), renames included.
+
 Text (issue 6): **Collection & export** (and **Search text** while no page has text) has the button
 that reads the pages' text with Tesseract (:func:`docsort.jobs.ocr.backfill`); **Search text** is a
 full-text search over that text (:func:`docsort.queries.search.search_text`); **Similar documents**
