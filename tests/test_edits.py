@@ -248,6 +248,10 @@ def test_cli_edits(col):
     assert log[2]["text"].startswith("move 2 pages to new cluster") and log[4]["text"] == "rename cluster 4 to 'Maps'"
     assert "undid edit 5: rename cluster 4 to 'Maps'" in run("undo")
     assert [e["undone"] for e in json.loads(run("edits", "--json"))] == [False] * 4 + [True]
+    # docsort cluster says which edits it kept (all four here) and that the undone one is not applied.
+    out = run("cluster")
+    assert "edits: 4 of 4 kept" in out and "0 conflicts" in out and "edit 5 (rename cluster 4 to 'Maps') was undone" in out, out
+    assert {_cluster_of(col)[p] for p in fax[:2]} == {int(log[2]["payload"]["to"])}
     # Bad input: a clear message and exit code 2, nothing written.
     assert "either --to CLUSTER or --new" in run("move", str(fax[3]), code=2)
     assert "cannot merge cluster 1 with itself" in run("merge", "1", "1", code=2)
