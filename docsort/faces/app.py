@@ -19,6 +19,11 @@ here, run by a three-line page script in docsort/faces/views/ (file pages, not c
 :func:`go` (``st.switch_page``). Labelling (a cluster, or pages next to any gallery) and the document-type
 classifier are :mod:`docsort.jobs.classify`'s.
 
+Hand edits (issue 18): a cluster's view can merge another cluster into it, preview and keep a split,
+move picked pages elsewhere (noise and new pages too) and undo; the Map's lasso / box selection can
+be given a cluster, a document type, or exported. The widgets are :mod:`docsort.faces.edit_views`';
+every write is a job's (:mod:`docsort.jobs.edits`, recorded as made by ``ui``), renames included.
+
 Text (issue 6): **Collection & export** (and **Search text** while no page has text) has the button
 that reads the pages' text with Tesseract (:func:`docsort.jobs.ocr.backfill`); **Search text** is a
 full-text search over that text (:func:`docsort.queries.search.search_text`); **Similar documents**
@@ -43,10 +48,12 @@ import streamlit as st
 
 from docsort.queries import browse
 from docsort.core.names import sanitise_name
-from docsort.faces import plots
+from docsort.faces import edit_views, plots
 from docsort.faces.cache import (assignments_csv, auto_search_mode, clusters_summary, current_index, extractor_for, get_mode_index, members,
                                  ocr_settings_for, open_collection, page_labels, page_neighbours, page_table,
                                  pages_needing_text, settings_for, text_counts, text_state, types_table)
+from docsort.faces.cache import map_figure
+from docsort.jobs import edits
 from docsort.jobs import sort as sorting, uploads
 
 from docsort.jobs import classify
@@ -245,10 +252,16 @@ def run_clustering(col: Collection, n_pages: int) -> None:
     elif error is not None:
         raise error
     else:
+        report = r.params.get("edits")  # hand edits kept (docsort.jobs.edits), and any it could not honour
+        kept = ""
+        if report:
+            rep = edits.EditsReport(**report)
+            kept = " " + rep.summary()[0].upper() + rep.summary()[1:] + "." + "".join(
+                f"\n\n- not honoured: {line}" for line in rep.conflicts) + "".join(f"\n\n- {line}" for line in rep.notes)
         st.session_state["cluster_message"] = (
-            "success",
+            "warning" if report and report["conflicts"] else "success",
             f"Clustered {plural(len(r.labels), 'page')} into {plural(r.n_clusters, 'cluster')} "
-            f"({plural(r.n_noise, 'noise page')}) in {r.seconds:.1f} s.",
+            f"({plural(r.n_noise, 'noise page')}) in {r.seconds:.1f} s.{kept}",
         )
 
 
@@ -519,6 +532,7 @@ def view_clusters(col: Collection, root: str, version: tuple, table, counts: dic
         return
     st.header("Clusters")
     show_cluster_message()
+    edit_views.show_edit_message()
     unclustered = int(browse.added_since_clustering(table).sum())
     rows = clusters_summary(root, version)
     real = [r for r in rows if r.cluster >= 0]
@@ -540,6 +554,7 @@ def view_clusters(col: Collection, root: str, version: tuple, table, counts: dic
               args=(UNCLUSTERED,), disabled=unclustered == 0)
     with c3:
         recluster_button(col, counts["pages"], key="clusters-recluster")
+        edit_views.undo_button(col, key="clusters")
     n_pages = max(1, -(-len(real) // CLUSTERS_PER_PAGE))
     page = st.pagination(n_pages, key="clusters-page") if n_pages > 1 else 1
     for r in real[(page - 1) * CLUSTERS_PER_PAGE : page * CLUSTERS_PER_PAGE]:
@@ -581,7 +596,7 @@ def view_cluster_detail(col: Collection, root: str, version: tuple, table, opene
             new_name = left.text_input("Cluster name", value=name, key=f"rename-{cid}-{version}", max_chars=120)
             if right.form_submit_button("Rename"):
                 try:
-                    col.rename_cluster(cid, new_name)
+                    edits.rename(col, cid, new_name, who=edit_views.WHO, lock_timeout_s=edit_views.LOCK_TIMEOUT_S, log=lambda m: None)
                     st.session_state["rename_message"] = f"Cluster {cid} is now called {new_name.strip()!r}."
                     st.rerun()
                 except CollectionError as exc:
@@ -604,6 +619,7 @@ def view_cluster_detail(col: Collection, root: str, version: tuple, table, opene
                                    + (f"; {plural(res.kept, 'page')} kept their own label." if res.kept else "."))
                 st.rerun()
     show_label_message()
+    edit_views.show_edit_message()
     total = len(rows)
     if total == 0:
         st.info("No pages here.")
@@ -621,31 +637,42 @@ def view_cluster_detail(col: Collection, root: str, version: tuple, table, opene
 
     thumbnail_grid(col, chunk, key=f"members-{opened}", caption=caption)
     label_form(col, chunk, key=f"members-{opened}")
+    clusters = clusters_summary(root, version)
+    if cid is not None and cid >= 0:
+        edit_views.cluster_edit_tools(col, cid, name, chunk, clusters, on_split=close_cluster)
+    else:  # noise, or pages added since the last clustering: they can be moved into a cluster
+        edit_views.move_form(col, chunk, clusters, key=f"members-{opened}")
 
 
-def view_map(col: Collection, table) -> None:
+def view_map(col: Collection, table, root: str | None = None, version: tuple | None = None) -> None:
+    """The cluster map (the stored 2-D UMAP coordinates), with lasso / box / point selection and
+    actions on the selected pages (:func:`docsort.faces.edit_views.selection_actions`)."""
     st.header("Map")
-    df = table[table["cluster"].notna()].copy()
+    df = table[table["cluster"].notna()]
     if df.empty:
         st.info("Nothing to map yet: the map is the stored 2-D UMAP embedding of the last clustering run.")
         return
-    fig = plots.map_figure(df, webgl_above=WEBGL_ABOVE)
+    root = str(col.root.resolve()) if root is None else root
+    version = browse.data_version(col) if version is None else version
+    fig = map_figure(root, version, WEBGL_ABOVE)  # cached: a selection reruns the script, not the figure
     render = "webgl" if len(df) > WEBGL_ABOVE else "svg"
-    df["file"] = [Path(p).name for p in df["path"]]
-    df["group"] = [browse.cluster_label(c, n) for c, n in zip(df["cluster"], df["cluster_name"])]
     unclustered = int(browse.added_since_clustering(table).sum())
     st.caption(
         f"{len(df)} pages ({render.upper()}), coloured by cluster, noise in grey"
         + (f"; {plural(unclustered, 'newer page')} not on the map until you re-cluster" if unclustered else "")
-        + ". Click a point or draw a lasso/box to select pages."
+        + ". Click a point or draw a lasso/box to select pages, then give them a cluster or a document type, or export them."
     )
+    edit_views.show_edit_message()
     event = st.plotly_chart(fig, key="map", on_select="rerun", selection_mode=("points", "box", "lasso"))
-    on_map = set(df["page_id"].tolist())
-    ids = [i for i in browse.selection_page_ids(event.selection.points if event else []) if i in on_map]
-    if not ids:
+    points = browse.selection_page_ids(event.selection.points if event else [])
+    chosen = df.set_index("page_id").reindex(points).dropna(subset=["path"]).reset_index()  # on the map only
+    if chosen.empty:
         return
+    ids = chosen["page_id"].astype(int).tolist()
+    chosen["file"] = [Path(p).name for p in chosen["path"]]
+    chosen["group"] = [browse.cluster_label(c, n) for c, n in zip(chosen["cluster"], chosen["cluster_name"])]
     st.subheader(f"{len(ids)} page{'s' if len(ids) != 1 else ''} selected")
-    chosen = df.set_index("page_id").loc[ids].reset_index()
+    edit_views.selection_actions(col, chosen, clusters_summary(root, version), key="map")
     thumbnail_grid(col, chosen.head(MEMBERS_PER_PAGE), key="map-sel",
                    caption=lambda r: f"{r.file} · p.{r.page} · {r.group}")
     if len(ids) > MEMBERS_PER_PAGE:

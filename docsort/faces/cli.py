@@ -1,5 +1,5 @@
-"""The ``docsort`` command line (Typer): ingest, ocr, cluster, search, info, export, rename, label, labels,
-classify, sort-by-type, evaluate, ui.
+"""The ``docsort`` command line (Typer): ingest, ocr, cluster, search, info, export, rename, merge, split,
+move, edits, undo, label, labels, classify, sort-by-type, evaluate, ui.
 
 Every command takes ``--collection PATH`` (env ``DOCSORT_COLLECTION``, default
 ``./docsort-collection``) and ``--pipeline NAME|PATH`` (default ``default``). Exit codes: 0 success,
@@ -284,6 +284,7 @@ def cluster(
         with err.status("clustering (UMAP + HDBSCAN)..."):
             result = run_cluster(col, settings, lock_timeout_s=lock_timeout)
         out.print(cluster_summary(result, settings.hdbscan.reassign_noise_threshold), highlight=False)
+        _print_edits_report(result.params.get("edits"))
         _print_clusters(col)
     finally:
         col.close()
@@ -308,6 +309,21 @@ def cluster_summary(result, threshold: float) -> str:
         f"HDBSCAN min_cluster_size={result.params['hdbscan']['min_cluster_size']}, "
         f"min_samples={result.params['hdbscan']['min_samples']})"
     )
+
+
+def _print_edits_report(report: dict | None) -> None:
+    """How ``docsort cluster`` kept the hand edits (``result.params["edits"]``, see
+    :class:`docsort.jobs.edits.EditsReport`): a summary line, then every conflict and undone edit."""
+    if not report:
+        return
+    from docsort.jobs.edits import EditsReport
+
+    rep = EditsReport(**report)
+    out.print(rep.summary(), highlight=False)
+    for line in rep.conflicts:
+        out.print(f"  not honoured: {line}", highlight=False)
+    for line in rep.notes:
+        out.print(f"  {line}", highlight=False)
 
 
 def _print_clusters(col) -> None:
@@ -529,20 +545,149 @@ def export(
     out.print(f"wrote {n} pages to {out_path}", highlight=False)
 
 
+ByOpt = Annotated[Optional[str], typer.Option("--by", help="Who made the edit (recorded in `docsort edits`). [default: $DOCSORT_USER or the login name]")]
+LockOpt = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait when another process is writing.")]
+
+
 @command()
 def rename(
     cluster_id: Annotated[int, typer.Argument(help="Cluster id.")],
     name: Annotated[str, typer.Argument(help="New name.")],
     collection: CollectionOpt = DEFAULT_COLLECTION,
+    by: ByOpt = None,
+    lock_timeout: LockOpt = 60.0,
 ) -> None:
-    """Name a cluster (kept in the collection; shown by cluster, search, export and the UI)."""
+    """Name a cluster (an edit: kept in the collection, `docsort undo` reverts it; shown by cluster, search, export and the UI)."""
+    from docsort.jobs import edits
 
     col = _open(collection)
     try:
-        col.rename_cluster(cluster_id, name)
+        res = edits.rename(col, cluster_id, name, who=by, lock_timeout_s=lock_timeout, log=err.print)
     finally:
         col.close()
-    out.print(f"cluster {cluster_id} is now {name!r}", highlight=False)
+    out.print(res.message, highlight=False)
+
+
+@command()
+def merge(
+    a: Annotated[int, typer.Argument(help="Cluster that keeps its id and name.")],
+    b: Annotated[int, typer.Argument(help="Cluster whose pages join A.")],
+    name: Annotated[Optional[str], typer.Option("--name", help="A new name for the merged cluster.")] = None,
+    collection: CollectionOpt = DEFAULT_COLLECTION,
+    by: ByOpt = None,
+    lock_timeout: LockOpt = 60.0,
+) -> None:
+    """Merge cluster B into cluster A; kept across `docsort cluster` (README "Fixing the sort by hand")."""
+    from docsort.jobs import edits
+
+    col = _open(collection)
+    try:
+        res = edits.merge(col, a, b, name=name, who=by, lock_timeout_s=lock_timeout, log=err.print)
+    finally:
+        col.close()
+    out.print(f"edit {res.edit_id}: {res.message}", highlight=False)
+
+
+@command()
+def split(
+    cluster_id: Annotated[int, typer.Argument(metavar="C", help="Cluster to split.")],
+    into: Annotated[int, typer.Option("--into", min=2, help="Number of parts.")] = 2,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Keep the parts without asking.")] = False,
+    seed: Annotated[int, typer.Option(help="k-means random_state.")] = 0,
+    collection: CollectionOpt = DEFAULT_COLLECTION,
+    pipeline: PipelineOpt = None,
+    by: ByOpt = None,
+    lock_timeout: LockOpt = 60.0,
+) -> None:
+    """Split a cluster in parts by k-means on its pages' vectors: prints the parts, then keeps them (asks unless --yes)."""
+    from docsort.jobs import edits
+    from docsort.store.manifest import effective_settings
+
+    requested, explicit = _pipeline(pipeline)
+    col = _open(collection)
+    try:
+        preview = edits.split(col, cluster_id, into=into, settings=effective_settings(col, requested, explicit=explicit), seed=seed)
+        table = Table(title=f"cluster {cluster_id} split into {len(preview.parts)} parts ({preview.method})")
+        for c, justify in (("part", "right"), ("pages", "right"), ("page ids", "left"), ("examples", "left")):
+            table.add_column(c, justify=justify)
+        for i, part in enumerate(preview.parts, 1):
+            shown = col.pages(part[:4].tolist())
+            ids = ", ".join(str(p) for p in part[:12].tolist()) + (" ..." if len(part) > 12 else "")
+            table.add_row(str(i), str(len(part)), ids, ", ".join(f"{_shown_path(p.path)} p.{p.page_no}" for p in shown))
+        out.print(table)
+        if not yes and not typer.confirm(f"Keep these {len(preview.parts)} parts as new clusters?", default=False):
+            out.print("not split (nothing changed)", highlight=False)
+            return
+        res = edits.keep_split(col, preview, who=by, lock_timeout_s=lock_timeout, log=err.print)
+    finally:
+        col.close()
+    out.print(f"edit {res.edit_id}: {res.message}", highlight=False)
+
+
+@command()
+def move(
+    page_ids: Annotated[list[int], typer.Argument(metavar="PAGE_ID...", help="Stored page ids (see `docsort search`, `docsort export`).")],
+    to: Annotated[Optional[int], typer.Option("--to", help="The cluster to move them to.")] = None,
+    new: Annotated[bool, typer.Option("--new", help="Move them to a new cluster.")] = False,
+    name: Annotated[Optional[str], typer.Option("--name", help="Name the target cluster.")] = None,
+    collection: CollectionOpt = DEFAULT_COLLECTION,
+    by: ByOpt = None,
+    lock_timeout: LockOpt = 60.0,
+) -> None:
+    """Move pages to a cluster (--to C) or a new one (--new); they stay there across `docsort cluster`."""
+    from docsort.jobs import edits
+
+    if (to is None) == (not new):
+        raise _fail("give either --to CLUSTER or --new", 2)
+    col = _open(collection)
+    try:
+        res = edits.move(col, page_ids, to=to, new=new, name=name, who=by, lock_timeout_s=lock_timeout, log=err.print)
+    finally:
+        col.close()
+    out.print(f"edit {res.edit_id}: {res.message}", highlight=False)
+
+
+@command("edits")
+def edits_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the log as JSON.")] = False,
+    collection: CollectionOpt = DEFAULT_COLLECTION,
+) -> None:
+    """List the hand edits (merge, split, move, rename) with who made them and when; undone ones are marked."""
+    from docsort.jobs import edits
+
+    col = _open(collection)
+    try:
+        rows = edits.list_edits(col)
+    finally:
+        col.close()
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title="edits")
+    for c, justify in (("edit", "right"), ("kind", "left"), ("what", "left"), ("pages", "right"), ("who", "left"),
+                       ("when (UTC)", "left"), ("undone", "left")):
+        table.add_column(c, justify=justify)
+    for r in rows:
+        table.add_row(str(r["id"]), r["kind"], r["text"], str(r["n_pages"]), r["who"], r["at"], "undone" if r["undone"] else "")
+    out.print(table)
+    if not rows:
+        out.print("no edits yet", highlight=False)
+
+
+@command()
+def undo(
+    collection: CollectionOpt = DEFAULT_COLLECTION,
+    lock_timeout: LockOpt = 60.0,
+) -> None:
+    """Undo the last edit not yet undone: its pages and names get back exactly what they had before."""
+    from docsort.jobs import edits
+
+    col = _open(collection)
+    try:
+        edit = edits.undo(col, lock_timeout_s=lock_timeout, log=err.print)
+    finally:
+        col.close()
+    out.print(f"undid edit {edit['id']}: {edits.describe(edit)} (by {edit['who']}, {edit['at']})", highlight=False)
 
 
 @command(also=(ValueError,))

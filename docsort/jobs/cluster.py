@@ -1,5 +1,12 @@
 """The cluster job: fit the text model, the invariance projection when due, UMAP + HDBSCAN over
-every stored page, and store labels, the 2-D map, cluster names and fitted models."""
+every stored page, and store labels, the 2-D map, cluster names and fitted models.
+
+Hand edits (``docsort merge / split / move``, :mod:`docsort.jobs.edits`) are kept: the automatic
+clusters are fitted on every page, then the pages the edits pinned are put where the latest edit
+put them, and an automatic cluster mostly pinned to one edited cluster brings its other (new)
+pages into it; edits that cannot be honoured in full are reported (``result.params["edits"]``, the
+log), never dropped silently.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from docsort.core.invariance import stored_projection
 from docsort.core.runtime import machine
 from docsort.core.text import TextModel, cluster_keywords, keyword_name
 from docsort.jobs import classify
+from docsort.jobs.edits import honour_edits
 from docsort.jobs.invariance import fit_invariance
 from docsort.queries.vectors import _usable_texts, _vectors_of, _visual_vectors, fit_text_model_of, load_text_model, page_vectors
 from docsort.store.manifest import library_versions, write_manifest
@@ -85,7 +93,9 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
     Noise is reassigned by soft clustering when ``settings.hdbscan.reassign_noise_threshold > 0``
     (:func:`~docsort.core.clustering.reassign_noise`). Cluster ids are matched to the stored ones by
     member overlap (:func:`~docsort.core.clustering.match_cluster_ids`, Hungarian assignment), so ids
-    and user-given names survive a re-clustering; provisional assignments are replaced. The models
+    and user-given names survive a re-clustering; provisional assignments are replaced. Then the hand
+    edits' pinned assignments are applied (:func:`docsort.jobs.edits.honour_edits`); its
+    :class:`~docsort.jobs.edits.EditsReport` is ``result.params["edits"]`` when there are edits. The models
     file is written before the database, both tagged with one ``models_token``, so a crash between
     the two leaves models that :func:`assign_provisional` refuses to use rather than misreads.
 
@@ -132,6 +142,12 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
         known = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == old_ids)
         old[pos[known]] = old_clusters[known]
         result.labels, result.label_map = match_cluster_ids(old, result.labels, collection.next_cluster_id())
+        # Hand edits (issue 18): the automatic clusters above, then the edits' pinned assignments in
+        # edit order (docsort.jobs.edits, module docstring); what cannot be honoured is reported.
+        result.labels, result.membership, result.probabilities, result.label_map, edits_report = honour_edits(
+            collection, ids, result.labels, result.membership, result.probabilities, result.label_map)
+        if edits_report.edits or edits_report.notes:
+            result.params["edits"] = edits_report.as_dict()  # printed by `docsort cluster`, shown by the app
         token = uuid.uuid4().hex
         save_model(collection, "clustering", {"page_ids": ids, **result.models, "params": result.params,
                                               "label_map": result.label_map, "models_token": token})

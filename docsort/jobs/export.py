@@ -64,7 +64,7 @@ def export_vectors(collection: Collection, kind: str, settings: PipelineSettings
     return ids, vecs, meta
 
 
-def export_pages(collection: Collection, out: str | Path, *, vectors: bool | str = False) -> int:
+def export_pages(collection: Collection, out: str | Path, *, vectors: bool | str = False, page_ids=None) -> int:
     """Write one row per page to ``.parquet`` or ``.csv``.
 
     Columns: path, page, sha256, cluster, cluster_name, document_cluster, umap_x, umap_y, page_id,
@@ -75,6 +75,9 @@ def export_pages(collection: Collection, out: str | Path, *, vectors: bool | str
     ``"visual"``, ``"text"`` or ``"raw"`` another kind (:func:`export_vectors`). What they are
     (kind, mode, dim, invariance sha256, fusion weight) is written to the Parquet schema metadata
     under the key ``docsort`` (JSON), or for CSV to a sidecar ``OUT.json``.
+
+    ``page_ids`` (optional) keeps only these pages' rows (``document_cluster`` is still the
+    majority over all of each document's pages).
 
     Returns:
         The number of rows written.
@@ -98,7 +101,10 @@ def export_pages(collection: Collection, out: str | Path, *, vectors: bool | str
     df["document_cluster"] = df["document_id"].map(doc_cluster).astype("Int64")
     cols = ["path", "page", "sha256", "cluster", "cluster_name", "document_cluster", "umap_x", "umap_y", "page_id", "document_id",
             "membership"]
-    df = df[cols].reset_index(drop=True)
+    df = df[cols]
+    if page_ids is not None:
+        df = df[df["page_id"].isin([int(i) for i in page_ids])]
+    df = df.reset_index(drop=True)
     meta = None
     if kind is not None:
         ids, vecs, meta = export_vectors(collection, kind)
@@ -125,13 +131,17 @@ def export_pages(collection: Collection, out: str | Path, *, vectors: bool | str
     return len(df)
 
 
-def assignments_csv(collection: Collection) -> bytes:
+def assignments_csv(collection: Collection, page_ids=None) -> bytes:
     """The page-level cluster assignments as CSV bytes (UTF-8), exactly what ``docsort export X.csv`` writes.
 
     Columns: path, page, sha256, cluster, cluster_name, document_cluster, umap_x, umap_y, page_id,
     document_id (one row per page; cluster empty for pages not yet clustered).
+
+    Args:
+        page_ids: only these pages' rows (the app's map selection), in the export's order;
+            default every page.
     """
     with tempfile.TemporaryDirectory(prefix="docsort-export-") as tmp:
         out = Path(tmp) / "clusters.csv"
-        export_pages(collection, out)
+        export_pages(collection, out, page_ids=page_ids)
         return out.read_bytes()

@@ -3,7 +3,8 @@
 A collection is a directory::
 
     docsort.sqlite   documents, their paths, pages (with the float32 feature vector as a BLOB),
-                     thumbnails, cluster assignments, cluster names, ingest failures
+                     thumbnails, cluster assignments, cluster names, ingest failures, the log of
+                     hand edits and the page assignments they pinned (docsort.jobs.edits)
     index.faiss      the FAISS index (derived from the stored vectors; see docsort.core.index)
     manifest.json    how the collection was built: backbone, layer, pooling, weights sha256,
                      input size, preprocessing, render settings, pipeline, library versions, seeds
@@ -224,6 +225,36 @@ CREATE TABLE IF NOT EXISTS staged_vectors(
 )""")
 
 
+def _m5_edits(c: sqlite3.Connection) -> None:
+    """Schema 5 (issue 18, hand edits): ``edits``, the log of a user's corrections to the sort (one
+    row per merge, split, move or rename: ``kind``, ``payload`` JSON of the cluster ids, page
+    counts and names involved, ``who``, ``at`` UTC ISO time, ``undone`` 0/1), and ``edit_pages``,
+    the pages each edit pinned: the cluster it put the page in (``after_cluster``) and the page's
+    assignment before it (``before_cluster`` / ``before_membership`` / ``before_probability``, what
+    ``docsort undo`` restores). The pinned assignments of the edits not undone are honoured by every
+    later clustering (:mod:`docsort.jobs.edits`)."""
+    _run(c, """
+CREATE TABLE IF NOT EXISTS edits(
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK(kind IN ('merge', 'split', 'move', 'rename')),
+    payload TEXT NOT NULL,
+    who TEXT NOT NULL,
+    at TEXT NOT NULL,
+    undone INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS edit_pages(
+    edit_id INTEGER NOT NULL REFERENCES edits(id),
+    page_id INTEGER NOT NULL REFERENCES pages(id),
+    after_cluster INTEGER NOT NULL,
+    before_cluster INTEGER NOT NULL,
+    before_membership TEXT NOT NULL,
+    before_probability REAL NOT NULL,
+    PRIMARY KEY(edit_id, page_id)
+);
+CREATE INDEX IF NOT EXISTS edit_pages_page ON edit_pages(page_id)
+""")
+
+
 #: The schema, step by step, in order; a database's ``PRAGMA user_version`` is the number of the
 #: last step applied to it. Append new steps here (never edit a released one).
 MIGRATIONS: tuple[Migration, ...] = (
@@ -231,6 +262,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, _m2_membership_and_labels),
     Migration(3, _m3_page_text),
     Migration(4, _m4_staged_vectors),
+    Migration(5, _m5_edits),
 )
 #: The schema this docsort writes: the last migration's number. Also mirrored in ``meta`` under
 #: ``schema_version``, which docsort before numbered migrations (schema 3 and older) reads to
@@ -1107,6 +1139,156 @@ class Collection:
                     (cid, name),
                 )
         return len(rows)
+
+    # -- hand edits (issue 18: docsort merge / split / move / rename / undo) -----------------
+    #: The kinds of edit in the ``edits`` log.
+    EDIT_KINDS = ("merge", "split", "move", "rename")
+
+    def cluster_names(self) -> dict[int, tuple[str, bool]]:
+        """Every stored cluster name: ``{cluster id: (name, user_named)}`` (default names and
+        user-given ones; ids without a row show as ``cluster N``)."""
+        return {int(r[0]): (str(r[1]), bool(r[2])) for r in self._conn.execute("SELECT id, name, user_named FROM clusters")}
+
+    def allocate_cluster_ids(self, n: int) -> list[int]:
+        """Reserve ``n`` fresh cluster ids (never handed out again, :meth:`next_cluster_id`), for
+        the new clusters of a split or a move to a new cluster. The caller holds the write lock,
+        so a clustering cannot take them meanwhile; ids reserved by an edit that then fails are
+        retired unused.
+
+        Returns:
+            ``n`` ascending ids.
+        """
+        with self.transaction() as c:
+            start = self.next_cluster_id()
+            self._raise_next_cluster_id(c, start + int(n))
+        return list(range(start, start + int(n)))
+
+    def record_edit(self, kind: str, who: str, payload: dict, assign: dict[int, int], names: dict[int, str] | None = None) -> int:
+        """Apply one hand edit and log it, in one transaction: pages get their new cluster, clusters
+        their user-given names, and the ``edits`` / ``edit_pages`` rows keep what was there before
+        (for :meth:`undo_last_edit`) and what the edit pinned (for the next clustering).
+
+        A page put somewhere by hand gets membership ``member`` and probability 1.0 (a person's
+        assignment, not a model's); its map coordinates and run id stay.
+
+        Args:
+            kind: one of :attr:`EDIT_KINDS`.
+            who: the user (login name, ``--by``, or ``ui``).
+            payload: JSON-able description (cluster ids, page count, names); the names' previous
+                state is added under ``names_before``.
+            assign: ``{page id: cluster id >= 0}``, the pages the edit pins (empty for a rename).
+            names: ``{cluster id: name}`` to give (stripped; stored as user-given).
+
+        Returns:
+            The edit's id.
+
+        Raises:
+            ValueError: an unknown kind, a cluster id < 0, an empty name.
+            CollectionError: a page that has no cluster assignment (never clustered, or not in the
+                collection); nothing is written then.
+        """
+        if kind not in self.EDIT_KINDS:
+            raise ValueError(f"unknown edit kind {kind!r}; one of {', '.join(self.EDIT_KINDS)}")
+        names = {int(k): str(v).strip() for k, v in (names or {}).items()}
+        if any(not v for v in names.values()):
+            raise ValueError("a cluster name cannot be empty")
+        targets = {int(v) for v in assign.values()} | set(names)
+        if any(t < 0 for t in targets):
+            raise ValueError("an edit cannot put pages in noise (-1) or name it")
+        pages = sorted(int(p) for p in assign)
+        with self.transaction() as c:
+            before: dict[int, tuple] = {}
+            for chunk, marks in _id_chunks(pages):
+                for r in c.execute(
+                    f"SELECT page_id, cluster, membership, probability FROM page_clusters WHERE page_id IN ({marks})", chunk
+                ):
+                    before[int(r[0])] = (int(r[1]), str(r[2]), float(r[3]))
+            missing = [p for p in pages if p not in before]
+            if missing:
+                raise CollectionError(
+                    f"page {missing[0]} has no cluster in {self.root} (not a stored page, or added since the last "
+                    "clustering and not placed: run `docsort cluster`)")
+            names_before = {}
+            for cid in names:
+                row = c.execute("SELECT name, user_named FROM clusters WHERE id=?", (cid,)).fetchone()
+                names_before[str(cid)] = None if row is None else [str(row[0]), int(row[1])]
+            body = json.dumps({**payload, "names": {str(k): v for k, v in names.items()}, "names_before": names_before},
+                              sort_keys=True, default=int)
+            cur = c.execute("INSERT INTO edits(kind, payload, who, at) VALUES(?,?,?,?)", (kind, body, str(who), _now()))
+            edit_id = int(cur.lastrowid)
+            c.executemany(
+                "INSERT INTO edit_pages(edit_id, page_id, after_cluster, before_cluster, before_membership, before_probability) "
+                "VALUES(?,?,?,?,?,?)",
+                [(edit_id, p, int(assign[p]), *before[p]) for p in pages],
+            )
+            c.executemany("UPDATE page_clusters SET cluster=?, membership='member', probability=1.0 WHERE page_id=?",
+                          [(int(assign[p]), p) for p in pages])
+            for cid, name in names.items():
+                c.execute("INSERT INTO clusters(id, name, user_named) VALUES(?, ?, 1) "
+                          "ON CONFLICT(id) DO UPDATE SET name=excluded.name, user_named=1", (cid, name))
+            if targets:
+                self._raise_next_cluster_id(c, max(targets) + 1)
+        return edit_id
+
+    def _edit_row(self, r) -> dict:
+        keys = ("id", "kind", "payload", "who", "at", "undone", "n_pages")
+        out = dict(zip(keys, r))
+        out["payload"] = json.loads(out["payload"])
+        out["undone"] = bool(out["undone"])
+        return out
+
+    def edits(self) -> list[dict]:
+        """The edits log, oldest first: ``{"id", "kind", "payload" (dict), "who", "at" (UTC ISO),
+        "undone" (bool), "n_pages" (pages the edit pinned)}``."""
+        rows = self._conn.execute(
+            "SELECT e.id, e.kind, e.payload, e.who, e.at, e.undone, (SELECT COUNT(*) FROM edit_pages p WHERE p.edit_id = e.id) "
+            "FROM edits e ORDER BY e.id").fetchall()
+        return [self._edit_row(r) for r in rows]
+
+    def edit_pins(self, *, include_undone: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The page assignments the edits pinned, in edit order (oldest first, then page id).
+
+        Returns:
+            ``(edit_ids, page_ids, clusters)``, int64 (m,) each; without ``include_undone`` only
+            the edits not undone.
+        """
+        where = "" if include_undone else " WHERE e.undone = 0"
+        rows = self._conn.execute(
+            "SELECT p.edit_id, p.page_id, p.after_cluster FROM edit_pages p JOIN edits e ON e.id = p.edit_id"
+            + where + " ORDER BY p.edit_id, p.page_id").fetchall()
+        arr = np.array(rows, np.int64).reshape(-1, 3)
+        return arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
+
+    def undo_last_edit(self) -> dict | None:
+        """Undo the last edit not yet undone, in one transaction: its pages get back exactly the
+        cluster, membership and probability they had before it, its names their previous state
+        (a name row it created is deleted), and it is marked undone (kept in the log).
+
+        Returns:
+            The edit (as :meth:`edits` gives it, ``undone`` true), or ``None`` when there is
+            nothing to undo.
+        """
+        with self.transaction() as c:
+            row = c.execute(
+                "SELECT e.id, e.kind, e.payload, e.who, e.at, e.undone, (SELECT COUNT(*) FROM edit_pages p WHERE p.edit_id = e.id) "
+                "FROM edits e WHERE e.undone = 0 ORDER BY e.id DESC LIMIT 1").fetchone()
+            if row is None:
+                return None
+            edit = self._edit_row(row)
+            c.execute(
+                "UPDATE page_clusters SET cluster = p.before_cluster, membership = p.before_membership, "
+                "probability = p.before_probability FROM edit_pages p WHERE p.edit_id = ? AND p.page_id = page_clusters.page_id",
+                (edit["id"],))
+            for cid, was in (edit["payload"].get("names_before") or {}).items():
+                if was is None:
+                    c.execute("DELETE FROM clusters WHERE id=?", (int(cid),))
+                else:
+                    c.execute("INSERT INTO clusters(id, name, user_named) VALUES(?, ?, ?) "
+                              "ON CONFLICT(id) DO UPDATE SET name=excluded.name, user_named=excluded.user_named",
+                              (int(cid), was[0], int(was[1])))
+            c.execute("UPDATE edits SET undone = 1 WHERE id = ?", (edit["id"],))
+        edit["undone"] = True
+        return edit
 
     # -- OCR text --------------------------------------------------------------------------
     def pages_needing_text(self, lang: str, *, retry_failed: bool = False, page_ids: Iterable[int] | None = None) -> list[tuple[int, int, int]]:

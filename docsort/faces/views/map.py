@@ -3,4 +3,4 @@
 from docsort.faces.app import current_run, view_map
 
 run = current_run()
-view_map(run.col, run.table)
+view_map(run.col, run.table, run.root, run.version)
