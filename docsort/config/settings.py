@@ -429,7 +429,7 @@ class RaySettings(_Strict):
     embed_actors: int = Field(0, ge=0)
     cpus_per_actor: float = Field(1.0, gt=0)
     render_cpus: float = Field(1.0, gt=0)
-    cluster_sample: int = Field(50_000, ge=50)
+    cluster_sample: int = Field(50_000, ge=10)
     transform_chunk: int = Field(20_000, ge=100)
 
 
