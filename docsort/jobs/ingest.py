@@ -323,7 +323,7 @@ def ingest(
             if settings.ray.address:  # issue 17: render and embed on Ray; the same writer, here
                 from docsort.jobs.ray_ingest import embed_on_ray
 
-                embed_on_ray(tasks, settings, extractor, writer, embedded, stages, log)
+                embed_on_ray(tasks, settings, extractor, writer, embedded, stages, log, PendingPage)
                 tasks = []
             for doc, pages, error, seconds, last_chunk in _render_stream(tasks, settings.render, extractor.input_size, workers, log,
                                                                          ahead_pages=2 * extractor.batch_size):

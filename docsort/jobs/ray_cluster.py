@@ -55,6 +55,9 @@ def cluster_on_ray(vectors: np.ndarray, settings: PipelineSettings) -> ClusterRe
     Raises:
         ClusteringError: too few pages; RayMissingError: Ray is not installed.
     """
+    from docsort.core.distributed import require_ray
+
+    require_ray()  # asked for Ray: say so even when the collection is small enough not to need it
     n = len(vectors)
     k = settings.ray.cluster_sample
     if n <= k:

@@ -92,7 +92,7 @@ def _embed_class(settings: PipelineSettings) -> type:
 
 
 def embed_on_ray(tasks: list, settings: PipelineSettings, extractor, writer, on_embedded: Callable[[int], None],
-                 stages: dict[str, float], log: Log) -> None:
+                 stages: dict[str, float], log: Log, page: type) -> None:
     """Render and embed ingest's chunks on Ray and hand every whole document to ``writer``.
 
     Args:
@@ -103,12 +103,11 @@ def embed_on_ray(tasks: list, settings: PipelineSettings, extractor, writer, on_
         writer: the ingest's :class:`~docsort.jobs.ingest.Writer` (``commit`` / ``fail``).
         on_embedded: called with the number of pages just embedded (progress).
         stages: ``report.stage_seconds`` (``render`` and ``model`` summed over the cluster).
+        page: :class:`~docsort.jobs.ingest.PendingPage` (passed in: no import cycle with the ingest job).
 
     Raises:
         RayMissingError: Ray is not installed; ConnectionError: no cluster at the address.
     """
-    from docsort.jobs.ingest import PendingPage
-
     if not tasks:
         return
     channels = 1 if settings.render.color == "gray" else 3
@@ -141,7 +140,7 @@ def embed_on_ray(tasks: list, settings: PipelineSettings, extractor, writer, on_
                 if batch["error"][j]:
                     errors[i] = str(batch["error"][j])
                 if page_no > 0 and not doc.failed:
-                    doc.pages.append(PendingPage(page_no, int(batch["width_px"][j]), int(batch["height_px"][j]),
+                    doc.pages.append(page(page_no, int(batch["width_px"][j]), int(batch["height_px"][j]),
                                                  bytes(batch["thumbnail"][j]), np.asarray(batch["vector"][j], np.float32)))
                     doc.read += 1
                     doc.embedded += 1

@@ -1,0 +1,63 @@
+"""Ray is optional (issue 17): docsort without it imports nothing of Ray, and ``--ray`` then says how to
+get it; the pure helpers of :mod:`docsort.core.distributed`. Fast tier: no Ray is started here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from docsort.config.settings import PipelineSettings, RaySettings, load_pipeline
+from docsort.core.distributed import RayMissingError, embed_actor_plan, seeded_sample
+
+
+def test_docsort_imports_no_ray():
+    code = ("import sys, docsort.faces.cli, docsort.jobs.ingest, docsort.jobs.ocr, docsort.jobs.cluster, "
+            "docsort.jobs.ray_ingest, docsort.jobs.ray_cluster; "
+            "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_ray_flag_without_ray_is_a_clear_error(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from docsort.faces.cli import app
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when not installed
+    res = CliRunner().invoke(app, ["ingest", "sample_docs/leptonica/map1.jpg", "-c", str(tmp_path / "col"), "--ray", "local"])
+    assert res.exit_code == 3, res.output
+    assert "pip install 'docsort[ray]'" in res.output
+
+
+def test_cluster_on_ray_without_ray_is_a_clear_error(monkeypatch):
+    from docsort.jobs.ray_cluster import cluster_on_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(RayMissingError, match=r"pip install 'docsort\[ray\]'"):
+        cluster_on_ray(np.eye(8, dtype=np.float32), PipelineSettings().with_ray("local"))
+
+
+def test_ray_pipeline_is_the_default_run_on_ray():
+    ray = load_pipeline("ray")
+    assert ray.ray.address == "local"
+    assert ray.model_copy(update={"ray": RaySettings(), "name": "default", "description": ""}) == PipelineSettings()
+    assert PipelineSettings().ray.address == ""  # the default runs in this process
+
+
+def test_embed_actor_plan_one_actor_per_gpu_else_leaves_cpus_for_rendering():
+    s = RaySettings()
+    assert embed_actor_plan(s, {"CPU": 64.0, "GPU": 4.0}) == (4, 1.0, 1.0)
+    assert embed_actor_plan(s, {"CPU": 2.0}) == (1, 1.0, 0.0)  # 1 CPU left to render
+    assert embed_actor_plan(s, {"CPU": 16.0}) == (15, 1.0, 0.0)
+    assert embed_actor_plan(RaySettings(cpus_per_actor=4.0), {"CPU": 16.0}) == (3, 4.0, 0.0)
+    assert embed_actor_plan(RaySettings(embed_actors=2), {"CPU": 16.0})[0] == 2
+    assert embed_actor_plan(s, {"CPU": 1.0})[0] == 1  # never none
+
+
+def test_seeded_sample_is_reproducible_distinct_and_sorted():
+    a, b = seeded_sample(1000, 100, 7), seeded_sample(1000, 100, 7)
+    assert np.array_equal(a, b) and len(np.unique(a)) == 100 and np.all(np.diff(a) > 0) and a.max() < 1000
+    assert not np.array_equal(a, seeded_sample(1000, 100, 8))
+    assert np.array_equal(seeded_sample(50, 100, 7), np.arange(50))
