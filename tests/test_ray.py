@@ -228,3 +228,32 @@ def test_cluster_job_on_ray_stores_every_page_with_stable_ids(ray_cluster, setti
         assert result.n_clusters >= 2
     finally:
         col.close()
+
+
+def test_ocr_on_ray_stores_the_in_process_text(lost_node_ingest, settings, tmp_path):
+    """Two text pages OCR'd as Ray tasks get the text Tesseract gives them in this process."""
+    import shutil
+
+    from docsort.core.ocr import ocr_pages, require_tesseract
+    from docsort.core.pages import discover_files
+    from docsort.jobs.ocr import backfill
+
+    src_root, _, _ = lost_node_ingest
+    root = tmp_path / "col"
+    shutil.copytree(src_root, root, ignore=shutil.ignore_patterns(".lock", ".ocr.lock"))
+    wanted = {str(SAMPLE_DOCS / "leptonica" / "1555.003.jpg"), str(SAMPLE_DOCS / "leptonica" / "brothers.150.jpg")}  # text pages
+    col = Collection(root)
+    try:
+        pages = [p for p in col.pages() if p.path in wanted]
+        assert len(pages) == 2
+        s = settings.with_ray("local")
+        report = backfill(col, s, page_ids=[p.page_id for p in pages], progress=False, log=lambda m: None)
+        assert report.pages_done == 2 and report.pages_failed == 0
+        stored = col.page_texts([p.page_id for p in pages])
+    finally:
+        col.close()
+    engine = require_tesseract(s.ocr.lang)
+    for p in pages:
+        (src,) = list(discover_files([p.path]))
+        (row,) = ocr_pages(src, [(p.page_id, p.page_no)], s.ocr, engine)
+        assert stored[p.page_id]["text"] == row["text"] and row["n_words"] > 0

@@ -48,12 +48,12 @@ def test_ray_pipeline_is_the_default_run_on_ray():
 
 def test_embed_actor_plan_one_actor_per_gpu_else_leaves_cpus_for_rendering():
     s = RaySettings()
-    assert embed_actor_plan(s, {"CPU": 64.0, "GPU": 4.0}) == (4, 1.0, 1.0)
-    assert embed_actor_plan(s, {"CPU": 2.0}) == (1, 1.0, 0.0)  # 1 CPU left to render
-    assert embed_actor_plan(s, {"CPU": 16.0}) == (15, 1.0, 0.0)
-    assert embed_actor_plan(RaySettings(cpus_per_actor=4.0), {"CPU": 16.0}) == (3, 4.0, 0.0)
+    assert embed_actor_plan(s, {"CPU": 64.0, "GPU": 4.0}) == (4, 1.0, 1.0, 1.0)
+    assert embed_actor_plan(s, {"CPU": 2.0}) == (1, 1.0, 0.0, 1.0)  # 1 CPU left to render
+    assert embed_actor_plan(s, {"CPU": 16.0}) == (15, 1.0, 0.0, 1.0)
+    assert embed_actor_plan(RaySettings(cpus_per_actor=4.0), {"CPU": 16.0}) == (3, 4.0, 0.0, 1.0)
     assert embed_actor_plan(RaySettings(embed_actors=2), {"CPU": 16.0})[0] == 2
-    assert embed_actor_plan(s, {"CPU": 1.0})[0] == 1  # never none
+    assert embed_actor_plan(s, {"CPU": 1.0}) == (1, 0.5, 0.0, 0.5)  # both fit on one CPU
 
 
 def test_seeded_sample_is_reproducible_distinct_and_sorted():

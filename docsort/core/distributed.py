@@ -90,25 +90,30 @@ def connected(settings: RaySettings) -> Iterator[object]:
             ray.shutdown()
 
 
-def embed_actor_plan(settings: RaySettings, resources: dict[str, float]) -> tuple[int, float, float]:
-    """How many feature-extractor actors to start and what each reserves.
+def embed_actor_plan(settings: RaySettings, resources: dict[str, float]) -> tuple[int, float, float, float]:
+    """How many feature-extractor actors to start, what each reserves, and what a rendering task reserves.
 
     Args:
         settings: the ``[ray]`` section.
         resources: ``ray.cluster_resources()`` (``{"CPU": 8.0, "GPU": 2.0, ...}``).
 
     Returns:
-        ``(actors, num_cpus, num_gpus)`` per actor: one actor per GPU (``num_gpus=1``) when the
-        cluster has GPUs, else one per ``cpus_per_actor`` CPUs, leaving ``render_cpus`` CPUs for the
-        rendering tasks so they are never starved (at least one actor);
-        ``settings.embed_actors > 0`` fixes the count.
+        ``(actors, actor_cpus, actor_gpus, render_cpus)``: one actor per GPU (``num_gpus=1``) when
+        the cluster has GPUs, else one per ``cpus_per_actor`` CPUs, leaving ``render_cpus`` CPUs for
+        the rendering tasks so they are never starved (at least one actor);
+        ``settings.embed_actors > 0`` fixes the count. A cluster with fewer CPUs than
+        ``cpus_per_actor + render_cpus`` gives the actor and each rendering task half of them
+        (Ray's fractional CPUs), so both always fit.
     """
     gpus = int(resources.get("GPU", 0))
     cpus = float(resources.get("CPU", 1))
+    render = settings.render_cpus
     if gpus > 0:
-        return (settings.embed_actors or gpus), 1.0, 1.0
-    auto = max(1, int((cpus - settings.render_cpus) // settings.cpus_per_actor))
-    return (settings.embed_actors or auto), settings.cpus_per_actor, 0.0
+        return (settings.embed_actors or gpus), 1.0, 1.0, render
+    if cpus < settings.cpus_per_actor + render:
+        return (settings.embed_actors or 1), cpus / 2, 0.0, cpus / 2
+    auto = max(1, int((cpus - render) // settings.cpus_per_actor))
+    return (settings.embed_actors or auto), settings.cpus_per_actor, 0.0, render
 
 
 def seeded_sample(n: int, k: int, seed: int) -> np.ndarray:

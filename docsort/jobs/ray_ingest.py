@@ -115,12 +115,12 @@ def embed_on_ray(tasks: list, settings: PipelineSettings, extractor, writer, on_
     for doc, _, _ in tasks:
         chunks_left[id(doc)] = chunks_left.get(id(doc), 0) + 1
     with connected(settings.ray) as ray:
-        actors, cpus, gpus = embed_actor_plan(settings.ray, ray.cluster_resources())
+        actors, cpus, gpus, render_cpus = embed_actor_plan(settings.ray, ray.cluster_resources())
         items = [{"task": i, "path": str(doc.src.path), "format": doc.src.format, "size_bytes": int(doc.src.size_bytes),
                   "first": first, "last": last} for i, (doc, first, last) in enumerate(tasks)]
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
         ds = ds.flat_map(_render_rows, fn_kwargs={"render": settings.render, "input_size": tuple(extractor.input_size),
-                                                  "channels": channels}, num_cpus=settings.ray.render_cpus)
+                                                  "channels": channels}, num_cpus=render_cpus)
         ds = ds.map_batches(_embed_class(settings), batch_size=extractor.batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, num_gpus=gpus)
         log_note = f"Ray: {len(tasks)} render tasks, {actors} embedding actor(s) ({'1 GPU' if gpus else f'{cpus:g} CPU'} each)"
