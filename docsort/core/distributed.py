@@ -62,7 +62,10 @@ def connected(settings: RaySettings) -> Iterator[object]:
     (``ray.is_initialized()``: a caller, a test or a notebook called ``ray.init``), that connection
     is used and left open. The dashboard is off, worker output is not forwarded to this terminal
     (``log_to_driver=False``), Ray's own logging is at ERROR, and Ray Data's progress bars are
-    off (docsort shows its own).
+    off (docsort shows its own). One line of Ray's C++ core worker remains: an ``E`` line saying the
+    embedding actors have constructor arguments in the object store (ray-project/ray#53727, about
+    actor restarts); it is harmless, and setting ``RAY_BACKEND_LOG_LEVEL`` only trades it for an
+    ``I`` line.
 
     Raises:
         RayMissingError: Ray is not installed.

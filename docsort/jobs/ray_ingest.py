@@ -4,9 +4,10 @@ No second pipeline: :func:`docsort.jobs.ingest.ingest` lists and hashes the file
 their pages as always, and its :class:`~docsort.jobs.ingest.Writer` commits every document on the
 driver, in one transaction per document, idempotently by sha256. Only the middle moves:
 
-* **render**: each chunk of ``render.pdf_chunk_pages`` pages is one Ray Data ``flat_map`` task
-  running :func:`docsort.core.pages.render_for_network` (the function the in-process worker pool
-  runs) on a CPU of any node; one row per page.
+* **render**: chunks of ``render.pdf_chunk_pages`` pages (one image file is a chunk of one page),
+  grouped into Ray Data ``flat_map`` tasks of at least ``pdf_chunk_pages`` pages, run
+  :func:`docsort.core.pages.render_for_network` (the function the in-process worker pool runs) on
+  a CPU of any node; one row per page.
 * **embed**: ``map_batches`` over an actor pool; every actor builds the feature extractor of the
   pipeline (:func:`docsort.store.manifest.make_extractor`, so the ``features`` section's engine
   choice applies on its node) and runs batches of ``features.batch_size`` pages through
@@ -41,21 +42,46 @@ Log = Callable[[str], None]
 
 
 def _render_rows(row: dict, render: RenderSettings, input_size: tuple[int, int], channels: int) -> list[dict]:
-    """Ray Data ``flat_map``: one chunk ``row`` (``task``, ``path``, ``format``, ``size_bytes``,
-    ``first``, ``last``) -> one row per rendered page (``pixels`` uint8 (H, W, C)).
+    """Ray Data ``flat_map``: one Ray task's chunks (``row``: lists ``task``, ``path``, ``format``,
+    ``size_bytes``, ``first``, ``last``, one entry per chunk) -> one row per rendered page
+    (``pixels`` uint8 (H, W, C)).
 
     A chunk that fails gives its pages read so far, or one row with ``page_no`` 0 and blank
     pixels when none, every row carrying the error; ``n_rows`` is how many rows the chunk gave, so
     the driver knows when a chunk is whole."""
-    src = SourceFile(path=__import__("pathlib").Path(row["path"]), format=row["format"], size_bytes=int(row["size_bytes"]))
-    pages, error, seconds = render_for_network(src, render, input_size, int(row["first"]), int(row["last"]))
-    message = "" if error is None else str(error)
-    base = {"task": int(row["task"]), "error": message, "n_rows": max(1, len(pages))}
-    if not pages:
-        blank = np.zeros((*input_size, channels), np.uint8)
-        return [{**base, "page_no": 0, "width_px": 0, "height_px": 0, "thumbnail": b"", "pixels": blank, "seconds": seconds}]
-    return [{**base, "page_no": p.page_no, "width_px": p.width_px, "height_px": p.height_px, "thumbnail": p.thumbnail,
-             "pixels": p.pixels, "seconds": seconds if i == 0 else 0.0} for i, p in enumerate(pages)]
+    from pathlib import Path
+
+    out: list[dict] = []
+    for task, path, fmt, size, first, last in zip(row["task"], row["path"], row["format"], row["size_bytes"],
+                                                  row["first"], row["last"]):
+        src = SourceFile(path=Path(str(path)), format=str(fmt), size_bytes=int(size))
+        pages, error, seconds = render_for_network(src, render, input_size, int(first), int(last))
+        base = {"task": int(task), "error": "" if error is None else str(error), "n_rows": max(1, len(pages))}
+        if not pages:
+            blank = np.zeros((*input_size, channels), np.uint8)
+            out.append({**base, "page_no": 0, "width_px": 0, "height_px": 0, "thumbnail": b"", "pixels": blank,
+                        "seconds": seconds})
+        out += [{**base, "page_no": p.page_no, "width_px": p.width_px, "height_px": p.height_px, "thumbnail": p.thumbnail,
+                 "pixels": p.pixels, "seconds": seconds if i == 0 else 0.0} for i, p in enumerate(pages)]
+    return out
+
+
+def _task_groups(tasks: list, pages_per_task: int) -> list[dict]:
+    """Ingest's chunks grouped into Ray tasks of at least ``pages_per_task`` pages (consecutive
+    chunks; a one-page image file alone would be a Ray task of a few milliseconds, and Ray's
+    per-task cost would dominate)."""
+    groups: list[dict] = []
+    pages = pages_per_task
+    for i, (doc, first, last) in enumerate(tasks):
+        if pages >= pages_per_task:
+            groups.append({k: [] for k in ("task", "path", "format", "size_bytes", "first", "last")})
+            pages = 0
+        g = groups[-1]
+        for k, v in (("task", i), ("path", str(doc.src.path)), ("format", doc.src.format),
+                     ("size_bytes", int(doc.src.size_bytes)), ("first", first), ("last", last)):
+            g[k].append(v)
+        pages += last - first + 1
+    return groups
 
 
 class _Embed:
@@ -116,14 +142,13 @@ def embed_on_ray(tasks: list, settings: PipelineSettings, extractor, writer, on_
         chunks_left[id(doc)] = chunks_left.get(id(doc), 0) + 1
     with connected(settings.ray) as ray:
         actors, cpus, gpus, render_cpus = embed_actor_plan(settings.ray, ray.cluster_resources())
-        items = [{"task": i, "path": str(doc.src.path), "format": doc.src.format, "size_bytes": int(doc.src.size_bytes),
-                  "first": first, "last": last} for i, (doc, first, last) in enumerate(tasks)]
+        items = _task_groups(tasks, settings.render.pdf_chunk_pages)
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
         ds = ds.flat_map(_render_rows, fn_kwargs={"render": settings.render, "input_size": tuple(extractor.input_size),
                                                   "channels": channels}, num_cpus=render_cpus)
         ds = ds.map_batches(_embed_class(settings), batch_size=extractor.batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, num_gpus=gpus)
-        log_note = f"Ray: {len(tasks)} render tasks, {actors} embedding actor(s) ({'1 GPU' if gpus else f'{cpus:g} CPU'} each)"
+        log_note = f"Ray: {len(items)} render tasks, {actors} embedding actor(s) ({'1 GPU' if gpus else f'{cpus:g} CPU'} each)"
         log(log_note)
         seen: set[tuple[int, int]] = set()  # (task, page_no): a re-run task's rows are taken once
         rows_of: dict[int, int] = {}
