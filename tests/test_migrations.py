@@ -207,17 +207,22 @@ def test_each_thread_has_its_own_connection_closed_with_the_collection(tmp_path)
     col = Collection(tmp_path / "c", create=True)
     conns = {}
 
+    def connection():
+        """This thread's connection, as Collection.transaction() hands it out."""
+        with col.transaction() as conn:
+            return conn
+
     def grab(i):
-        conns[i] = col._conn
-        assert col._conn is conns[i]  # the same one for the thread's whole life
-        assert col._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert col._conn.execute("PRAGMA busy_timeout").fetchone()[0] == int(Collection.BUSY_TIMEOUT_S * 1000)
+        conns[i] = connection()
+        assert connection() is conns[i]  # the same one for the thread's whole life
+        assert conns[i].execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conns[i].execute("PRAGMA busy_timeout").fetchone()[0] == int(Collection.BUSY_TIMEOUT_S * 1000)
 
     threads = [threading.Thread(target=grab, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
         t.join()
-    assert len({id(c) for c in conns.values()} | {id(col._conn)}) == 4
+    assert len({id(c) for c in conns.values()} | {id(connection())}) == 4
     # Connections of threads that ended are closed when another thread opens one.
     t = threading.Thread(target=grab, args=(3,))
     t.start()

@@ -86,9 +86,8 @@ class FeatureSettings(_Strict):
         input_size: network input, pixels, (height, width). InceptionV3's native size is 299.
         pooling: name of the pooling of the feature map, see :data:`docsort.core.features.POOLINGS`.
             ``topk`` (each channel's top 3 % of the 35x35 cells averaged) was chosen on the labelled
-            development corpus (benchmarks/RESULTS.md, "Sorting quality (issue 5)"): kNN@5 0.884 vs
-            0.774 for the seed's ``gap``, ARI 0.69 vs 0.44, and unlike ``gmp`` it does not fall apart
-            when pages carry specks. Collections keep the pooling they were built with.
+            development corpus (benchmarks/RESULTS.md, "Sorting quality (issue 5)"). Collections keep
+            the pooling they were built with.
         batch_size: pages per forward pass.
         seed: seed for ``random`` weights.
         engine: what runs the network. ``openvino``: the Keras model converted at load by
@@ -98,10 +97,8 @@ class FeatureSettings(_Strict):
             (``tf.function`` on TensorFlow, the default backend; ``jax.jit`` with
             ``KERAS_BACKEND=jax``). ``auto``: OpenVINO on a CPU-only machine when it is installed
             and compiles, else TensorFlow with a one-line notice on stderr; TensorFlow when a GPU is
-            visible, for a ``hub:`` backbone, or when the Keras backend is not TensorFlow.
-            Measured here, 2 shared cores, batch 32, in one run (benchmarks/RESULTS.md, "Inference
-            engines (issue 16)"): OpenVINO bfloat16 3.8x TensorFlow float32 under a load average of
-            8, 9.7x (233 vs 24 img/s) under a lighter one; OpenVINO float32 about 1-2.4x.
+            visible, for a ``hub:`` backbone, or when the Keras backend is not TensorFlow. Speeds of
+            each engine here: benchmarks/RESULTS.md, "Inference engines (issue 16)".
         threads: OpenVINO ``INFERENCE_NUM_THREADS`` (0 = OpenVINO's default, one per core). The
             rendering workers run beside it; benchmarks/RESULTS.md ("Inference engines (issue
             16)") gives the pages/s of the combinations tried. Vectors were bit-identical with 1
@@ -303,26 +300,21 @@ class TextSettings(_Strict):
             ``"hub:HANDLE"``: a TF Hub text-embedding model (Universal Sentence Encoder, nnlm)
             by URL (online) or local path.
         lsa_components: dimensions of the LSA vectors (fewer when the collection has fewer
-            texts). 32 measured best on the development corpus (180 pages with text: fused
-            kNN@5 0.920 / ARI 0.76 with 32, 0.913 / 0.77 with 16, 0.905 / 0.65 with 128);
-            larger collections with many kinds of text may want more.
+            texts). 32 was best on the development corpus (benchmarks/RESULTS.md, "Text features and
+            fusion (issue 6)"); larger collections with many kinds of text may want more.
         min_df, max_df: TF-IDF vocabulary bounds (scikit-learn meaning: a word in fewer than
             ``min_df`` pages, or in more than the fraction ``max_df`` of them, is ignored).
         min_words: a page with fewer OCR words than this has no usable text: its fused vector is
             its visual vector alone.
         min_confidence: nor has a page whose mean OCR word confidence (Tesseract's 0-100) is
             below this: OCR of photographs, maps and music reads shapes as words (sample_docs:
-            confidence 22-48 on those, 78-95 on printed text). On the development corpus 0, 50
-            and 70 gave fused kNN@5 within 0.01 of each other; 50 keeps garbage out of keyword names.
-            Re-checked on issue 13's style-balanced corpora (benchmarks/RESULTS.md, "Text fusion,
-            re-measured").
+            confidence 22-48 on those, 78-95 on printed text). 50 keeps garbage out of keyword names,
+            with fused kNN@5 within 0.01 of 0 and 70 (benchmarks/RESULTS.md, "Text fusion, re-measured").
         fusion_weight: weight w of the text part in the fused page vector
             ``[sqrt(1-w) * visual, sqrt(w) * text]`` (both L2-normalised, the visual vector
             centred on the collection mean first; then the cosine of two pages with text is
-            ``(1-w) cos_visual + w cos_text``); 0 = visual only. 0.3 measured best on the
-            development corpus (kNN@5 and ARI; ``benchmarks/text_study.py``, benchmarks/RESULTS.md),
-            and kept on issue 13's two style-balanced corpora, where no weight chosen per collection
-            without labels beat it on both (RESULTS.md, "Text fusion, re-measured").
+            ``(1-w) cos_visual + w cos_text``); 0 = visual only. 0.3 was best on the development
+            corpus and kept on issue 13's corpora (benchmarks/RESULTS.md, "Text fusion, re-measured").
         keywords: words per default cluster name (class-based TF-IDF, as BERTopic names topics).
     """
 
@@ -350,14 +342,12 @@ class InvarianceSettings(_Strict):
 
     Attributes:
         enabled: fit and use the projection.
-        dims: dimensions kept (at most pages fitted - 1). 32 in the held-out measurement of issue 13
-            (kNN@5 0.618 -> 0.745, ARI 0.05 -> 0.50 on 285 real pages in mixed scan styles).
+        dims: dimensions kept (at most pages fitted - 1). 32, as in issue 13's held-out
+            measurement (benchmarks/RESULTS.md, "Scan-style invariance (issue 13)").
         styles: the renderings of each page (:data:`docsort.core.styles.STYLES`); the first should be
             ``as_is`` (its vector is the stored one, not embedded again). The default adds
-            ``photo`` to the five of issue 13's measurement: on both style-balanced development
-            corpora it lifted cross-style kNN@5 (0.849 -> 0.957, 0.766 -> 0.846), ARI (0.593 ->
-            0.822, 0.461 -> 0.489) and cut style leakage (0.28 -> 0.13, 0.26 -> 0.15)
-            (benchmarks/RESULTS.md, "Scan style (issue 13)").
+            ``photo`` to the five of issue 13's measurement: it helped on both style-balanced
+            development corpora (benchmarks/RESULTS.md, "The page photo in docsort's invariance fit").
         sample_pages: at most this many pages are rendered for a fit, drawn with ``seed`` (all
             pages below it). 2,000 pages x 6 renderings = 12,000 vectors, over 40 per entry of a
             288 x 288 scatter matrix, at about 5 minutes of CPU forward passes here; more pages
@@ -372,13 +362,9 @@ class InvarianceSettings(_Strict):
             two thirds of the pages inside the fit while the total fitting cost over a collection's
             growth stays within a constant factor of one fit (a geometric series).
         min_pages: no projection is fitted for collections with fewer pages (the raw vectors are
-            used). Measured (benchmarks/RESULTS.md, "Scan-style invariance"): on the development
-            corpus (245 pages, 13 kinds) it lifts kNN@5 at every size (random subsets of 41 / 80 /
-            120 / 245 pages: 0.54 -> 0.60, 0.73 -> 0.80, 0.80 -> 0.86, 0.884 -> 0.907) and ARI
-            0.67 -> 0.81; on sample_docs (41 pages, where scan style *is* the kind: the fax pages
-            are the bilevel ones) it lowers kNN@5 0.68 -> 0.55 and ARI 0.51 -> 0.32, and the
-            few-label classifier falls below chance. 100 keeps small piles (and the demo) on the
-            raw vectors, where the evidence is split.
+            used). 100 keeps small piles (and the demo) on the raw vectors, where the evidence is
+            split: the projection helps the development corpus at every size and hurts sample_docs
+            (benchmarks/RESULTS.md, "Scan-style invariance (issue 13)").
     """
 
     enabled: bool = True

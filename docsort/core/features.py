@@ -99,10 +99,9 @@ def _topk(x, fraction: float = TOPK_FRACTION):
     ``k = max(1, round(fraction * H * W))`` (37 at 35x35), so it sits between max pooling (k = 1)
     and average pooling (k = H*W): the k-max pooling of Kalchbrenner, Grefenstette & Blunsom 2014
     (arXiv:1404.2188), averaged as in the top-instance pooling of WELDON (Durand, Thome & Cord,
-    CVPR 2016). Measured on docsort's development corpus it sorts clean scans as well as max
-    pooling (kNN@5 0.884 vs 0.889; average pooling 0.774) and keeps doing so when pages carry a few
-    specks and a stain (0.867, where max pooling falls to 0.654): a speck fills one or two
-    cells, not 37.
+    CVPR 2016). On docsort's development corpus it sorts clean scans as well as max pooling and,
+    unlike it, keeps doing so when pages carry specks and a stain (a speck fills one or two cells,
+    not 37; benchmarks/RESULTS.md, "Sorting quality (issue 5)", "Robustness: specks and stains").
     """
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     k = max(1, int(round(fraction * h * w)))

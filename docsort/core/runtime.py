@@ -102,13 +102,11 @@ configure()
 
 #: Largest difference, per vector component, between the same page's L2-normalised vectors computed
 #: in float32 by other kernels for the same network and weights (another CPU's instruction set,
-#: TensorFlow's Eigen kernels instead of oneDNN, Keras on JAX, OpenVINO float32). Measured
-#: (benchmarks/reproducibility.py, benchmarks/backend_check.py, sample_docs): 6.5e-8 oneDNN vs
-#: Eigen, 2.2e-7 TensorFlow vs JAX, 2.5e-7 OpenVINO f32 vs TensorFlow f32; a margin of 4x. Vectors
+#: TensorFlow's Eigen kernels instead of oneDNN, Keras on JAX, OpenVINO float32): 4x the largest
+#: seen (benchmarks/RESULTS.md, "Reproducibility across kernels and CPUs (issue 12)"). Vectors
 #: that close still give other UMAP embeddings, so clusters may differ. Another *precision*
-#: (bfloat16, which OpenVINO's ``auto`` picks where the CPU has AMX or AVX-512 BF16) differs more:
-#: up to 2.4e-3 per component, cosine >= 0.99997; the collection's engine probe decides whether such
-#: vectors may be mixed (``docsort.store.manifest.ENGINE_PROBE_MIN_COSINE``).
+#: (bfloat16) differs more; the collection's engine probe decides whether such vectors may be
+#: mixed (``docsort.store.manifest.ENGINE_PROBE_MIN_COSINE``).
 CROSS_MACHINE_VECTOR_TOLERANCE = 1e-6
 
 #: What a collection's manifest says is reproducible (README, "Reproducible").

@@ -43,10 +43,8 @@ __all__ = ["STYLES", "DEFAULT_STYLES", "otsu_threshold", "restyle", "render_styl
 STYLES = ("as_is", "bilevel", "bilevel_blur", "grey_paper", "jpeg_low", "skew", "photo")
 
 #: The renderings :func:`docsort.core.invariance.fit_projection` is fitted on by default: the five scan
-#: styles of the held-out measurement in issue 13 (kNN@5 0.618 -> 0.745, ARI 0.05 -> 0.50) and the
-#: page photographed on a desk, which won on both style-balanced development corpora
-#: (benchmarks/RESULTS.md, "Scan style (issue 13)": cross-style kNN@5 0.849 -> 0.957 and
-#: 0.766 -> 0.846, ARI 0.593 -> 0.822 and 0.461 -> 0.489).
+#: styles of the held-out measurement in issue 13 and the page photographed on a desk, which won on
+#: both style-balanced development corpora (benchmarks/RESULTS.md, "Scan style (issue 13)").
 DEFAULT_STYLES = ("as_is", "bilevel", "bilevel_blur", "grey_paper", "jpeg_low", "photo")
 
 

@@ -751,10 +751,10 @@ def sort_by_type(
     col = _open(collection)
     try:
         settings = _classifier_settings(col, pipeline)
-        from docsort.store.manifest import fine_tuned_in_use
+        from docsort.store.manifest import fine_tuned_in_use, read_manifest
 
         if fine_tuned_in_use(col):  # the kept fine-tuned classifier's types, not a frozen re-run (issue 14)
-            if (col.manifest() or {})["fine_tune"].get("label_hash") != cl.label_set_hash(col):
+            if read_manifest(col).fine_tune.get("label_hash") != cl.label_set_hash(col):  # in use: recorded
                 raise _fail("the labels changed since the fine-tuned classifier was trained: run docsort classify "
                             "--fine-tune (or plain docsort classify) first", 2)
             err.print("types from the fine-tuned classifier (docsort classify --fine-tune)", highlight=False)

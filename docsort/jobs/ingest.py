@@ -37,7 +37,7 @@ from docsort.jobs.ocr import OcrReport
 from docsort.jobs.ocr import backfill as ocr_backfill
 from docsort.queries.vectors import active_projection
 from docsort.store.index_file import sync_index
-from docsort.store.manifest import _check_extractor, _new_manifest, make_extractor, write_manifest
+from docsort.store.manifest import _check_extractor, _new_manifest, make_extractor, read_manifest, write_manifest
 from docsort.store.storage import Collection
 
 Log = Callable[[str], None]
@@ -257,7 +257,7 @@ def ingest(
         report.stage_seconds["model_build"] += time.perf_counter() - t
         _check_extractor(collection, extractor, store=True)
         report.weights_note = extractor.description["weights"]["note"]
-        if collection.manifest() is None:
+        if read_manifest(collection) is None:
             write_manifest(collection, _new_manifest(settings, extractor))
 
         # 1. discover, hash, count pages

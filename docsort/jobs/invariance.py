@@ -22,7 +22,7 @@ from docsort.core.pages import (
 )
 from docsort.core.styles import page_rng, render_styles
 from docsort.store.index_file import sync_index
-from docsort.store.manifest import _PINNED_FEATURE_KEYS, _RENDER_KEYS_NOT_IN_VECTORS, _check_extractor, make_extractor, write_manifest
+from docsort.store.manifest import _PINNED_FEATURE_KEYS, _RENDER_KEYS_NOT_IN_VECTORS, _check_extractor, make_extractor, read_manifest, write_manifest
 from docsort.store.storage import Collection
 
 Log = Callable[[str], None]
@@ -57,7 +57,8 @@ class InvarianceReport:
 def _invariance_key(settings: PipelineSettings, collection: Collection) -> dict:
     """What a projection depends on besides the pages: the invariance settings and how the
     collection's vectors are made (weights sha256 and the pinned feature settings)."""
-    feats = (collection.manifest() or {}).get("features", {})
+    manifest = read_manifest(collection)
+    feats = (manifest.features if manifest else None) or {}
     inv = settings.invariance.model_dump(mode="json", exclude={"enabled", "refit_growth", "min_pages"})
     return {"invariance": inv, "weights_sha256": feats.get("weights", {}).get("sha256"),
             "features": {k: feats.get(k) for k in _PINNED_FEATURE_KEYS}, "render": settings.render.model_dump(
@@ -66,7 +67,8 @@ def _invariance_key(settings: PipelineSettings, collection: Collection) -> dict:
 
 def _needs_fit(collection: Collection, settings: PipelineSettings, n_pages: int) -> str | None:
     """Why the projection must be (re)fitted now, or ``None`` when the stored one is current."""
-    entry = (collection.manifest() or {}).get("invariance")
+    manifest = read_manifest(collection)
+    entry = manifest.invariance if manifest else None
     if not entry:
         return "no projection fitted yet"
     path = collection.root / Collection.INVARIANCE

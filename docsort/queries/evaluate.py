@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from docsort.core.pages import sha256_file
+from docsort.store.manifest import read_manifest
 from docsort.store.storage import Collection
 
 __all__ = [
@@ -583,8 +584,8 @@ def evaluate(
     table = collection.page_table().set_index("page_id")
     knn_other, _ = knn_precision(vecs, cats, ks, groups=table.loc[ids, "document_id"].to_numpy())
     categories = sorted(set(cats.tolist()))
-    manifest = collection.manifest() or {}
-    feats = manifest.get("features", {})
+    manifest = read_manifest(collection)
+    feats = (manifest.features if manifest else None) or {}
     result = Evaluation(
         labels_file=str(Path(labels)),
         collection=str(collection.root),

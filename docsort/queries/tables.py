@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from docsort.core.clustering import document_clusters
-from docsort.store.manifest import recorded_engine
+from docsort.store.manifest import Manifest, read_manifest, recorded_engine
 from docsort.store.storage import Collection
 
 
@@ -67,8 +67,8 @@ def info(collection: Collection) -> dict:
     """Collection summary: counts, backbone, layer, pooling, weights source and sha256, the engine
     and precision the vectors were made with (and passed checks of other engines), last run
     (and whether it clustered visual or fused vectors), OCR text counts, OCR engine and text model."""
-    manifest = collection.manifest() or {}
-    feats = manifest.get("features", {})
+    manifest = read_manifest(collection) or Manifest()
+    feats = manifest.features or {}
     run = collection.last_cluster_run()
     return {
         "collection": str(collection.root.resolve()),
@@ -85,28 +85,28 @@ def info(collection: Collection) -> dict:
         "precision": recorded_engine(feats)["precision"] if feats else None,
         "engine_cpu_flags": " ".join(recorded_engine(feats).get("cpu_flags") or []) or None if feats else None,
         "engine_checks": "; ".join(f"{c['name']} {c['precision']} passed, probe cosine >= {c['probe_min_cosine']} "
-                                   f"vs {c['reference_engine']}" for c in manifest.get("engine_checks", [])) or None,
-        "pipeline": manifest.get("pipeline", {}).get("name"),
-        "created_at": manifest.get("created_at"),
+                                   f"vs {c['reference_engine']}" for c in manifest.engine_checks or []) or None,
+        "pipeline": (manifest.pipeline or {}).get("name"),
+        "created_at": manifest.created_at,
         "last_clustered": run["created_at"] if run else None,
         "clustered_by": run["settings"].get("features", "visual") if run else None,
         **collection.text_counts(),
-        "ocr": (lambda o: f"{o.get('engine')} lang={o.get('lang')} dpi={o.get('dpi')}" if o else None)(manifest.get("ocr")),
-        "text_model": (lambda t: f"{t.get('method')} {t.get('dim')}-d on {t.get('pages_fitted')} pages" if t else None)(manifest.get("text")),
-        "built_on": _machine_line(manifest.get("machine")),
-        "clustered_on": _machine_line((manifest.get("clustering") or {}).get("machine")),
+        "ocr": (lambda o: f"{o.get('engine')} lang={o.get('lang')} dpi={o.get('dpi')}" if o else None)(manifest.ocr),
+        "text_model": (lambda t: f"{t.get('method')} {t.get('dim')}-d on {t.get('pages_fitted')} pages" if t else None)(manifest.text),
+        "built_on": _machine_line(manifest.machine),
+        "clustered_on": _machine_line((manifest.clustering or {}).get("machine")),
         "adapted_weights": (lambda a: (f"yes: {a.get('objective', {}).get('name')}, {a.get('epochs_run')} epoch(s), layers "
                                        f"{a.get('layers')}, seed {a.get('seed')}, sha256 {str(a.get('sha256'))[:12]}"
                                        if a.get("state") == "done" else
                                        f"re-embedding unfinished (sha256 {str(a.get('sha256'))[:12]}): run docsort adapt to finish")
-                            if a else "no")(manifest.get("adaptation")),
+                            if a else "no")(manifest.adaptation),
         "classifier_in_use": (lambda f: (f"{f.get('in_use')} (cross-validated accuracy: fine-tuned {f.get('fine_tuned_accuracy')}, "
                                          f"frozen features {f.get('frozen_accuracy')}, {f.get('cv_method')})"
                                          + (f"; weights sha256 {str(f.get('sha256'))[:12]}" if f.get("in_use") == "fine-tuned" else ""))
-                              if f else ("frozen features" if manifest.get("classifier") else None))(manifest.get("fine_tune")),
+                              if f else ("frozen features" if manifest.classifier else None))(manifest.fine_tune),
         "invariance": (lambda v: (f"{v.get('dims')}-d from {v.get('n_pages_fitted')} pages x {len(v.get('styles', []))} styles, "
                                   f"sha256 {str(v.get('sha256'))[:12]}" + ("" if v.get("active") else " (not in use)")) if v else None)(
-            manifest.get("invariance")),
+            manifest.invariance),
     }
 
 

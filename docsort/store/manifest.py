@@ -39,13 +39,8 @@ _FEATURE_KEYS_NOT_IN_VECTORS = {"weights", "weights_sha256", "batch_size", "prec
 
 #: Smallest cosine, over the 8 :func:`docsort.core.features.probe_pages`, between the vectors of the
 #: engine and precision a collection was built with and those of another one, for the collection
-#: to take the other one's vectors. Measured here (benchmarks/RESULTS.md, "Inference engines
-#: (issue 16)"): OpenVINO bfloat16 vs TensorFlow float32 gives probe cosines >= 0.99999 and real
-#: pages' cosines >= 0.99996 (sample_docs and the development corpus), kNN@5 moving by <= 0.0008.
-#: Vectors turned by random directions to cosine c with the originals moved kNN@5 (worst of 10
-#: seeds, sample_docs / development corpus) by 0.024 / 0.009 at c = 0.999, 0.010 / 0.007 at
-#: 0.9998 and 0.005 / 0.003 at 0.9999: so 0.9999, the loosest tested that keeps kNN@5 within the
-#: project's 0.005, 10x bfloat16's 1 - cos on the probe.
+#: to take the other one's vectors: 0.9999, the loosest cosine tested that keeps kNN@5 within the
+#: project's 0.005 (benchmarks/RESULTS.md, "Inference engines (issue 16)", "Quality against TensorFlow float32").
 ENGINE_PROBE_MIN_COSINE = 0.9999
 
 
@@ -146,10 +141,10 @@ def recorded_settings(collection: Collection) -> PipelineSettings | None:
     Raises:
         CollectionError: the manifest is unreadable; pydantic.ValidationError: its pipeline does not validate.
     """
-    manifest = collection.manifest()
-    if manifest is None or "pipeline" not in manifest:
+    manifest = read_manifest(collection)
+    if manifest is None or manifest.pipeline is None:
         return None
-    return PipelineSettings(**manifest["pipeline"])
+    return PipelineSettings(**manifest.pipeline)
 
 
 def effective_settings(
@@ -165,17 +160,21 @@ def effective_settings(
 
     Raises:
         CollectionError: an explicitly chosen pipeline or ``weights`` would change how vectors are
-            made for a collection that already has vectors.
+            made for a collection that already has vectors; the manifest is unreadable, does not
+            validate (:class:`Manifest`) or records no pipeline or features.
     """
-    manifest = collection.manifest()
+    manifest = read_manifest(collection)
     if manifest is None:
         if weights is not None and weights not in ("auto", "imagenet", "bundled", "random"):
             check_adapted_weights(weights)  # another collection's adapted weights: its recorded sha256
         return requested.with_overrides(weights=weights)
-    pinned = PipelineSettings(**manifest["pipeline"])
-    recorded = manifest["features"]["weights"]
+    if manifest.pipeline is None or manifest.features is None:
+        raise CollectionError(f"{collection.manifest_path}: the manifest records no pipeline or features")
+    pinned = PipelineSettings(**manifest.pipeline)
+    recorded = manifest.features["weights"]
     pinned_weights = recorded["source"] if recorded["source"] in ("imagenet", "bundled", "random") else recorded["spec"]
-    if (manifest.get("adaptation") or {}).get("state") == "done" and recorded.get("sha256") == manifest["adaptation"].get("sha256"):
+    adaptation = manifest.adaptation or {}
+    if adaptation.get("state") == "done" and recorded.get("sha256") == adaptation.get("sha256"):
         pinned_weights = str(collection.adapted_weights_path)  # adapted by docsort adapt: the file inside the collection
     pinned = pinned.with_overrides(weights=pinned_weights)
     if explicit:
@@ -263,14 +262,14 @@ def check_engine_parity(collection: Collection, extractor: FeatureExtractor, *, 
     """
     import datetime as dt
 
-    manifest = collection.manifest()
-    if manifest is None:
+    recorded = read_manifest(collection)
+    if recorded is None:
         return None
-    old, new = recorded_engine(manifest["features"]), extractor.description.get("engine", {})
+    old, new = recorded_engine(recorded.features or {}), extractor.description.get("engine", {})
     if _same_engine(old, new):
         return None
     ident = {k: new.get(k) for k in ("name", "version", "precision", "cpu_flags")}
-    for check in manifest.get("engine_checks", []):
+    for check in recorded.engine_checks or []:
         if check.get("passed") and all(check.get(k) == v for k, v in ident.items()):
             return check
     ref = _probe_vectors_of(old.get("probe") or {})
@@ -305,17 +304,17 @@ def check_engine_parity(collection: Collection, extractor: FeatureExtractor, *, 
             f"or a new --collection."
         )
     if store:
-        manifest = collection.manifest() or manifest
+        manifest = collection.manifest() or recorded.model_dump(exclude_unset=True)  # read-modify-write of the JSON as stored
         manifest["engine_checks"] = [*manifest.get("engine_checks", []), check]
         write_manifest(collection, manifest)
     return check
 
 
 def _check_extractor(collection: Collection, extractor: FeatureExtractor, *, store: bool = False) -> None:
-    manifest = collection.manifest()
+    manifest = read_manifest(collection)
     if manifest is None:
         return
-    old, new = manifest["features"], extractor.description
+    old, new = manifest.features or {}, extractor.description
     diffs = [f"{k}: collection {old.get(k)!r}, now {new.get(k)!r}" for k in _PINNED_FEATURE_KEYS if old.get(k) != new.get(k)]
     if old["weights"]["sha256"] != new["weights"]["sha256"]:
         diffs.append(
@@ -394,7 +393,8 @@ def check_adapted_weights(path: str | os.PathLike[str]) -> str:
 
 def fine_tuned_in_use(collection: Collection) -> bool:
     """Whether the collection's predictions come from a kept fine-tuned classifier (manifest)."""
-    return ((collection.manifest() or {}).get("fine_tune") or {}).get("in_use") == "fine-tuned"
+    manifest = read_manifest(collection)
+    return manifest is not None and (manifest.fine_tune or {}).get("in_use") == "fine-tuned"
 
 
 def forget_fine_tuned(collection: Collection) -> bool:
