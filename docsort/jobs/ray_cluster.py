@@ -13,14 +13,10 @@ for pages added after a clustering), in tasks of ``ray.transform_chunk`` pages s
 cluster. UMAP's docs ("Transforming New Data") and hdbscan's ("Predicting clusters for new
 points") describe those two calls as the way to place points a fitted model has not seen.
 
-Why 50,000 by default: the fit then takes minutes on one core (UMAP 10-d and 2-D, HDBSCAN;
-20,000 points take 5-7 s of UMAP after its ~30 s JIT here, shared/README.md), while UMAP on
-millions of points needs hours and tens of GiB in one process. What the sample costs: a document
-type becomes a cluster only with at least HDBSCAN's ``min_cluster_size`` pages *in the sample*
-(automatic: 112 at 50,000), so it must make up about 0.22% of the collection (112 / 50,000; a
-type with twice that share is in the sample that often with probability > 99.99%, binomial),
-where a fit on everything would find types of ``sqrt(n)/2`` pages (0.016% of 10 million). For
-rarer types raise ``cluster_sample`` or fix ``hdbscan.min_cluster_size``.
+The price of the sample: a document type becomes a cluster only with at least HDBSCAN's
+``min_cluster_size`` pages in the sample (automatic: 112 at 50,000, i.e. ~0.22% of the collection).
+Why 50,000 by default (the fit's time and memory against that price): README, "More than one
+machine".
 """
 
 from __future__ import annotations
