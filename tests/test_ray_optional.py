@@ -70,3 +70,24 @@ def test_seeded_sample_is_reproducible_distinct_and_sorted():
     assert np.array_equal(a, b) and len(np.unique(a)) == 100 and np.all(np.diff(a) > 0) and a.max() < 1000
     assert not np.array_equal(a, seeded_sample(1000, 100, 8))
     assert np.array_equal(seeded_sample(50, 100, 7), np.arange(50))
+
+
+def test_where_a_job_runs_is_never_pinned_by_the_collection(tmp_path):
+    """A collection first ingested on Ray does not make later commands (the app's, `docsort ocr`
+    without --ray) run on Ray: the manifest does not record [ray]."""
+    from docsort.store.manifest import _new_manifest, effective_settings, recorded_settings, write_manifest
+    from docsort.store.storage import Collection
+
+    class _Extractor:  # what _new_manifest reads of an extractor
+        description = {"backbone": "none", "weights": {"note": "", "source": "bundled", "spec": "bundled"}}
+
+    on_ray = PipelineSettings().with_ray("local")
+    col = Collection(tmp_path / "col", create=True)
+    try:
+        write_manifest(col, _new_manifest(on_ray, _Extractor()))
+        assert "ray" not in col.manifest()["pipeline"]
+        assert recorded_settings(col).ray.address == ""
+        assert effective_settings(col, PipelineSettings()).ray.address == ""
+        assert effective_settings(col, on_ray, explicit=True).ray.address == "local"  # a chosen pipeline's [ray] applies
+    finally:
+        col.close()
