@@ -29,6 +29,7 @@ __all__ = [
     "OcrSettings",
     "TextSettings",
     "InvarianceSettings",
+    "RaySettings",
     "PipelineSettings",
     "PipelineError",
     "load_pipeline",
@@ -384,6 +385,40 @@ class InvarianceSettings(_Strict):
         return v
 
 
+class RaySettings(_Strict):
+    """Where ingest, OCR and clustering run: in this process (the default) or on a Ray cluster
+    (:mod:`docsort.jobs.ray_ingest`; needs ``pip install 'docsort[ray]'``).
+
+    It says where the work runs, not what it computes: the vectors, texts and clusters are the same
+    either way, so it is not pinned by a collection's manifest (each command takes the pipeline's or
+    ``--ray``'s).
+
+    Attributes:
+        address: ``""`` runs in this process; ``"local"`` starts Ray on this machine
+            (``ray.init(num_cpus=...)``); any other value is the address of a running cluster
+            (``HOST:6379`` of ``ray start --head``, or ``ray://HOST:10001`` for Ray Client), passed
+            to ``ray.init(address=...)``.
+        num_cpus: CPUs a ``"local"`` Ray may use; 0 = every core.
+        embed_actors: feature-extractor actors of the embedding stage; 0 = one per GPU when the
+            cluster has GPUs, else one per ``cpus_per_actor`` CPUs (at least 1).
+        cpus_per_actor: CPUs each CPU embedding actor reserves (its TensorFlow/OpenVINO threads).
+        render_cpus: CPUs each rendering or OCR task reserves.
+        cluster_sample: pages UMAP and HDBSCAN are fitted on by ``cluster --ray`` (seeded by
+            ``umap.random_state``); the other pages are placed by UMAP ``transform`` and
+            ``hdbscan.approximate_predict`` in Ray tasks. A collection with at most this many pages
+            is clustered whole, exactly as without Ray.
+        transform_chunk: pages per Ray task of that placement.
+    """
+
+    address: str = ""
+    num_cpus: int = Field(0, ge=0)
+    embed_actors: int = Field(0, ge=0)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    render_cpus: float = Field(1.0, gt=0)
+    cluster_sample: int = Field(50_000, ge=10)
+    transform_chunk: int = Field(20_000, ge=100)
+
+
 class PipelineSettings(_Strict):
     """A whole pipeline: the settings of every stage plus its name.
 
@@ -403,6 +438,7 @@ class PipelineSettings(_Strict):
     ocr: OcrSettings = OcrSettings()
     text: TextSettings = TextSettings()
     invariance: InvarianceSettings = InvarianceSettings()
+    ray: RaySettings = RaySettings()
 
     def with_overrides(self, **features: object) -> "PipelineSettings":
         """Return a copy with some ``features`` settings replaced (e.g. ``weights="random"``).
@@ -414,6 +450,14 @@ class PipelineSettings(_Strict):
             return self
         merged = self.features.model_dump() | changes
         return self.model_copy(update={"features": FeatureSettings(**merged)})
+
+    def with_ray(self, address: str | None = None, ray: "RaySettings | None" = None) -> "PipelineSettings":
+        """Return a copy that runs where ``address`` says (``None``: keep), with the ``ray`` section
+        ``ray`` (``None``: keep this one's)."""
+        section = ray if ray is not None else self.ray
+        if address is not None:
+            section = section.model_copy(update={"address": address})
+        return self if section == self.ray else self.model_copy(update={"ray": section})
 
 
 def pipeline_search_path() -> list[Path]:

@@ -57,12 +57,28 @@ def _main(
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    # The message is text, not markup: "pip install 'docsort[ray]'" must keep its brackets.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
 def _pipeline(name: str | None) -> tuple[PipelineSettings, bool]:
     return load_pipeline(name or "default"), name is not None
+
+
+RayOpt = Annotated[
+    Optional[str],
+    typer.Option("--ray", help="Run on Ray: 'local' starts Ray on this machine, HOST:6379 (or ray://HOST:10001) joins a "
+                 "running cluster; needs pip install 'docsort[ray]'. [default: the pipeline's ray.address, none = this process]"),
+]
+
+
+def _where(settings: PipelineSettings, requested: PipelineSettings, ray: str | None) -> PipelineSettings:
+    """``settings`` running where ``--ray`` says, else where the chosen pipeline's ``[ray]`` says (never
+    the collection's recorded one: where a job runs does not change what it computes)."""
+    return settings.with_ray(address=ray.strip() if ray is not None else None, ray=requested.ray)
 
 
 def _open(collection: Path, create: bool = False):
@@ -82,6 +98,7 @@ EXIT_CODES: tuple[tuple[str, str, int], ...] = (
     ("docsort.core.features", "BackboneError", 3),
     ("docsort.store.storage", "CollectionBusyError", 3),
     ("docsort.core.ocr", "TesseractMissingError", 3),
+    ("docsort.core.distributed", "RayMissingError", 3),
     ("docsort.config.settings", "PipelineError", 2),
     ("docsort.store.storage", "CollectionError", 2),
     ("docsort.core.pages", "PageError", 2),
@@ -185,6 +202,7 @@ def ingest(
         typer.Option(help="Tesseract languages for OCR, +-joined, e.g. eng+fra (each needs tesseract-ocr-LANG); "
                      "implies --ocr. [default: the pipeline's ocr.lang]"),
     ] = None,
+    ray: RayOpt = None,
 ) -> None:
     """Rasterize, embed and index every new page (PDF, TIFF, PNG, JPEG); with --ocr, then OCR them. Resumable; re-running adds nothing."""
     from docsort.store.manifest import effective_settings
@@ -193,7 +211,8 @@ def ingest(
     requested, explicit = _pipeline(pipeline)
     col = _open(collection, create=True)
     try:
-        settings = _with_ocr(effective_settings(col, requested, explicit=explicit, weights=weights), lang=ocr_lang)
+        settings = _where(_with_ocr(effective_settings(col, requested, explicit=explicit, weights=weights), lang=ocr_lang),
+                          requested, ray)
         if ocr_lang is not None and ocr is None:
             ocr = True
         report = run_ingest(col, paths, settings, progress=progress, lock_timeout_s=lock_timeout, ocr=ocr)
@@ -234,6 +253,7 @@ def ocr_command(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another OCR run (or writer) holds the collection.")] = 600.0,
+    ray: RayOpt = None,
 ) -> None:
     """OCR (Tesseract) every stored page that has no text yet; resumable, never twice.
 
@@ -244,7 +264,7 @@ def ocr_command(
     requested, explicit = _pipeline(pipeline)
     col = _open(collection)
     try:
-        settings = _with_ocr(ocr_pipeline(col, requested, explicit=explicit), lang=lang, workers=workers)
+        settings = _where(_with_ocr(ocr_pipeline(col, requested, explicit=explicit), lang=lang, workers=workers), requested, ray)
         report = backfill(col, settings, retry_failed=retry_failed, progress=progress, lock_timeout_s=lock_timeout,
                           log=lambda m: err.print(m, highlight=False))
         counts = col.text_counts()
@@ -268,8 +288,10 @@ def cluster(
         typer.Option(min=0.0, max=1.0, help="Give noise pages the cluster whose soft-clustering membership reaches this "
                      "(0 = off); reported as 'reassigned'. [default: the pipeline's hdbscan.reassign_noise_threshold]"),
     ] = None,
+    ray: RayOpt = None,
 ) -> None:
-    """UMAP + HDBSCAN over the collection; prints a cluster summary table."""
+    """UMAP + HDBSCAN over the collection; prints a cluster summary table. With --ray, fitted on a seeded sample
+    (ray.cluster_sample pages) and the rest placed in Ray tasks."""
     from docsort.jobs.cluster import cluster as run_cluster
     from docsort.store.manifest import effective_settings
     from docsort.jobs.invariance import prepare_invariance
@@ -277,7 +299,7 @@ def cluster(
     requested, explicit = _pipeline(pipeline)
     col = _open(collection)
     try:
-        settings = effective_settings(col, requested, explicit=explicit)
+        settings = _where(effective_settings(col, requested, explicit=explicit), requested, ray)
         if reassign_noise is not None:
             settings = settings.model_copy(update={"hdbscan": settings.hdbscan.model_copy(update={"reassign_noise_threshold": reassign_noise})})
         prepare_invariance(col, settings, lock_timeout_s=lock_timeout)  # re-reads and embeds a sample: a progress bar

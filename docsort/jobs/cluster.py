@@ -98,6 +98,9 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
     :class:`~docsort.jobs.edits.EditsReport` is ``result.params["edits"]`` when there are edits. The models
     file is written before the database, both tagged with one ``models_token``, so a crash between
     the two leaves models that :func:`assign_provisional` refuses to use rather than misreads.
+    With ``settings.ray.address``, UMAP + HDBSCAN are fitted on a seeded sample of
+    ``ray.cluster_sample`` pages and the rest placed in Ray tasks
+    (:func:`docsort.jobs.ray_cluster.cluster_on_ray`); ids are matched the same way.
 
     Returns:
         The :class:`~docsort.core.clustering.ClusterResult`, its ``labels`` the stored ids and
@@ -125,7 +128,12 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
             model_path(collection, "text").unlink(missing_ok=True)
         pv = _vectors_of(ids, visual, texts, settings, "fused", text_model)
         vecs = pv.vectors
-        result = cluster_vectors(vecs, settings.umap, settings.hdbscan)
+        if settings.ray.address:  # issue 17: fitted on a seeded sample, the rest placed in Ray tasks
+            from docsort.jobs.ray_cluster import cluster_on_ray
+
+            result = cluster_on_ray(vecs, settings)
+        else:
+            result = cluster_vectors(vecs, settings.umap, settings.hdbscan)
         result.params.update(features=pv.mode, fusion_weight=pv.fusion_weight, pages_with_text=int(pv.has_text.sum()),
                              text_model_token=text_model.token if text_model else None,
                              text=settings.text.model_dump(mode="json"),

@@ -210,6 +210,8 @@ def ingest(
     nothing, only its new path is recorded. Each document is stored in one transaction with all its
     pages, so an interrupted ingest resumes on the next run with every page stored exactly once.
     A file that cannot be read is reported (path and reason) and skipped; the batch goes on.
+    With ``settings.ray.address`` set, pages are rendered and embedded on Ray
+    (:func:`docsort.jobs.ray_ingest.embed_on_ray`); listing, hashing and the writer stay here.
 
     Args:
         collection: an open collection (created if empty).
@@ -235,9 +237,14 @@ def ingest(
         PopplerMissingError: PDFs were found and poppler is not installed.
         WeightsError, BackboneError: the backbone cannot be built.
         TesseractMissingError: with ``ocr``, Tesseract or a language of ``settings.ocr.lang`` is missing.
+        RayMissingError: ``settings.ray.address`` is set and Ray is not installed (checked first).
     """
     from tqdm import tqdm
 
+    if settings.ray.address:
+        from docsort.core.distributed import require_ray
+
+        require_ray()
     run_ocr = settings.ocr.enabled if ocr is None else ocr
     if run_ocr:
         require_tesseract(settings.ocr.lang)
@@ -313,6 +320,11 @@ def ingest(
         workers = settings.render.workers or os.cpu_count() or 1
         t_wait = time.perf_counter()
         try:
+            if settings.ray.address:  # issue 17: render and embed on Ray; the same writer, here
+                from docsort.jobs.ray_ingest import embed_on_ray
+
+                embed_on_ray(tasks, settings, extractor, writer, embedded, stages, log, PendingPage)
+                tasks = []
             for doc, pages, error, seconds, last_chunk in _render_stream(tasks, settings.render, extractor.input_size, workers, log,
                                                                          ahead_pages=2 * extractor.batch_size):
                 stages["render"] += seconds

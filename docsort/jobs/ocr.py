@@ -207,7 +207,8 @@ def backfill(
     See the module docstring for how it resumes, locks and finds files. Pages are OCR'd by
     ``settings.ocr.workers`` worker processes (0 = one per CPU core; 1, or a single task, runs in
     this process), each finished chunk stored in its own transaction; the FTS5 index follows by
-    trigger. The settings (lang, dpi, psm, max_long_side_px, timeout, engine version) are recorded
+    trigger. With ``settings.ray.address`` the pages are OCR'd as Ray tasks instead
+    (:func:`docsort.jobs.ray_ingest.ocr_on_ray`), stored here the same way. The settings (lang, dpi, psm, max_long_side_px, timeout, engine version) are recorded
     in ``manifest.json`` under ``"ocr"``, under the collection's write lock, taken for that moment
     only: do not call this while holding :meth:`Collection.write_lock` (it would wait for itself
     for ``lock_timeout_s`` and raise :class:`CollectionBusyError`).
@@ -251,7 +252,12 @@ def backfill(
         weighted = 0.0
         done = 0
         reported: set[int] = set()  # documents whose missing file was reported
-        stream = _ocr_stream(collection, tasks, ocr, engine, log)
+        if settings.ray.address:  # issue 17: the pages as Ray tasks; stored here as they finish
+            from docsort.jobs.ray_ingest import ocr_on_ray
+
+            stream = ocr_on_ray(tasks, _source_cache(collection), ocr, engine, settings.ray, log)
+        else:
+            stream = _ocr_stream(collection, tasks, ocr, engine, log)
         try:
             for task, path, rows, missing in stream:
                 collection.store_page_texts(rows)
@@ -296,6 +302,20 @@ def _log_failure(log: Log, path: str, reason: str) -> tuple[str, str]:
     return (path, reason)
 
 
+def _source_cache(collection: Collection) -> Callable[[_Task], tuple[SourceFile | None, str, list[str]]]:
+    """:func:`_find_source` of a task's document, remembered for the next task (the tasks of a
+    document are consecutive: one entry is enough)."""
+    cache: dict[int, tuple[SourceFile | None, str, list[str]]] = {}
+
+    def source(task: _Task) -> tuple[SourceFile | None, str, list[str]]:
+        if task.document_id not in cache:
+            cache.clear()
+            cache[task.document_id] = _find_source(collection, task.document_id)
+        return cache[task.document_id]
+
+    return source
+
+
 def _ocr_stream(collection: Collection, tasks: list[_Task], ocr: OcrSettings, engine: str, log: Log):
     """Yield ``(task, path, rows, missing)`` for every task, in the order they finish.
 
@@ -311,13 +331,7 @@ def _ocr_stream(collection: Collection, tasks: list[_Task], ocr: OcrSettings, en
     from collections import deque
     from concurrent.futures import FIRST_COMPLETED, wait
 
-    cache: dict[int, tuple[SourceFile | None, str, list[str]]] = {}
-
-    def source(task: _Task) -> tuple[SourceFile | None, str, list[str]]:
-        if task.document_id not in cache:
-            cache.clear()  # the tasks of a document are consecutive: one entry is enough
-            cache[task.document_id] = _find_source(collection, task.document_id)
-        return cache[task.document_id]
+    source = _source_cache(collection)
 
     def failed(task: _Task, path: str, error: str) -> list[dict]:
         return [_error_row(pid, no, ocr.lang, engine, error, 0.0) for pid, no in task.pages]

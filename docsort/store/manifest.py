@@ -156,7 +156,7 @@ def effective_settings(
     render and feature settings of its manifest (its weights pinned to the resolved source, so an
     ``auto`` collection built with the bundled weights stays on them); index, UMAP, HDBSCAN,
     classifier, OCR and text settings come from ``requested`` when the user chose a pipeline (``explicit``), else from the
-    manifest.
+    manifest. Where jobs run (``[ray]``) is not recorded in the manifest: the chosen pipeline's, else none (this process).
 
     Raises:
         CollectionError: an explicitly chosen pipeline or ``weights`` would change how vectors are
@@ -195,7 +195,8 @@ def effective_settings(
                                                       "threads": requested.features.threads})
         pinned = pinned.model_copy(update={"features": features, "index": requested.index, "umap": requested.umap, "hdbscan": requested.hdbscan,
                                            "classifier": requested.classifier, "ocr": requested.ocr, "text": requested.text,
-                                           "invariance": requested.invariance, "name": requested.name})
+                                           "invariance": requested.invariance, "ray": requested.ray,
+                                           "name": requested.name})
     if weights is not None:
         pinned = pinned.with_overrides(weights=weights)
     return pinned
@@ -352,7 +353,8 @@ def _new_manifest(settings: PipelineSettings, extractor: FeatureExtractor) -> di
         "collection_format": 1,
         "docsort_version": __version__,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "pipeline": settings.model_dump(mode="json"),
+        # Not [ray]: where a job runs is chosen per command (--ray), never pinned by the collection.
+        "pipeline": settings.model_dump(mode="json", exclude={"ray"}),
         "features": _features_record(extractor),
         "render": settings.render.model_dump(mode="json"),
         "seeds": {"weights_init": settings.features.seed, "umap_random_state": settings.umap.random_state},
