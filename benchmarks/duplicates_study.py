@@ -121,12 +121,19 @@ def main() -> None:
         for k in ("corr_true", "corr_hard_negative", "corr_other", "jaccard_true", "jaccard_hard_negative", "jaccard_other"):
             print(f"  {k:22s} {report[k]}")
         grid = []
-        for c in (0.7, 0.75, 0.8, 0.85, 0.9, 0.95):
-            for jt in (0.4, 0.5, 0.6, 0.7):
-                for ct in (0.0, 0.3, 0.5):
-                    s = base.model_copy(update={"min_correlation": c, "min_text_jaccard": jt, "min_correlation_text": ct})
-                    fams = find_families(maps, None, sig, has, s, pairs=pairs)
-                    r = evaluate(original, fams.rows, fams.family) | {"min_correlation": c, "min_text_jaccard": jt, "min_correlation_text": ct}
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        for c in (0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98):
+            for jt in (0.3, 0.4, 0.5, 0.6, 0.7):
+                for ct in (-1.0, 0.3, 0.5):
+                    with np.errstate(invalid="ignore"):
+                        ok = np.where(np.isnan(jac), corr >= c, (jac >= jt) & (corr >= ct))
+                    g = coo_matrix((np.ones(int(ok.sum())), (i[ok], j[ok])), shape=(n, n))
+                    _, comp = connected_components(g, directed=False)
+                    sizes = np.bincount(comp)
+                    rows = np.flatnonzero(sizes[comp] > 1)
+                    r = evaluate(original, rows, comp[rows]) | {"min_correlation": c, "min_text_jaccard": jt, "min_correlation_text": ct}
                     grid.append(r)
         report["grid"] = grid
         best = sorted(grid, key=lambda r: (r["wrong_families"], -r["pair_recall"]))[:8]
