@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from docsort.faces.app import PAGES
 from docsort.queries import browse
 from docsort.jobs import export
 from docsort.queries.tables import cluster_table
@@ -38,9 +39,17 @@ def app(collection_with_noise, monkeypatch):
 
 
 def _view(at, name):
-    at.sidebar.radio(key="view").set_value(name).run()
+    """Open the page titled ``name`` as its sidebar link does (``st.navigation``: AppTest selects a
+    page by its script, docsort/faces/views/*.py, relative to app.py)."""
+    script = next(f for title, f, _ in PAGES if title == name)
+    at.switch_page(f"docsort/faces/views/{script}").run()
     assert not at.exception, at.exception
     return at
+
+
+def _shown(at):
+    """The title of the view on screen: its header (each view starts with one)."""
+    return at.header[0].value
 
 
 def _button(at, label):
@@ -53,7 +62,7 @@ def _captions(at):
 
 def test_clusters_view_lists_clusters_with_representatives(app, collection_copy):
     at = app
-    assert at.session_state["view"] == "Clusters"
+    assert _shown(at) == "Clusters"
     assert [h.value for h in at.header] == ["Clusters"]
     col = Collection(collection_copy)
     rows = [r for r in cluster_table(col) if r.cluster >= 0]
@@ -123,7 +132,7 @@ def test_similar_from_a_gallery_page(app, collection_copy):
     first = int(browse.cluster_pages(col, biggest.cluster)["page_id"][0])
     at.button(key=f"members-{biggest.cluster}-sim-{first}").click().run()
     assert not at.exception, at.exception
-    assert at.session_state["view"] == "Similar documents"
+    assert _shown(at) == "Similar documents"
     assert int(at.session_state["query_page"]) == first
     assert [s.value for s in at.subheader] == ["Most similar pages", "Most similar documents"]
     shown = _captions(at)[1:]  # [0] is the query's thumbnail
@@ -184,7 +193,7 @@ def test_add_scans_ingests_uploads_and_reports_each_file(collection_copy, monkey
     # The uploader was cleared, and the new page's neighbours are one click away.
     assert at.file_uploader[0].value in (None, [])
     at.button(key="upload-sim-0").click().run()
-    assert at.session_state["view"] == "Similar documents" and int(at.session_state["query_page"]) == new_page
+    assert _shown(at) == "Similar documents" and int(at.session_state["query_page"]) == new_page
     assert _captions(at)[1].endswith("(this page)")
     # New pages are listed as added since the last clustering (placed provisionally).
     at = _view(at, "Clusters")
@@ -199,7 +208,7 @@ def test_empty_collection_starts_on_add_scans(tmp_path, monkeypatch):
     monkeypatch.setenv("DOCSORT_COLLECTION", str(tmp_path / "new"))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, at.exception
-    assert at.session_state["view"] == "Add scans"
+    assert _shown(at) == "Add scans"
     assert at.checkbox[0].value  # the first upload clusters by default
     assert _button(at, "Add files to the collection").disabled
     at = _view(at, "Clusters")
@@ -254,7 +263,7 @@ def test_from_an_empty_collection_to_clusters_and_neighbours(tmp_path, monkeypat
     root = tmp_path / "fresh"
     monkeypatch.setenv("DOCSORT_COLLECTION", str(root))
     at = AppTest.from_file(APP, default_timeout=300).run()
-    assert at.session_state["view"] == "Add scans" and at.checkbox[0].value
+    assert _shown(at) == "Add scans" and at.checkbox[0].value
     names = ["comap.063.jpg", "comap.100.jpg", "comap.110.jpg", "comap.118.jpg", "ortiz-02.png", "ortiz-03.png",
              "ortiz-04.png", "ortiz-05.png", "pageseg1.png", "pageseg2.png", "pageseg3.png", "pageseg4.png"]
     at.file_uploader[0].set_value([(n, (SAMPLE_DOCS / "leptonica" / n).read_bytes(), "application/octet-stream") for n in names]).run()
@@ -269,7 +278,7 @@ def test_from_an_empty_collection_to_clusters_and_neighbours(tmp_path, monkeypat
     open_buttons[0].click().run()
     assert "nearest the cluster centre first" in at.caption[0].value
     next(b for b in at.button if b.label == "Similar").click().run()
-    assert at.session_state["view"] == "Similar documents"
+    assert _shown(at) == "Similar documents"
     assert _captions(at)[1].endswith("(this page)")
     assert len(at.table[0].value) == 8
 

@@ -25,7 +25,7 @@ def status_view(collection_copy, monkeypatch):
     monkeypatch.setenv("DOCSORT_COLLECTION", str(collection_copy))
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
-    at.sidebar.radio(key="view").set_value("Collection & export").run()
+    at.switch_page("docsort/faces/views/collection.py").run()
     assert not at.exception, at.exception
     return at
 

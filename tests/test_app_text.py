@@ -19,7 +19,7 @@ from docsort.store.storage import Collection
 from docsort.core.text import usable_text
 
 from .conftest import SAMPLE_DOCS
-from .test_app import APP, _captions, _view
+from .test_app import APP, _captions, _shown, _view
 
 WATSON_PAGE = "c03-29.jpg"  # sample_docs/ocrmypdf/c03-29.jpg: a page of Huckleberry Finn, "Miss Watson" on it
 MAP_PAGE = "comap.063.jpg"  # sample_docs/leptonica/comap.063.jpg: a map, no words OCR can use
@@ -69,7 +69,7 @@ def test_text_search_lists_the_watson_page_first_with_its_snippet(ocr_app, ocr_c
     pid = _page_id(ocr_copy, WATSON_PAGE)
     at.button(key=f"text-hit-sim-{pid}").click().run()
     _ok(at)
-    assert at.session_state["view"] == "Similar documents" and int(at.session_state["query_page"]) == pid
+    assert _shown(at) == "Similar documents" and int(at.session_state["query_page"]) == pid
     assert [e.label for e in at.expander][0].startswith("Text (OCR, confidence ")
     assert "Miss Watson" in at.expander[0].text[0].value
     # The status view counts the text and has nothing left to read.

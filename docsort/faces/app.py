@@ -7,12 +7,16 @@ This file is a thin shell: ingest and clustering are :mod:`docsort.jobs`', searc
 read-side helpers (galleries ordered by distance to the cluster centre, paging, uploads, CSV
 export, sorting into folders) are :mod:`docsort.queries.browse`'s. Heavy objects (the collection handle,
 the TensorFlow feature extractor, the FAISS index, the page table) are cached with
-``st.cache_resource`` and keyed on :func:`docsort.queries.browse.data_version`, so opening the app on an
-existing collection reads the stored 2-D UMAP map and never re-runs UMAP or re-embeds anything;
-the extractor is only built when a scan has to be embedded.
+``st.cache_resource`` and keyed on :func:`docsort.queries.browse.data_version` (all of them in
+:mod:`docsort.faces.cache`), so opening the app on an existing collection reads the stored 2-D UMAP
+map and never re-runs UMAP or re-embeds anything; the extractor is only built when a scan has to be
+embedded.
 
-Views (sidebar): Add scans, Clusters, Map, Similar documents, Search text, Document types,
-Collection & export. Labelling (a cluster, or pages next to any gallery) and the document-type
+Views (``st.navigation`` pages in the sidebar, listed in :data:`PAGES`): Add scans, Clusters, Map,
+Similar documents, Search text, Document types, Collection & export. Each is a ``view_*`` function
+here, run by a three-line page script in docsort/faces/views/ (file pages, not callables, because
+``AppTest.switch_page`` selects pages by script path). Buttons that open another view call
+:func:`go` (``st.switch_page``). Labelling (a cluster, or pages next to any gallery) and the document-type
 classifier are :mod:`docsort.jobs.classify`'s.
 
 Text (issue 6): **Collection & export** (and **Search text** while no page has text) has the button
@@ -25,12 +29,13 @@ mode and per state of the pages, their OCR text and the text model (which ``clus
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +44,37 @@ import streamlit as st
 from docsort.queries import browse
 from docsort.core.names import sanitise_name
 from docsort.faces import plots
-from docsort.jobs import export, sort as sorting, uploads
+from docsort.faces.cache import (assignments_csv, auto_search_mode, clusters_summary, current_index, extractor_for, get_mode_index, members,
+                                 ocr_settings_for, open_collection, page_labels, page_neighbours, page_table,
+                                 pages_needing_text, settings_for, text_counts, text_state, types_table)
+from docsort.jobs import sort as sorting, uploads
 
 from docsort.jobs import classify
 from docsort.core.clustering import MIN_PAGES, ClusteringError
 from docsort.core.ocr import TesseractMissingError
-from docsort.jobs.ocr import backfill, ocr_pipeline
+from docsort.jobs.ocr import backfill
 from docsort.core.pages import PageError, PopplerMissingError
 from docsort.jobs.cluster import cluster
-from docsort.queries.tables import cluster_table, info
-from docsort.store.manifest import effective_settings, make_extractor
-from docsort.queries.search import mode_index, resolve_search_mode, search_file, search_page, search_text
-from docsort.config.settings import PipelineError, load_pipeline
+from docsort.queries.tables import info
+from docsort.queries.search import search_file, search_text
+from docsort.config.settings import PipelineError
 from docsort.store.storage import Collection, CollectionBusyError, CollectionError, default_collection_path
 
-VIEWS = ["Add scans", "Clusters", "Map", "Similar documents", "Search text", "Document types", "Collection & export"]
+#: The app's pages, in sidebar order: ``(title, page script in docsort/faces/views/, URL path)``.
+#: ``st.navigation`` draws them; each script calls one ``view_*`` function of this module with
+#: :func:`current_run`. A new view is a ``view_*`` function, a three-line script beside the others and a row here.
+PAGES = [
+    ("Add scans", "add_scans.py", "add"),
+    ("Clusters", "clusters.py", "clusters"),
+    ("Map", "map.py", "map"),
+    ("Similar documents", "similar.py", "similar"),
+    ("Search text", "search_text.py", "search"),
+    ("Document types", "document_types.py", "types"),
+    ("Collection & export", "collection.py", "collection"),
+]
+VIEWS = [title for title, _, _ in PAGES]
+#: Where the page scripts are (absolute, so the app runs from any working directory and either entry script).
+VIEWS_DIR = Path(__file__).resolve().parent / "views"
 #: The "Compare by" choices of Similar documents -> :func:`docsort.queries.search.search_page` modes.
 SEARCH_MODES = {"By look": "visual", "By text": "text", "Both": "fused"}
 TEXT_HITS = 20
@@ -68,164 +89,27 @@ REPRESENTATIVES = 6
 WEBGL_ABOVE = 1000
 UNCLUSTERED = "unclustered"
 
-st.set_page_config(page_title="docsort", page_icon=":card_index_dividers:", layout="wide")
-
-
-# ---------------------------------------------------------------------------------------------
-# cached resources
-# ---------------------------------------------------------------------------------------------
-
-
-@st.cache_resource(show_spinner=False)
-def open_collection(root: str) -> Collection:
-    """One handle per collection directory, shared by all sessions and the re-cluster thread: each
-    thread gets its own SQLite connection (WAL mode) and their writes take turns
-    (:meth:`docsort.store.storage.Collection.transaction`)."""
-    return Collection(root, create=True)
-
-
-@st.cache_resource(show_spinner="Loading the feature extractor (TensorFlow, InceptionV3 up to mixed1)...", max_entries=1)
-def get_extractor(key: str, _settings):
-    """The TensorFlow feature extractor for these settings (``key`` is their JSON)."""
-    return make_extractor(_settings, announce=False)
-
-
-@st.cache_resource(show_spinner=False, max_entries=2)
-def get_index(path: str, stamp: tuple):
-    """The collection's FAISS index file (:func:`docsort.queries.vectors.visual_index_path`), read once
-    per change of the file (``stamp``)."""
-    from docsort.core.index import load_index
-
-    return load_index(Path(path))
-
-
-@st.cache_resource(show_spinner=False, max_entries=3)
-def page_table(root: str, version: tuple):
-    """``Collection.page_table()`` per data version; shared, so treat it as read-only."""
-    return open_collection(root).page_table()
-
-
-@st.cache_resource(show_spinner=False, max_entries=3)
-def clusters_summary(root: str, version: tuple):
-    return cluster_table(open_collection(root))
-
-
-@st.cache_resource(show_spinner=False, max_entries=64)
-def members(root: str, version: tuple, cluster_id):
-    col = open_collection(root)
-    return browse.cluster_pages(col, cluster_id, table=page_table(root, version))
-
-
-@st.cache_data(show_spinner=False, max_entries=4)
-def assignments_csv(root: str, version: tuple) -> bytes:
-    return export.assignments_csv(open_collection(root))
-
-
-@st.cache_resource(show_spinner=False, max_entries=3)
-def types_table(root: str, version: tuple):
-    """:func:`docsort.jobs.classify.type_table` per data version (labels and predictions of every page)."""
-    return classify.type_table(open_collection(root), table=page_table(root, version))
-
-
-@st.cache_data(show_spinner=False, max_entries=3)
-def page_labels(root: str, version: tuple) -> dict[int, str]:
-    """``{page id: document type}`` of the labelled pages."""
-    df = types_table(root, version)
-    df = df[df["label"].notna()]
-    return dict(zip(df["page_id"].astype(int), df["label"]))
-
-
-@st.cache_data(show_spinner=False, max_entries=3)
-def text_counts(root: str, version: tuple) -> dict[str, int]:
-    """:meth:`Collection.text_counts` per data version (it reads every page's OCR row)."""
-    return open_collection(root).text_counts()
-
-
-@st.cache_data(show_spinner=False, max_entries=3)
-def auto_search_mode(root: str, version: tuple) -> str:
-    """The default search mode: :func:`docsort.queries.search.resolve_search_mode` of ``auto``."""
-    col = open_collection(root)
-    return resolve_search_mode(col, settings_for(col), "auto")
-
-
-@st.cache_data(show_spinner=False, max_entries=6)
-def pages_needing_text(root: str, version: tuple, lang: str, retry_failed: bool) -> int:
-    """How many pages an OCR back-fill would read (:meth:`Collection.pages_needing_text`)."""
-    return len(open_collection(root).pages_needing_text(lang, retry_failed=retry_failed))
-
-
-@st.cache_resource(show_spinner="Building the search index of the OCR text...", max_entries=4)
-def get_mode_index(root: str, mode: str, text_state: tuple):
-    """The in-memory FAISS index of ``text`` or ``fused`` vectors (:func:`docsort.queries.search.mode_index`),
-    built once per mode and :func:`text_state` (not per data version: labelling a page must not
-    rebuild it)."""
-    col = open_collection(root)
-    return mode_index(col, settings_for(col), mode)
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def page_neighbours(root: str, version: tuple, page_id: int, k: int, mode: str = "visual", state: tuple = ()):
-    """:func:`docsort.queries.search.search_page` of a stored page by ``mode`` (``visual``, ``text``,
-    ``fused``); ``state`` is :func:`text_state` for the text and fused modes.
-
-    Raises:
-        CollectionError: ``text`` mode and the page (or every page) has no usable OCR text.
-    """
-    col = open_collection(root)
-    index = current_index(col) if mode == "visual" else get_mode_index(root, mode, state)
-    return search_page(col, page_id, settings_for(col), k, index=index, mode=mode)
-
-
-def settings_for(col: Collection):
-    """The collection's effective pipeline settings (the default pipeline where it records none)."""
-    return effective_settings(col, load_pipeline("default"))
-
-
-def ocr_settings_for(col: Collection):
-    """The pipeline whose ``ocr`` section a back-fill runs with (:func:`docsort.jobs.ocr.ocr_pipeline`)."""
-    return ocr_pipeline(col, load_pipeline("default"))
-
-
-def text_state(col: Collection, version: tuple, table) -> tuple:
-    """A token of what text and fused vectors depend on: the stored pages (never changed, only
-    added), their OCR text (counts, and when OCR last ran), the stored text model's token and the
-    last clustering run (``docsort cluster`` refits the text model)."""
-    manifest = col.manifest() or {}
-    run = col.last_cluster_run()
-    return (len(table), int(table["page_id"].max()) if len(table) else 0,
-            tuple(sorted(text_counts(str(col.root), version).items())),
-            (manifest.get("ocr") or {}).get("updated_at"), (manifest.get("text") or {}).get("token"), run["id"] if run else None)
-
-
-def extractor_for(col: Collection):
-    settings = settings_for(col)
-    key = json.dumps([settings.features.model_dump(mode="json"), settings.render.color], sort_keys=True)
-    return get_extractor(key, settings)
-
-
-def current_index(col: Collection):
-    """The cached FAISS index if it holds exactly the stored pages, else ``None`` (search syncs)."""
-    from docsort.queries.vectors import visual_index_path
-
-    path = visual_index_path(col, settings_for(col))  # the scan-style-invariant index once fitted (issue 13)
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    index = get_index(str(path), (stat.st_mtime_ns, stat.st_size))
-    if index is None or index.ntotal != col.counts()["pages"]:
-        return None
-    return index
-
-
 # ---------------------------------------------------------------------------------------------
 # navigation callbacks
 # ---------------------------------------------------------------------------------------------
 
 
+def page(title: str, default: bool = False) -> st.Page:
+    """The ``st.Page`` of the view called ``title`` (a title of :data:`PAGES`).
+
+    Raises:
+        KeyError: no page has that title.
+    """
+    _, script, url_path = next(row for row in PAGES if row[0] == title)
+    return st.Page(VIEWS_DIR / script, title=title, url_path=url_path, default=default)
+
+
 def go(view: str, **state) -> None:
-    st.session_state["view"] = view
+    """Switch to the page ``view`` (a title of :data:`PAGES`) with ``state`` put in session state
+    first. Usable in a widget callback: Streamlit 1.67 queues a callback's ``st.switch_page`` until
+    every callback has run (``SessionState._call_callbacks`` in streamlit/runtime/state/session_state.py)."""
     st.session_state.update(state)
+    st.switch_page(page(view))
 
 
 def show_similar(page_id: int) -> None:
@@ -233,7 +117,8 @@ def show_similar(page_id: int) -> None:
 
 
 def open_cluster(cluster_id) -> None:
-    go("Clusters", open_cluster=cluster_id)
+    """Open a cluster's gallery; the buttons that call it are on the Clusters page, so no page switch."""
+    st.session_state["open_cluster"] = cluster_id
 
 
 def close_cluster() -> None:
@@ -1187,7 +1072,39 @@ def adapt_section(col: Collection, counts: dict, about: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Run:
+    """What one script run of the app has read, for the page it shows: the collection handle, its
+    directory, :func:`docsort.queries.browse.data_version`, the page table, the counts of
+    :func:`docsort.queries.tables.info` (``documents``, ``pages``, ``clustered_pages``, ``clusters``,
+    ``noise_pages``, ``failures``), all of ``info`` (``about``) and how many pages have OCR text."""
+
+    col: Collection
+    root: str
+    version: tuple
+    table: Any
+    counts: dict
+    about: dict
+    n_text: int
+
+
+_RUN: ContextVar[Run] = ContextVar("docsort_app_run")
+
+
+def current_run() -> Run:
+    """The :class:`Run` of this script run; for the page scripts in docsort/faces/views/.
+
+    Raises:
+        LookupError: called outside :func:`main` (a page script run on its own).
+    """
+    return _RUN.get()
+
+
 def main() -> None:
+    """One script run: read the collection, draw the sidebar and run the page chosen in
+    ``st.navigation`` (:data:`PAGES`; the first visit opens Clusters, or Add scans while the
+    collection is empty)."""
+    st.set_page_config(page_title="docsort", page_icon=":card_index_dividers:", layout="wide")
     root_path = default_collection_path().expanduser().resolve()
     root = str(root_path)
     try:
@@ -1201,13 +1118,12 @@ def main() -> None:
     n_text = text_counts(root, version)["pages_with_text"]
     table = page_table(root, version)
 
-    if "view" not in st.session_state:
-        st.session_state["view"] = "Clusters" if counts["pages"] else "Add scans"
     st.session_state.setdefault("open_cluster", None)
+    start = "Clusters" if counts["pages"] else "Add scans"
+    navigation = st.navigation([page(title, default=title == start) for title in VIEWS])
     with st.sidebar:
         st.title("docsort")
         st.caption("Sort scanned documents by how they look.")
-        st.radio("View", VIEWS, key="view")
         st.divider()
         st.caption(f"Collection `{root}`")
         st.caption(f"{plural(counts['documents'], 'document')} · {plural(counts['pages'], 'page')} · {plural(counts['clusters'], 'cluster')}")
@@ -1216,21 +1132,14 @@ def main() -> None:
         if about.get("weights_source") == "bundled":
             st.caption(":orange[Offline bundled weights in use]")
 
-    view = st.session_state["view"]
-    if view == "Add scans":
-        view_add(col, counts, col.last_cluster_run())
-    elif view == "Clusters":
-        view_clusters(col, root, version, table, counts)
-    elif view == "Map":
-        view_map(col, table)
-    elif view == "Similar documents":
-        view_similar(col, root, version, table, n_text)
-    elif view == "Search text":
-        view_text_search(col, counts, n_text)
-    elif view == "Document types":
-        view_types(col, root, version, counts)
-    else:
-        view_status(col, root, version, counts, about)
+    _RUN.set(Run(col, root, version, table, counts, about, n_text))
+    navigation.run()
 
 
-main()
+if __name__ == "__main__":
+    # Streamlit runs this file as ``__main__`` (``docsort ui``; app.py at the top via runpy). The page
+    # scripts import docsort.faces.app, so run that module's main: one copy of the views and their
+    # widget callbacks per process, not one in this script's namespace and one in the module.
+    from docsort.faces.app import main as _main
+
+    _main()
