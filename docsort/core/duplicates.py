@@ -474,10 +474,11 @@ def candidate_pairs(
         from datasketch import MinHash, MinHashLSH
 
         lsh = MinHashLSH(threshold=settings.min_text_jaccard, num_perm=settings.num_perm)
+        same_bucket = lsh.query  # pages already inserted that share a band with the query (datasketch)
         found = []
         for i in np.flatnonzero(has_text):
             m = MinHash(num_perm=settings.num_perm, seed=1, hashvalues=minhashes[i], scheme=_MINHASH_SCHEME)
-            found += [(min(int(i), j), max(int(i), j)) for j in lsh.query(m)]
+            found += [(min(int(i), j), max(int(i), j)) for j in same_bucket(m)]
             lsh.insert(int(i), m)
         if found:
             parts.append(np.asarray(found, np.int64))
