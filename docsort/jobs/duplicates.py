@@ -31,6 +31,7 @@ import numpy as np
 
 from docsort.config.settings import DuplicateSettings
 from docsort.core.duplicates import find_families, render_page_maps, settings_token, text_minhashes
+from docsort.core.pages import exit_with_parent
 from docsort.core.workers import ProcessExpired, in_worker, worker_pool
 from docsort.jobs.ocr import _find_source
 from docsort.store.storage import Collection
@@ -99,7 +100,7 @@ def _map_pages(collection: Collection, settings: DuplicateSettings, token: str, 
         results = ((t, render_page_maps(t[1], [p for _, p in t[2]], settings)) for t in tasks)
         pool = None
     else:
-        pool = worker_pool(min(workers, len(tasks)))
+        pool = worker_pool(min(workers, len(tasks)), exit_with_parent, (os.getpid(),))
         futures = [(t, pool.schedule(render_page_maps, args=(t[1], [p for _, p in t[2]], settings))) for t in tasks]
 
         def collect():
