@@ -30,6 +30,7 @@ __all__ = [
     "TextSettings",
     "InvarianceSettings",
     "RaySettings",
+    "DuplicateSettings",
     "PipelineSettings",
     "PipelineError",
     "load_pipeline",
@@ -417,6 +418,65 @@ class RaySettings(_Strict):
     render_cpus: float = Field(1.0, gt=0)
     cluster_sample: int = Field(50_000, ge=10)
     transform_chunk: int = Field(20_000, ge=100)
+
+
+class DuplicateSettings(_Strict):
+    """Near-duplicate families (:mod:`docsort.core.duplicates`, ``docsort duplicates``).
+
+    Not part of a pipeline file: the hashes are a property of the page, not of the backbone.
+    The thresholds are measured on two re-scan corpora (``benchmarks/duplicates_study.py``,
+    benchmarks/RESULTS.md "Near-duplicate families").
+
+    Attributes:
+        render_px: the page is rendered (from its source file) with this longer side, pixels, to
+            make its page map; at 400 px (the network's render) text lines are 2-3 px apart.
+        max_skew_deg: deskew search range, +- degrees (re-scans are rotated by at most 1.5).
+        content_share: ink regions of at least this share of the heaviest region's ink are
+            content (the crop box holds them); lighter ones (a stamp in the margin) are left out.
+        map_px: cells per side of the page map.
+        coarse_px: cells per side of the coarse map used to find candidate pairs (divides map_px).
+        max_shift: largest shift tried when aligning two maps, share of the side.
+        scales: stretch factors (rows x columns) tried for pairs whose aligned correlation is
+            at least ``refine_above`` (a content box cut a little wider by a stamp near the text).
+        refine_above: the aligned correlation from which a pair is refined with ``scales``.
+        prefilter: pairs whose coarse maps' aligned correlation is below this are not compared
+            at full size (cheap rejection of most candidate pairs).
+        min_correlation: least aligned correlation for a near-duplicate pair when a page of the
+            pair has no OCR text, in [-1, 1].
+        min_text_jaccard: least MinHash-estimated Jaccard similarity of two pages' OCR word sets,
+            in [0, 1], for a pair whose pages both have text.
+        min_correlation_text: least aligned correlation for a pair whose pages both have text.
+        min_words: distinct OCR words (two or more letters) a page needs to count as having text.
+        num_perm: MinHash permutations (datasketch; standard error about 1/sqrt(num_perm)).
+        k: nearest neighbours per page (by coarse map and by visual vector) that become candidates.
+        exact_below: up to this many pages the neighbours are exact (FAISS ``IndexFlatIP``),
+            above it approximate (``IndexHNSWFlat``).
+        hnsw_m: HNSW graph degree.
+    """
+
+    render_px: int = Field(1000, ge=200, le=4096)
+    max_skew_deg: float = Field(2.0, ge=0.0, le=10.0)
+    content_share: float = Field(0.25, gt=0.0, le=1.0)
+    map_px: int = Field(64, ge=16, le=256)
+    coarse_px: int = Field(16, ge=4, le=64)
+    max_shift: float = Field(0.12, ge=0.0, le=0.5)
+    scales: tuple[float, ...] = (0.9, 1.1)
+    refine_above: float = Field(0.5, ge=-1.0, le=1.0)
+    prefilter: float = Field(0.5, ge=-1.0, le=1.0)
+    min_correlation: float = Field(0.96, ge=-1.0, le=1.0)
+    min_text_jaccard: float = Field(0.4, ge=0.0, le=1.0)
+    min_correlation_text: float = Field(0.3, ge=-1.0, le=1.0)
+    min_words: int = Field(20, ge=1)
+    num_perm: int = Field(128, ge=16, le=1024)
+    k: int = Field(10, ge=1, le=1000)
+    exact_below: int = Field(20000, ge=2)
+    hnsw_m: int = Field(16, ge=4, le=128)
+
+    @model_validator(mode="after")
+    def _coarse_divides(self) -> "DuplicateSettings":
+        if self.map_px % self.coarse_px:
+            raise ValueError(f"coarse_px {self.coarse_px} must divide map_px {self.map_px}")
+        return self
 
 
 class PipelineSettings(_Strict):

@@ -13,7 +13,8 @@ map and never re-runs UMAP or re-embeds anything; the extractor is only built wh
 embedded.
 
 Views (``st.navigation`` pages in the sidebar, listed in :data:`PAGES`): Add scans, Clusters, Map,
-Similar documents, Search text, Document types, Collection & export. Each is a ``view_*`` function
+Similar documents, Search text, Document types, Near-duplicates (issue 18: each family side by side),
+Collection & export. Each is a ``view_*`` function
 here, run by a three-line page script in docsort/faces/views/ (file pages, not callables, because
 ``AppTest.switch_page`` selects pages by script path). Buttons that open another view call
 :func:`go` (``st.switch_page``). Labelling (a cluster, or pages next to any gallery) and the document-type
@@ -77,6 +78,7 @@ PAGES = [
     ("Similar documents", "similar.py", "similar"),
     ("Search text", "search_text.py", "search"),
     ("Document types", "document_types.py", "types"),
+    ("Near-duplicates", "duplicates.py", "duplicates"),
     ("Collection & export", "collection.py", "collection"),
 ]
 VIEWS = [title for title, _, _ in PAGES]
@@ -962,6 +964,56 @@ def view_types(col: Collection, root: str, version: tuple, counts: dict) -> None
             st.table([{"folder": k, "documents": v} for k, v in sorted(report.folders.items())])
 
 
+FAMILIES_PER_PAGE = 8
+
+
+def view_duplicates(col: Collection, counts: dict) -> None:
+    """Issue 18: near-duplicate families (the same page scanned again), each shown side by side.
+
+    The button runs :func:`docsort.jobs.duplicates.find_duplicates` (pages added since the last
+    run are the only ones rendered again); the families shown are the stored ones."""
+    from docsort.jobs.duplicates import duplicates_stale, find_duplicates
+
+    st.header("Near-duplicates")
+    st.caption("The same page scanned more than once: at another resolution, slightly rotated, re-compressed or stamped. "
+               "Pages are compared by their deskewed, cropped look and, where OCR read them, by their words. "
+               "Exact copies of a file are already stored once.")
+    stale = duplicates_stale(col) if counts["pages"] else None
+    if stale:
+        st.info(stale.replace("run docsort duplicates", "press the button"))
+    if st.button("Find near-duplicates", key="dups-go", disabled=counts["pages"] < 2):
+        bar = st.progress(0.0, text="Reading pages...")
+        try:
+            report = find_duplicates(col, log=lambda m: None,
+                                     on_progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Page maps: {d} of {t}"))
+        except (CollectionError, CollectionBusyError) as exc:
+            st.error(str(exc))
+            return
+        bar.empty()
+        st.success(f"{plural(report.families, 'family')} of near-duplicates, {plural(report.pages_in_families, 'page')} "
+                   f"among {plural(report.pages, 'page')}.")
+        if report.unmapped:
+            st.warning(f"{plural(len(report.unmapped), 'page')} not compared: " + "; ".join(r for _, r in report.unmapped[:5]))
+    fams = col.duplicate_families()
+    if not len(fams):
+        st.write("No near-duplicate families." if col.last_duplicate_run() else "Not searched yet.")
+        return
+    groups = [g for _, g in fams.groupby("family", sort=True)]
+    n_pages = max(1, -(-len(groups) // FAMILIES_PER_PAGE))
+    page = st.number_input("Page of families", 1, n_pages, 1, key="dups-page") if n_pages > 1 else 1
+    for g in groups[(page - 1) * FAMILIES_PER_PAGE : page * FAMILIES_PER_PAGE]:
+        st.subheader(f"Family {int(g['family'].iloc[0])}: {plural(len(g), 'page')}")
+        cells = st.columns(max(len(g), 2))
+        for cell, row in zip(cells, g.itertuples(index=False)):
+            with cell:
+                text = f"{Path(row.path).name} · p.{row.page} · similarity {row.similarity:.2f}"
+                jpeg = col.thumbnail(int(row.page_id))
+                if jpeg:
+                    st.image(jpeg, caption=text, width="stretch")
+                else:
+                    st.caption(f"(no thumbnail) {text}")
+
+
 def view_status(col: Collection, root: str, version: tuple, counts: dict, about: dict) -> None:
     st.header("Collection")
     st.caption(f"`{about['collection']}`")
@@ -1016,12 +1068,16 @@ def view_status(col: Collection, root: str, version: tuple, counts: dict, about:
     st.markdown("**Sort into folders**: copy (never move) each document into `OUT/<cluster name>/`.")
     default_out = str(col.root.resolve().parent / "docsort-sorted")
     out = st.text_input("Output folder (on this computer)", value=default_out, key="sort-out")
+    one = st.checkbox("One document per near-duplicate family", key="sort-one-per-family",
+                      help="Leave out documents whose every page is a near-duplicate of a page already copied "
+                           "(families from the Near-duplicates page)")
     if st.button("Copy documents into folders", key="sort-go", disabled=counts["documents"] == 0):
         bar = st.progress(0.0, text="Copying...")
         try:
             report = sorting.sort_into_folders(
                 col, out, table=page_table(root, version),
                 on_progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Copying documents: {d} of {t}"),
+                one_per_family=one,
             )
         except (ValueError, OSError) as exc:
             st.error(str(exc))
@@ -1029,6 +1085,8 @@ def view_status(col: Collection, root: str, version: tuple, counts: dict, about:
             st.success(
                 f"Copied {report.copied} documents into {len(report.folders)} folders in {report.out_dir} "
                 f"({report.already_there} were already there)."
+                + (f" {plural(len(report.duplicates_skipped), 'document')} left out as near-duplicates of copied ones."
+                   if report.duplicates_skipped else "")
             )
             st.table([{"folder": k, "documents": v} for k, v in sorted(report.folders.items())])
             if report.missing:

@@ -1,5 +1,5 @@
 """The ``docsort`` command line (Typer): ingest, ocr, cluster, search, info, export, rename, merge, split,
-move, edits, undo, label, labels, classify, sort-by-type, evaluate, ui.
+move, edits, undo, label, labels, classify, duplicates, sort-by-type, evaluate, ui.
 
 Every command takes ``--collection PATH`` (env ``DOCSORT_COLLECTION``, default
 ``./docsort-collection``) and ``--pipeline NAME|PATH`` (default ``default``). Exit codes: 0 success,
@@ -882,6 +882,53 @@ def _fine_tune(col, pipeline, threshold, lock_timeout, as_json, **train) -> None
               highlight=False)
 
 
+@command(also=(ValueError,), interrupted="page maps stored so far are kept; run docsort duplicates again to resume")
+def duplicates(
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE",
+                                                     help="Also write the families as CSV: family, path, page, page_id, similarity.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes that render pages for their page maps; 0 = one per CPU core.", min=0)] = 0,
+    collection: CollectionOpt = DEFAULT_COLLECTION,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another process is writing.")] = 600.0,
+) -> None:
+    """Find near-duplicate pages (the same page scanned again: rescaled, slightly rotated, re-compressed, stamped) and list their families.
+
+    Compares each page's deskewed, cropped page map and, where `docsort ocr` stored text, its words (MinHash).
+    Only pages added since the last run are rendered again; the families are stored for export, sorting and the app."""
+    from rich.progress import Progress
+
+    from docsort.jobs.duplicates import find_duplicates
+
+    col = _open(collection)
+    try:
+        with col.write_lock(lock_timeout), Progress(disable=not progress, console=err, transient=True) as bar:
+            task = bar.add_task("page maps", total=None)
+            report = find_duplicates(col, workers=workers, log=lambda m: err.print(m, highlight=False),
+                                     on_progress=lambda d, t: bar.update(task, completed=d, total=t))
+    finally:
+        col.close()
+    table = report.table
+    rows = table[["family", "path", "page", "page_id", "similarity"]]
+    if csv_path is not None:
+        from docsort.store.storage import atomic_write_bytes
+
+        atomic_write_bytes(Path(csv_path), rows.to_csv(index=False, float_format="%.4f").encode("utf-8"))
+    out.print(f"{report.families} near-duplicate families, {report.pages_in_families} pages, among {report.pages} pages "
+              f"({report.pages_with_text} with OCR text; {report.mapped} page maps made in {report.map_seconds:.1f} s, "
+              f"families in {report.family_seconds:.1f} s)", highlight=False)
+    shown = Table("family", "path", "page", "page_id", "similarity", box=None)
+    for r in rows.head(200).itertuples(index=False):
+        shown.add_row(str(r.family), _shown_path(r.path), str(r.page), str(r.page_id), f"{r.similarity:.3f}")
+    if len(rows):
+        out.print(shown)
+    if len(rows) > 200:
+        out.print(f"... {len(rows) - 200} more rows" + (f" in {csv_path}" if csv_path else " (use --csv FILE)"), highlight=False)
+    if csv_path is not None:
+        out.print(f"wrote {len(rows)} rows to {csv_path}", highlight=False)
+    for page_id, reason in report.unmapped[:20]:
+        err.print(f"not compared: page {page_id}: {reason}", highlight=False)
+
+
 @command("sort-by-type", also=(ValueError, OSError))
 def sort_by_type(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder (documents are copied, never moved).")],
@@ -889,6 +936,8 @@ def sort_by_type(
     collection: CollectionOpt = DEFAULT_COLLECTION,
     pipeline: PipelineOpt = None,
     lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another process is writing.")] = 600.0,
+    one_per_family: Annotated[bool, typer.Option("--one-per-family", help="Copy one document per near-duplicate family "
+                                                                         "(from the last `docsort duplicates`).")] = False,
 ) -> None:
     """Classify, then copy every document into OUT/<type>/ (unsure ones into OUT/unsure/), with OUT/docsort-types.csv."""
     from docsort.jobs import classify as cl
@@ -905,13 +954,21 @@ def sort_by_type(
             err.print("types from the fine-tuned classifier (docsort classify --fine-tune)", highlight=False)
         else:
             _run_classify(col, settings, threshold, lock_timeout)
-        report = cl.sort_by_type(col, out_dir)
+        if one_per_family:
+            from docsort.jobs.duplicates import duplicates_stale
+
+            stale = duplicates_stale(col)
+            if stale:
+                err.print(f"warning: {stale}", highlight=False)
+        report = cl.sort_by_type(col, out_dir, one_per_family=one_per_family)
     finally:
         col.close()
     out.print(f"copied {report.copied} documents into {len(report.folders)} folders in {report.out_dir} "
               f"({report.already_there} already there); decisions in {report.out_dir / cl.DECISIONS_CSV}", highlight=False)
     for folder, n in sorted(report.folders.items()):
         out.print(f"  {folder}/: {n}", highlight=False)
+    if report.duplicates_skipped:
+        out.print(f"  {len(report.duplicates_skipped)} documents not copied: near-duplicates of copied ones", highlight=False)
     for path, reason in report.missing:
         err.print(f"not copied: {path}: {reason}", highlight=False)
     if report.missing:

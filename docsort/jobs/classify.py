@@ -1031,8 +1031,12 @@ def sort_by_type(
     *,
     table=None,
     on_progress: Callable[[int, int], None] | None = None,
+    one_per_family: bool = False,
 ):
     """Copy (never move) every document into ``out_dir/<type>/`` and write the decisions as CSV.
+
+    ``one_per_family``: copy one document per near-duplicate family
+    (:func:`docsort.jobs.sort.sort_into_folders`).
 
     Document types come from :func:`document_types` (pages with neither label nor prediction make
     an ``unclassified/`` folder: run :func:`classify_collection` first). The copying rules are
@@ -1053,7 +1057,7 @@ def sort_by_type(
     docs = document_types(collection, table=table)
     folders = type_folders(docs["doc_type"])
     folder_of = {int(d): folders[t] for d, t in zip(docs["document_id"], docs["doc_type"])}
-    report = sort_into_folders(collection, out_dir, on_progress=on_progress, folder_of=folder_of)
+    report = sort_into_folders(collection, out_dir, on_progress=on_progress, folder_of=folder_of, one_per_family=one_per_family)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["document_id", "path", "sha256", "pages", "type", "probability", "decision", "labelled_pages", "unsure_pages", "model_version", "folder"])

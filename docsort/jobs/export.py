@@ -68,7 +68,9 @@ def export_pages(collection: Collection, out: str | Path, *, vectors: bool | str
     """Write one row per page to ``.parquet`` or ``.csv``.
 
     Columns: path, page, sha256, cluster, cluster_name, document_cluster, umap_x, umap_y, page_id,
-    document_id, membership (``member`` | ``reassigned`` | ``noise`` | ``provisional``); with
+    document_id, membership (``member`` | ``reassigned`` | ``noise`` | ``provisional``),
+    duplicate_family (the page's near-duplicate family from the last ``docsort duplicates``, empty
+    for a page in none); with
     ``vectors`` also ``vector`` (a list of D float32, Parquet) or ``f0..f{D-1}`` columns (CSV).
 
     ``vectors``: ``True`` or ``"clustering"`` writes the vectors the index and clustering use;
@@ -99,8 +101,10 @@ def export_pages(collection: Collection, out: str | Path, *, vectors: bool | str
     clustered = df[df["cluster"].notna()]
     doc_cluster = document_clusters(clustered["document_id"].to_numpy(), clustered["cluster"].to_numpy(dtype=np.int64)) if len(clustered) else {}
     df["document_cluster"] = df["document_id"].map(doc_cluster).astype("Int64")
+    fams = collection.duplicate_families()
+    df["duplicate_family"] = df["page_id"].map(dict(zip(fams["page_id"], fams["family"]))).astype("Int64")
     cols = ["path", "page", "sha256", "cluster", "cluster_name", "document_cluster", "umap_x", "umap_y", "page_id", "document_id",
-            "membership"]
+            "membership", "duplicate_family"]
     df = df[cols]
     if page_ids is not None:
         df = df[df["page_id"].isin([int(i) for i in page_ids])]
@@ -135,7 +139,8 @@ def assignments_csv(collection: Collection, page_ids=None) -> bytes:
     """The page-level cluster assignments as CSV bytes (UTF-8), exactly what ``docsort export X.csv`` writes.
 
     Columns: path, page, sha256, cluster, cluster_name, document_cluster, umap_x, umap_y, page_id,
-    document_id (one row per page; cluster empty for pages not yet clustered).
+    document_id, membership, duplicate_family (one row per page; cluster empty for pages not yet
+    clustered).
 
     Args:
         page_ids: only these pages' rows (the app's map selection), in the export's order;

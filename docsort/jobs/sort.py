@@ -67,6 +67,8 @@ class SortReport:
         already_there: documents whose identical copy (same sha256) was already in place.
         missing: ``(stored path, reason)`` for documents with no readable, unchanged source file.
         folders: ``{folder name: documents in it}`` (copied or already there).
+        duplicates_skipped: documents not copied because ``one_per_family`` found another
+            document of their near-duplicate families already copied (ids, ascending).
     """
 
     out_dir: Path
@@ -74,6 +76,36 @@ class SortReport:
     already_there: int = 0
     missing: list[tuple[str, str]] = field(default_factory=list)
     folders: dict[str, int] = field(default_factory=dict)
+    duplicates_skipped: list[int] = field(default_factory=list)
+
+
+def redundant_documents(collection: Collection) -> set[int]:
+    """Documents that add nothing once one document per near-duplicate family is kept.
+
+    Documents are visited by ascending id; a document is kept when one of its pages is in no
+    stored family or in a family no kept document has reached yet (then all its families count
+    as reached), and is redundant otherwise.
+
+    Returns:
+        The redundant documents' ids (empty when ``docsort duplicates`` never ran).
+    """
+    fams = collection.duplicate_families()
+    if not len(fams):
+        return set()
+    pages = collection.page_table()[["page_id", "document_id"]]
+    family = dict(zip(fams["page_id"].astype(int), fams["family"].astype(int)))
+    by_doc: dict[int, list[int | None]] = {}
+    for pid, did in zip(pages["page_id"].astype(int), pages["document_id"].astype(int)):
+        by_doc.setdefault(did, []).append(family.get(pid))
+    reached: set[int] = set()
+    redundant: set[int] = set()
+    for did in sorted(by_doc):
+        fs = by_doc[did]
+        if all(f is not None and f in reached for f in fs):
+            redundant.add(did)
+        else:
+            reached.update(f for f in fs if f is not None)
+    return redundant
 
 
 def _sha256(path: Path) -> str:
@@ -89,6 +121,7 @@ def sort_into_folders(
     table=None,
     on_progress: Callable[[int, int], None] | None = None,
     folder_of: dict[int, str] | None = None,
+    one_per_family: bool = False,
 ) -> SortReport:
     """Copy (never move) every document into ``out_dir/<cluster name>/<file name>``.
 
@@ -109,6 +142,11 @@ def sort_into_folders(
         folder_of: ``{document_id: folder name}`` to sort by something other than clusters
             (:func:`docsort.jobs.classify.sort_by_type` sorts by document type); names must already be
             safe (e.g. from :func:`folder_names`). Documents missing from it are not copied.
+        one_per_family: copy one document per near-duplicate family (the stored families of
+            ``docsort duplicates``): a document all of whose pages are in families that an
+            earlier document (lower id) already brought is skipped (listed in
+            ``duplicates_skipped``). Documents with a page in no family, or in a family not yet
+            covered, are copied as usual.
 
     Returns:
         A :class:`SortReport`.
@@ -129,6 +167,11 @@ def sort_into_folders(
     if folder_of is not None:
         docs = docs[docs["document_id"].isin(list(folder_of))]
     report = SortReport(out_dir=out)
+    if one_per_family:
+        docs = docs.sort_values("document_id", kind="stable")
+        skip = redundant_documents(collection)
+        report.duplicates_skipped = sorted(int(d) for d in docs["document_id"] if int(d) in skip)
+        docs = docs[~docs["document_id"].isin(list(skip))]
     total = len(docs)
     for i, row in enumerate(docs.itertuples(index=False)):
         cid = None if _isna(row.cluster) else int(row.cluster)

@@ -255,6 +255,36 @@ CREATE INDEX IF NOT EXISTS edit_pages_page ON edit_pages(page_id)
 """)
 
 
+def _m6_duplicates(c: sqlite3.Connection) -> None:
+    """Schema 6 (issue 18, ``docsort duplicates``): ``page_maps``, each page's near-duplicate page
+    map (:func:`docsort.core.duplicates.page_map`, uint8 BLOB) tagged with the settings that made
+    it; ``duplicate_families``, the families of the last run (one row per page in a family); and
+    ``duplicate_runs``, when each run was and with what settings."""
+    _run(c, """
+CREATE TABLE IF NOT EXISTS page_maps(
+    page_id INTEGER PRIMARY KEY REFERENCES pages(id),
+    map BLOB,
+    settings TEXT NOT NULL,
+    error TEXT,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS duplicate_families(
+    page_id INTEGER PRIMARY KEY REFERENCES pages(id),
+    family INTEGER NOT NULL,
+    similarity REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS duplicate_families_family ON duplicate_families(family);
+CREATE TABLE IF NOT EXISTS duplicate_runs(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    pages INTEGER NOT NULL,
+    families INTEGER NOT NULL,
+    seconds REAL NOT NULL
+)
+""")
+
+
 #: The schema, step by step, in order; a database's ``PRAGMA user_version`` is the number of the
 #: last step applied to it. Append new steps here (never edit a released one).
 MIGRATIONS: tuple[Migration, ...] = (
@@ -263,6 +293,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, _m3_page_text),
     Migration(4, _m4_staged_vectors),
     Migration(5, _m5_edits),
+    Migration(6, _m6_duplicates),
 )
 #: The schema this docsort writes: the last migration's number. Also mirrored in ``meta`` under
 #: ``schema_version``, which docsort before numbered migrations (schema 3 and older) reads to
@@ -1412,3 +1443,92 @@ class Collection:
         except sqlite3.OperationalError as exc:
             raise ValueError(f"cannot search for {query!r}: {exc} (SQLite FTS5 query syntax)") from exc
         return [(int(r[0]), float(r[1]), str(r[2])) for r in rows]
+
+    # -- near-duplicate families (issue 18) -----------------------------------------------------
+
+    def pages_needing_maps(self, settings_token: str) -> list[tuple[int, int, int]]:
+        """Pages without a page map made with ``settings_token`` (a failed attempt counts as made).
+
+        Returns:
+            ``[(page_id, document_id, page_no), ...]`` ordered by document, then page.
+        """
+        rows = self._conn.execute(
+            "SELECT p.id, p.document_id, p.page_no FROM pages p LEFT JOIN page_maps m ON m.page_id = p.id "
+            "WHERE m.page_id IS NULL OR m.settings <> ? ORDER BY p.document_id, p.page_no", (settings_token,)
+        ).fetchall()
+        return [(int(a), int(b), int(c)) for a, b, c in rows]
+
+    def store_page_maps(self, rows: Iterable[tuple[int, bytes | None, str, str | None]]) -> int:
+        """Store (or replace) page maps in one transaction.
+
+        Args:
+            rows: ``(page_id, map bytes or None, settings token, error or None)``; ``None`` bytes
+                with an error record a page that could not be mapped (its file is missing).
+
+        Returns:
+            The number of rows written.
+        """
+        vals = [(int(p), None if m is None else bytes(m), str(t), e, _now()) for p, m, t, e in rows]
+        if vals:
+            with self.transaction() as c:
+                c.executemany(
+                    "INSERT INTO page_maps(page_id, map, settings, error, at) VALUES(?,?,?,?,?) ON CONFLICT(page_id) DO UPDATE "
+                    "SET map=excluded.map, settings=excluded.settings, error=excluded.error, at=excluded.at", vals)
+        return len(vals)
+
+    def page_maps(self, settings_token: str, side: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stored page maps made with ``settings_token``.
+
+        Args:
+            settings_token: the settings the maps must have been made with.
+            side: the maps' side, cells (each BLOB holds ``side * side`` uint8).
+
+        Returns:
+            ``(page_ids int64 (n,), maps uint8 (n, side, side))``, ascending page id; pages whose
+            map failed are left out.
+        """
+        rows = self._conn.execute(
+            "SELECT page_id, map FROM page_maps WHERE settings = ? AND map IS NOT NULL ORDER BY page_id", (settings_token,)
+        ).fetchall()
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        maps = np.frombuffer(b"".join(r[1] for r in rows), np.uint8).reshape(len(rows), side, side).copy()
+        return ids, maps
+
+    def page_map_errors(self, settings_token: str) -> list[tuple[int, str]]:
+        """``[(page_id, error), ...]`` of pages whose map could not be made with ``settings_token``."""
+        return [(int(a), str(b)) for a, b in self._conn.execute(
+            "SELECT page_id, error FROM page_maps WHERE settings = ? AND map IS NULL ORDER BY page_id", (settings_token,))]
+
+    def store_duplicate_families(self, page_ids: np.ndarray, family: np.ndarray, similarity: np.ndarray, run: dict) -> None:
+        """Replace the stored families with a new run's, in one transaction.
+
+        Args:
+            page_ids: int64 (m,) pages in families; family: int64 (m,) their family numbers;
+                similarity: float (m,) each page's similarity with its family's first page.
+            run: ``{"settings": dict, "pages": pages compared, "seconds": wall time}``.
+        """
+        vals = [(int(p), int(f), float(s)) for p, f, s in zip(page_ids, family, similarity)]
+        with self.transaction() as c:
+            c.execute("DELETE FROM duplicate_families")
+            c.executemany("INSERT INTO duplicate_families(page_id, family, similarity) VALUES(?,?,?)", vals)
+            c.execute("INSERT INTO duplicate_runs(at, settings, pages, families, seconds) VALUES(?,?,?,?,?)",
+                      (_now(), json.dumps(run.get("settings", {}), sort_keys=True), int(run["pages"]),
+                       len({v[1] for v in vals}), float(run.get("seconds", 0.0))))
+
+    def duplicate_families(self):
+        """The stored near-duplicate families as a ``pandas.DataFrame``, one row per page in a
+        family: family, path, page, page_id, document_id, similarity; ordered by family, then page id."""
+        import pandas as pd
+
+        return pd.read_sql_query(
+            "SELECT f.family, d.path, p.page_no AS page, f.page_id, p.document_id, f.similarity "
+            "FROM duplicate_families f JOIN pages p ON p.id = f.page_id JOIN documents d ON d.id = p.document_id "
+            "ORDER BY f.family, f.page_id", self._conn)
+
+    def last_duplicate_run(self) -> dict | None:
+        """The last ``docsort duplicates`` run: ``{"at", "settings", "pages", "families", "seconds"}``, or None."""
+        row = self._conn.execute(
+            "SELECT at, settings, pages, families, seconds FROM duplicate_runs ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        return {"at": row[0], "settings": json.loads(row[1]), "pages": int(row[2]), "families": int(row[3]), "seconds": float(row[4])}

@@ -1,0 +1,154 @@
+"""Near-duplicate families on re-scan corpora (issue 18): thresholds, pair recall and wrong families.
+
+Each ``--corpus OUT`` is a corpus of ``benchmarks/duplicates_corpus.py`` whose ``--source``
+folders and ``OUT/rescans`` were ingested (and OCR'd) into ``OUT/collection``::
+
+    docsort ingest $(cat OUT/sources.txt) OUT/rescans -c OUT/collection --weights bundled --ocr
+    python benchmarks/duplicates_study.py --corpus OUT [--corpus OUT2]
+
+It runs :func:`docsort.jobs.duplicates.find_duplicates` once (which makes and stores the page
+maps), then, from the stored maps, vectors and OCR text, scores *all* pairs of pages (no
+candidate generation) and prints:
+
+* the aligned-correlation and word-Jaccard distributions of true pairs (a re-scan and its page,
+  two re-scans of one page), of *hard negatives* (different pages of one document) and of the rest;
+* a grid over ``min_correlation`` (pages without text) x ``min_text_jaccard``: pair recall (true
+  pairs that end up in one family) and *wrong families* (families holding pages of two or more
+  different originals);
+* the default settings' result through the job itself (candidate pairs included).
+
+A page's original is ``(source file, page)``; documents are files, with ``NAME-pK.ext`` files of one
+``NAME`` taken as one document. Writes ``OUT/study.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def doc_key(path: str) -> str:
+    """The document of a file: ``tar-p2.jpg`` and ``tar-p1.jpg`` are one document."""
+    p = Path(path)
+    return str(p.parent / re.sub(r"-p\d+$", "", p.stem))
+
+
+def truth(corpus: Path, table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(page_ids, original key, document key)`` of every page of the corpus's collection."""
+    rescan = {}
+    with open(corpus / "truth.csv") as fh:
+        for row in csv.DictReader(fh):
+            rescan[row["rescan"]] = (row["source"], int(row["page"]))
+    ids, orig, doc = [], [], []
+    for pid, path, page in zip(table["page_id"], table["path"], table["page"]):
+        p = Path(path)
+        src, no = rescan.get(p.name, (str(p.resolve()), int(page))) if p.parent.name == "rescans" else (str(p.resolve()), int(page))
+        ids.append(int(pid))
+        orig.append(f"{src}#{no}")
+        doc.append(doc_key(src))
+    return np.array(ids), np.array(orig), np.array(doc)
+
+
+def evaluate(original: np.ndarray, rows: np.ndarray, family: np.ndarray) -> dict:
+    """Pair recall and wrong families of a family assignment against the ground truth."""
+    fam = np.full(len(original), -1, np.int64)
+    fam[rows] = family
+    true_pairs = found = 0
+    _, inv, counts = np.unique(original, return_inverse=True, return_counts=True)
+    for g in np.flatnonzero(counts > 1):
+        members = np.flatnonzero(inv == g)
+        true_pairs += len(members) * (len(members) - 1) // 2
+        f = fam[members]
+        for v in np.unique(f[f >= 0]):
+            c = int(np.sum(f == v))
+            found += c * (c - 1) // 2
+    wrong = sum(1 for v in np.unique(family) if len(np.unique(original[rows[family == v]])) > 1)
+    return {"true_pairs": int(true_pairs), "found_pairs": int(found), "pair_recall": found / max(1, true_pairs),
+            "families": int(len(np.unique(family))), "wrong_families": int(wrong)}
+
+
+def q(a: np.ndarray) -> dict:
+    a = a[~np.isnan(a)]
+    return {p: round(float(np.percentile(a, p)), 3) for p in (0, 1, 5, 50, 95, 99, 100)} if len(a) else {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", type=Path, action="append", required=True)
+    args = ap.parse_args()
+
+    from docsort.config.settings import DuplicateSettings
+    from docsort.core.duplicates import find_families, score_pairs, settings_token, text_minhashes
+    from docsort.jobs.duplicates import find_duplicates
+    from docsort.store.storage import Collection
+
+    base = DuplicateSettings()
+    for corpus in args.corpus:
+        col = Collection(corpus / "collection")
+        t0 = time.perf_counter()
+        rep = find_duplicates(col, base, log=lambda m: None)
+        job_s = time.perf_counter() - t0
+        ids, maps = col.page_maps(settings_token(base), base.map_px)
+        table = col.page_table().set_index("page_id").loc[ids].reset_index()
+        _, original, doc = truth(corpus, table)
+        texts = col.page_texts(ids)
+        sig, has = text_minhashes([(texts.get(int(i)) or {}).get("text") for i in ids], base)
+        n = len(ids)
+        i, j = np.triu_indices(n, 1)
+        pairs = np.stack([i, j], 1)
+        _, corr, jac = score_pairs(maps, pairs, sig, has, base)
+        same = original[i] == original[j]
+        hard = ~same & (doc[i] == doc[j])
+        other = ~same & ~hard
+        report = {"corpus": str(corpus), "pages": int(n), "pages_with_text": int(has.sum()), "true_pairs": int(same.sum()),
+                  "hard_pairs": int(hard.sum()), "map_s_per_page": rep.map_seconds / max(1, rep.mapped),
+                  "job_seconds": job_s, "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+        for name, m in (("true", same), ("hard_negative", hard), ("other", other)):
+            report[f"corr_{name}"] = q(corr[m])
+            report[f"jaccard_{name}"] = q(jac[m])
+        print(f"\n{corpus}: {n} pages, {int(has.sum())} with text, {int(same.sum())} true pairs, {int(hard.sum())} hard-negative pairs; "
+              f"{report['map_s_per_page'] * 1000:.0f} ms/page to map; load {' '.join(report['loadavg'])}")
+        for k in ("corr_true", "corr_hard_negative", "corr_other", "jaccard_true", "jaccard_hard_negative", "jaccard_other"):
+            print(f"  {k:22s} {report[k]}")
+        grid = []
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        for c in (0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98):
+            for jt in (0.3, 0.4, 0.5, 0.6, 0.7):
+                for ct in (-1.0, 0.3, 0.5):
+                    with np.errstate(invalid="ignore"):
+                        ok = np.where(np.isnan(jac), corr >= c, (jac >= jt) & (corr >= ct))
+                    g = coo_matrix((np.ones(int(ok.sum())), (i[ok], j[ok])), shape=(n, n))
+                    _, comp = connected_components(g, directed=False)
+                    sizes = np.bincount(comp)
+                    rows = np.flatnonzero(sizes[comp] > 1)
+                    r = evaluate(original, rows, comp[rows]) | {"min_correlation": c, "min_text_jaccard": jt, "min_correlation_text": ct}
+                    grid.append(r)
+        report["grid"] = grid
+        best = sorted(grid, key=lambda r: (r["wrong_families"], -r["pair_recall"]))[:8]
+        for r in best:
+            print(f"  corr>={r['min_correlation']:.2f} jac>={r['min_text_jaccard']:.1f} corr_text>={r['min_correlation_text']:.1f}: "
+                  f"recall {r['pair_recall']:.3f} ({r['found_pairs']}/{r['true_pairs']}), {r['families']} families, {r['wrong_families']} wrong")
+        pos = {int(p): r for r, p in enumerate(ids)}
+        rows = np.array([pos[int(p)] for p in rep.table["page_id"]], np.int64)
+        job = evaluate(original, rows, rep.table["family"].to_numpy())
+        report["job_default"] = job | {"families_job": rep.families}
+        print(f"  job, default settings (candidates by k={base.k} neighbours): recall {job['pair_recall']:.3f}, "
+              f"{job['families']} families, {job['wrong_families']} wrong; {job_s:.1f} s")
+        (corpus / "study.json").write_text(json.dumps(report, indent=1))
+        col.close()
+
+
+if __name__ == "__main__":
+    main()
