@@ -115,8 +115,12 @@ def app_url(collection_copy):
 @contextmanager
 def _browser_page(shot_prefix: str):
     """A Chromium page (1400x1600) and a ``shot(name)`` that waits for the app to settle first."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # expect()'s default wait is 5 s; a loaded 2-core machine (other test runs beside this one) takes
+    # longer than that for a Streamlit rerun, so give every assertion 30 s (it still fails when the
+    # text never comes).
+    expect.set_options(timeout=30_000)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
