@@ -50,6 +50,7 @@ import streamlit as st
 from docsort.queries import browse
 from docsort.core.names import sanitise_name
 from docsort.faces import edit_views, plots
+from docsort.faces.flash import flash, show_flash
 from docsort.faces.cache import (assignments_csv, auto_search_mode, clusters_summary, current_index, extractor_for, get_mode_index, members,
                                  ocr_settings_for, open_collection, page_labels, page_neighbours, page_table,
                                  pages_needing_text, settings_for, text_counts, text_state, types_table)
@@ -165,13 +166,11 @@ def thumbnail_grid(col: Collection, rows, key: str, caption=None, per_row: int =
 
 
 def _label_message(kind: str, text: str) -> None:
-    st.session_state["label_message"] = (kind, text)
+    flash("label_message", kind, text)
 
 
 def show_label_message() -> None:
-    msg = st.session_state.pop("label_message", None)
-    if msg:
-        getattr(st, msg[0])(msg[1])
+    show_flash("label_message")
 
 
 def label_form(col: Collection, rows, key: str) -> None:
@@ -268,9 +267,7 @@ def run_clustering(col: Collection, n_pages: int) -> None:
 
 
 def show_cluster_message() -> None:
-    msg = st.session_state.pop("cluster_message", None)
-    if msg:
-        getattr(st, msg[0])(msg[1])
+    show_flash("cluster_message")
 
 
 def recluster_button(col: Collection, n_pages: int, key: str, label: str = "Re-cluster") -> None:
@@ -857,9 +854,7 @@ def view_types(col: Collection, root: str, version: tuple, counts: dict) -> None
 
     st.header("Document types")
     show_label_message()
-    msg = st.session_state.pop("classify_message", None)
-    if msg:
-        getattr(st, msg[0])(msg[1])
+    show_flash("classify_message")
     if counts["pages"] == 0:
         st.info("The collection is empty: add some scans first.")
         return
@@ -1112,11 +1107,9 @@ def adapt_section(col: Collection, counts: dict, about: dict) -> None:
                "look alike), then re-embeds every page and re-clusters. The old vectors stay in use until it has finished.")
     if about.get("adapted_weights") not in (None, "no"):
         st.write(f"Adapted weights in use: {about['adapted_weights']}")
-    msg = st.session_state.pop("adapt_message", None)
-    if msg:
-        getattr(st, msg[0])(msg[1])
-        if len(msg) > 2:
-            st.table(msg[2])
+    msg = show_flash("adapt_message")
+    if msg and len(msg) > 2:
+        st.table(msg[2])
     n = counts["pages"]
     c1, c2 = st.columns(2)
     epochs = int(c1.number_input("Epochs", min_value=1, max_value=100, value=5, step=1, key="adapt-epochs"))

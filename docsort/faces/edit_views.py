@@ -15,6 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from docsort.core.names import sanitise_name
+from docsort.faces.flash import flash, show_flash
 from docsort.jobs import classify, edits, export
 from docsort.jobs import sort as sorting
 from docsort.store.storage import Collection, CollectionError
@@ -32,14 +33,12 @@ PREVIEW_THUMBS = 6
 
 
 def _message(kind: str, text: str) -> None:
-    st.session_state["edit_message"] = (kind, text)
+    flash("edit_message", kind, text)
 
 
 def show_edit_message() -> None:
     """Show (once) what the last edit action did."""
-    msg = st.session_state.pop("edit_message", None)
-    if msg:
-        getattr(st, msg[0])(msg[1])
+    show_flash("edit_message")
 
 
 def _do(action, done: str | None = None) -> None:
