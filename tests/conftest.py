@@ -45,6 +45,21 @@ def extractor(settings):
     return make_extractor(settings, announce=False)
 
 
+#: The training tests' small collection (tests/test_adapt.py, tests/test_finetune.py): 12 real pages.
+TRAIN_FILES = ["leptonica/bois-2-5.pdf", "leptonica/book-pages.pdf", "leptonica/pageseg1.png", "leptonica/pageseg2.png",
+               "leptonica/pageseg3.png"]  # 4 + 5 + 3 = 12 pages
+#: Keyword arguments that turn a job's progress bar and log lines off.
+QUIET = {"progress": False, "log": lambda m: None}
+
+
+@pytest.fixture(scope="session")
+def small_settings(settings):
+    """The session's settings at a 128x128 input, batch 4, rendered in this process (no worker pool):
+    what the training tests ingest and train with."""
+    s = settings.with_overrides(input_size=(128, 128), batch_size=4)
+    return s.model_copy(update={"render": s.render.model_copy(update={"workers": 1})})
+
+
 @pytest.fixture(scope="session")
 def sample_collection(tmp_path_factory, settings, extractor):
     """A clustered collection of sample_docs/ (bundled weights). Read-only for tests."""

@@ -23,21 +23,12 @@ from docsort.jobs.ingest import ingest
 from docsort.store.storage import Collection, CollectionError
 from docsort.core.weights import BUNDLED_WEIGHTS, WeightsError, file_sha256, sidecar_path
 
-from .conftest import SAMPLE_DOCS
+from .conftest import QUIET, SAMPLE_DOCS, TRAIN_FILES as FILES
 
 # The fast tier (pytest -m "not slow") leaves this file out: it trains the network (TensorFlow).
 pytestmark = pytest.mark.slow
 
-QUIET = {"progress": False, "log": lambda m: None}
-FILES = ["leptonica/bois-2-5.pdf", "leptonica/book-pages.pdf", "leptonica/pageseg1.png", "leptonica/pageseg2.png",
-         "leptonica/pageseg3.png"]  # 4 + 5 + 3 = 12 pages
 TINY = {"epochs": 1, "batch_size": 6, "seed": 3}
-
-
-@pytest.fixture(scope="module")
-def small_settings(settings):
-    s = settings.with_overrides(input_size=(128, 128), batch_size=4)
-    return s.model_copy(update={"render": s.render.model_copy(update={"workers": 1})})
 
 
 @pytest.fixture(scope="module")

@@ -25,21 +25,12 @@ from docsort.jobs.ingest import ingest
 from docsort.store.storage import Collection
 from docsort.core.weights import sidecar_path
 
-from .conftest import SAMPLE_DOCS, sample_labels
+from .conftest import QUIET, SAMPLE_DOCS, TRAIN_FILES as FILES, sample_labels
 
-QUIET = {"progress": False, "log": lambda m: None}
-FILES = ["leptonica/bois-2-5.pdf", "leptonica/book-pages.pdf", "leptonica/pageseg1.png", "leptonica/pageseg2.png",
-         "leptonica/pageseg3.png"]  # 4 + 5 + 3 = 12 pages
 #: labelled: 3 sheet_music, 3 book_page, 2 newspaper (so 2 folds); unlabelled: the other 4 pages
 LABELLED = {("bois-2-5.pdf", 1), ("bois-2-5.pdf", 2), ("bois-2-5.pdf", 3), ("book-pages.pdf", 1), ("book-pages.pdf", 2),
             ("book-pages.pdf", 3), ("pageseg1.png", 1), ("pageseg2.png", 1)}
 TINY = {"epochs": 1, "batch_size": 4, "seed": 5}
-
-
-@pytest.fixture(scope="module")
-def small_settings(settings):
-    s = settings.with_overrides(input_size=(128, 128), batch_size=4)
-    return s.model_copy(update={"render": s.render.model_copy(update={"workers": 1})})
 
 
 @pytest.fixture(scope="module")
