@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from docsort.config.settings import DuplicateSettings
+from docsort.config.settings import DuplicateSettings, IndexSettings
 
 __all__ = [
     "Families",
@@ -406,32 +406,16 @@ def text_minhashes(texts: list[str | None], settings: DuplicateSettings = Duplic
     return sigs, has
 
 
-def _knn_pairs(index, queries, k: int) -> np.ndarray:
-    _, nbrs = index.search(queries, k)
-    rows = np.repeat(np.arange(len(queries), dtype=np.int64), nbrs.shape[1])
-    cols = nbrs.ravel().astype(np.int64)
-    keep = (cols >= 0) & (cols != rows)
-    return np.stack([np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])], axis=1)
-
-
-def _knn_index(x: np.ndarray, settings: DuplicateSettings):
-    """A FAISS inner-product index over float32 (n, d) ``x``: exact below ``settings.exact_below``
-    rows, else HNSW (``IndexHNSWFlat``, ``hnsw_m`` links, efSearch at least 64)."""
-    import faiss
-
-    if len(x) < settings.exact_below:
-        index = faiss.IndexFlatIP(x.shape[1])
-    else:
-        index = faiss.IndexHNSWFlat(x.shape[1], settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = max(64, 2 * settings.k)
-    index.add(x)
-    return index
-
-
 def _knn_pairs(x: np.ndarray, settings: DuplicateSettings) -> np.ndarray:
-    """int64 (m, 2) pairs ``i < j`` of each row and its ``settings.k`` nearest neighbours."""
-    k = min(settings.k + 1, len(x))
-    _, nbrs = _knn_index(x, settings).search(x, k)
+    """int64 (m, 2) pairs ``i < j`` of each row and its ``settings.k`` nearest neighbours, by inner
+    product over float32 (n, d) ``x``: exact (``IndexFlatIP``) below ``settings.exact_below`` rows,
+    else HNSW (``hnsw_m`` links, efSearch at least 64), built by :func:`docsort.core.index.build_index`."""
+    from docsort.core.index import build_index, search_index  # FAISS is imported when neighbours are wanted
+
+    index_settings = IndexSettings(type="auto", auto_above=max(settings.exact_below - 1, 0), auto_kind="hnsw",
+                                   hnsw_m=settings.hnsw_m, hnsw_ef_search=max(64, 2 * settings.k))
+    index = build_index(np.arange(len(x), dtype=np.int64), x, index_settings)
+    _, nbrs = search_index(index, x, settings.k + 1)
     rows = np.repeat(np.arange(len(x), dtype=np.int64), nbrs.shape[1])
     cols = nbrs.ravel().astype(np.int64)
     keep = (cols >= 0) & (cols != rows)
