@@ -3,10 +3,15 @@
 Embedding and rendering 100,000 real pages is not possible here in a session (the render alone is
 about 80 pages/s per core, the network 44 pages/s), so this synthesises what the family step gets
 from the collection: page maps (smooth random ink maps, uint8 64 x 64), L2-normalised 288-d visual
-vectors, and MinHash signatures for half the pages; ``--planted`` of the pages get a near-duplicate
-(the map shifted by up to 4 cells, noise added, the vector perturbed, 85 % of the MinHash values
-kept). It times :func:`docsort.core.duplicates.find_families` (candidate pairs by FAISS kNN and
-MinHashLSH, pair scoring, connected components) and checks the planted pairs were found.
+vectors, MinHash signatures for half the pages, and ORB keypoints: each page gets the real
+keypoints of a sample_docs page (rendered at ``render_px``) with their positions shuffled among
+themselves (real descriptors, so the ratio test passes as often as between real pages, but no
+consistent geometry); ``--planted`` of the pages get a near-duplicate (the map shifted by up to 4
+cells, noise added, the vector perturbed, 85 % of the MinHash values kept, the keypoints moved by
+a random similarity transform with 1 px jitter, a quarter of them replaced). It times
+:func:`docsort.core.duplicates.candidate_pairs` (FAISS kNN and MinHashLSH) and
+:func:`docsort.core.duplicates.find_families` (verification of every candidate pair, connected
+components) and checks the planted pairs were found.
 
     python benchmarks/duplicates_speed.py [--pages 100000] [--planted 5000]
 
@@ -56,6 +61,42 @@ def synthesise(n: int, planted: int, side: int, seed: int = 0):
     return maps, vectors, minhashes, has_text, np.stack([src, base + np.arange(planted)], 1)
 
 
+def synthetic_keypoints(n: int, planted: np.ndarray, settings, seed: int = 0) -> list[np.ndarray]:
+    """One :data:`KEYPOINT_DTYPE` array per page (see the module docstring)."""
+    from docsort.config.settings import RenderSettings
+    from docsort.core.duplicates import page_keypoints
+    from docsort.core.pages import SourceFile, discover_files, iter_pages
+
+    rng = np.random.default_rng(seed)
+    pool = []
+    render = RenderSettings(long_side_px=settings.render_px, color="gray")
+    for src in discover_files([REPO / "sample_docs"]):
+        if not isinstance(src, SourceFile):  # labels.csv, LICENSES: not documents
+            continue
+        for page in iter_pages(src, render):
+            kp = page_keypoints(page.image, settings)
+            if len(kp) >= 100:
+                pool.append(kp)
+    out = []
+    for _ in range(n):
+        kp = pool[int(rng.integers(len(pool)))].copy()
+        perm = rng.permutation(len(kp))
+        kp["x"], kp["y"], kp["cell"] = kp["x"][perm], kp["y"][perm], kp["cell"][perm]
+        out.append(kp)
+    for src, dup in planted:
+        kp = out[int(src)].copy()
+        angle, scale = np.deg2rad(rng.uniform(-1.5, 1.5)), rng.uniform(0.8, 0.95)
+        c, s_ = scale * np.cos(angle), scale * np.sin(angle)
+        x, y = kp["x"].astype(np.float64), kp["y"].astype(np.float64)
+        kp["x"] = np.clip(c * x - s_ * y + rng.uniform(0, 50) + rng.normal(0, 1, len(kp)), 0, 65535)
+        kp["y"] = np.clip(s_ * x + c * y + rng.uniform(0, 50) + rng.normal(0, 1, len(kp)), 0, 65535)
+        swap = rng.random(len(kp)) < 0.25
+        other = pool[int(rng.integers(len(pool)))]
+        kp["d"][swap] = other["d"][rng.integers(len(other), size=int(swap.sum()))]
+        out[int(dup)] = kp
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pages", type=int, default=100_000)
@@ -69,18 +110,20 @@ def main() -> None:
     s = DuplicateSettings()
     t0 = time.perf_counter()
     maps, vectors, minhashes, has_text, planted = synthesise(args.pages, args.planted, s.map_px)
+    keypoints = synthetic_keypoints(args.pages, planted, s)
     t_syn = time.perf_counter() - t0
     t1 = time.perf_counter()
     pairs = candidate_pairs(maps, vectors, minhashes, has_text, s)
     t_cand = time.perf_counter() - t1
     t2 = time.perf_counter()
-    fams = find_families(maps, vectors, minhashes, has_text, s, pairs=pairs)
+    fams = find_families(maps, keypoints, vectors, minhashes, has_text, s, pairs=pairs)
     t_fam = time.perf_counter() - t2
     fam = np.full(args.pages, -1)
     fam[fams.rows] = fams.family
     found = float(np.mean((fam[planted[:, 0]] >= 0) & (fam[planted[:, 0]] == fam[planted[:, 1]])))
     result = {"pages": args.pages, "planted": args.planted, "candidate_pairs": int(len(pairs)), "synthesis_s": round(t_syn, 1),
               "candidates_s": round(t_cand, 1), "scoring_and_families_s": round(t_fam, 1), "total_s": round(t_cand + t_fam, 1),
+              "verify_ms_per_pair": round(1000 * t_fam / max(1, len(pairs)), 3), "cpu_s": round(time.process_time(), 1),
               "planted_found": round(found, 4), "families": int(len(np.unique(fams.family))),
               "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
     print(json.dumps(result, indent=1))

@@ -7,15 +7,16 @@ folders and ``OUT/rescans`` were ingested (and OCR'd) into ``OUT/collection``::
     python benchmarks/duplicates_study.py --corpus OUT [--corpus OUT2]
 
 It runs :func:`docsort.jobs.duplicates.find_duplicates` once (which makes and stores the page
-maps), then, from the stored maps, vectors and OCR text, scores *all* pairs of pages (no
-candidate generation) and prints:
+maps and keypoints), then, from the stored keypoints and OCR text, scores *all* pairs of pages
+(no candidate generation) and prints:
 
-* the aligned-correlation and word-Jaccard distributions of true pairs (a re-scan and its page,
-  two re-scans of one page), of *hard negatives* (different pages of one document) and of the rest;
-* a grid over ``min_correlation`` (pages without text) x ``min_text_jaccard``: pair recall (true
-  pairs that end up in one family) and *wrong families* (families holding pages of two or more
-  different originals);
-* the default settings' result through the job itself (candidate pairs included).
+* the coverage (:func:`docsort.core.duplicates.verify_pairs`) and word-Jaccard distributions of
+  true pairs (a re-scan and its page, two re-scans of one page), of *hard negatives* (different
+  pages of one document) and of the rest;
+* a grid over ``min_coverage`` x ``min_text_jaccard``: pair recall (true pairs that end up in one
+  family) and *wrong families* (families holding pages of two or more different originals);
+* the default settings' result through the job itself (candidate pairs included), and how many
+  of the true pairs were among the candidates.
 
 A page's original is ``(source file, page)``; documents are files, with ``NAME-pK.ext`` files of one
 ``NAME`` taken as one document. Writes ``OUT/study.json``.
@@ -88,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from docsort.config.settings import DuplicateSettings
-    from docsort.core.duplicates import find_families, score_pairs, settings_token, text_minhashes
+    from docsort.core.duplicates import KEYPOINT_DTYPE, candidate_pairs, score_pairs, settings_token, text_minhashes
     from docsort.jobs.duplicates import find_duplicates
     from docsort.store.storage import Collection
 
@@ -99,6 +100,7 @@ def main() -> None:
         rep = find_duplicates(col, base, log=lambda m: None)
         job_s = time.perf_counter() - t0
         ids, maps = col.page_maps(settings_token(base), base.map_px)
+        keypoints = [np.frombuffer(b, KEYPOINT_DTYPE) for b in col.page_keypoints(settings_token(base), ids)]
         table = col.page_table().set_index("page_id").loc[ids].reset_index()
         _, original, doc = truth(corpus, table)
         texts = col.page_texts(ids)
@@ -106,45 +108,51 @@ def main() -> None:
         n = len(ids)
         i, j = np.triu_indices(n, 1)
         pairs = np.stack([i, j], 1)
-        _, corr, jac = score_pairs(maps, pairs, sig, has, base)
+        t1 = time.perf_counter()
+        _, cov, jac = score_pairs(keypoints, pairs, sig, has, base)
+        verify_ms = 1000 * (time.perf_counter() - t1) / max(1, len(pairs))
         same = original[i] == original[j]
         hard = ~same & (doc[i] == doc[j])
         other = ~same & ~hard
         report = {"corpus": str(corpus), "pages": int(n), "pages_with_text": int(has.sum()), "true_pairs": int(same.sum()),
                   "hard_pairs": int(hard.sum()), "map_s_per_page": rep.map_seconds / max(1, rep.mapped),
-                  "job_seconds": job_s, "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+                  "verify_ms_per_pair": verify_ms, "job_seconds": job_s, "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
         for name, m in (("true", same), ("hard_negative", hard), ("other", other)):
-            report[f"corr_{name}"] = q(corr[m])
+            report[f"coverage_{name}"] = q(cov[m])
             report[f"jaccard_{name}"] = q(jac[m])
         print(f"\n{corpus}: {n} pages, {int(has.sum())} with text, {int(same.sum())} true pairs, {int(hard.sum())} hard-negative pairs; "
-              f"{report['map_s_per_page'] * 1000:.0f} ms/page to map; load {' '.join(report['loadavg'])}")
-        for k in ("corr_true", "corr_hard_negative", "corr_other", "jaccard_true", "jaccard_hard_negative", "jaccard_other"):
-            print(f"  {k:22s} {report[k]}")
+              f"{report['map_s_per_page'] * 1000:.0f} ms/page to map, {verify_ms:.2f} ms/pair to verify; load {' '.join(report['loadavg'])}")
+        for k in ("coverage_true", "coverage_hard_negative", "coverage_other", "jaccard_true", "jaccard_hard_negative", "jaccard_other"):
+            print(f"  {k:24s} {report[k]}")
         grid = []
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        for c in (0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98):
-            for jt in (0.3, 0.4, 0.5, 0.6, 0.7):
-                for ct in (-1.0, 0.3, 0.5):
-                    with np.errstate(invalid="ignore"):
-                        ok = np.where(np.isnan(jac), corr >= c, (jac >= jt) & (corr >= ct))
-                    g = coo_matrix((np.ones(int(ok.sum())), (i[ok], j[ok])), shape=(n, n))
-                    _, comp = connected_components(g, directed=False)
-                    sizes = np.bincount(comp)
-                    rows = np.flatnonzero(sizes[comp] > 1)
-                    r = evaluate(original, rows, comp[rows]) | {"min_correlation": c, "min_text_jaccard": jt, "min_correlation_text": ct}
-                    grid.append(r)
+        for c in (0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8):
+            for jt in (0.4, 0.6, 1.01):
+                with np.errstate(invalid="ignore"):
+                    ok = (cov >= c) | (~np.isnan(jac) & (jac >= jt) & (cov >= base.min_coverage_text))
+                g = coo_matrix((np.ones(int(ok.sum())), (i[ok], j[ok])), shape=(n, n))
+                _, comp = connected_components(g, directed=False)
+                sizes = np.bincount(comp)
+                rows = np.flatnonzero(sizes[comp] > 1)
+                r = evaluate(original, rows, comp[rows]) | {"min_coverage": c, "min_text_jaccard": jt}
+                grid.append(r)
         report["grid"] = grid
-        best = sorted(grid, key=lambda r: (r["wrong_families"], -r["pair_recall"]))[:8]
-        for r in best:
-            print(f"  corr>={r['min_correlation']:.2f} jac>={r['min_text_jaccard']:.1f} corr_text>={r['min_correlation_text']:.1f}: "
+        for r in grid:
+            print(f"  coverage>={r['min_coverage']:.2f} jac>={r['min_text_jaccard']:.2f}: "
                   f"recall {r['pair_recall']:.3f} ({r['found_pairs']}/{r['true_pairs']}), {r['families']} families, {r['wrong_families']} wrong")
+        vec = col.vectors(ids)[1]
+        vec = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
+        cand = candidate_pairs(maps, vec, sig, has, base)
+        report["candidates"] = int(len(cand))
+        report["true_pairs_in_candidates"] = int((original[cand[:, 0]] == original[cand[:, 1]]).sum())
         pos = {int(p): r for r, p in enumerate(ids)}
         rows = np.array([pos[int(p)] for p in rep.table["page_id"]], np.int64)
         job = evaluate(original, rows, rep.table["family"].to_numpy())
         report["job_default"] = job | {"families_job": rep.families}
-        print(f"  job, default settings (candidates by k={base.k} neighbours): recall {job['pair_recall']:.3f}, "
+        print(f"  job, default settings (candidates by k={base.k} neighbours: {len(cand)}, "
+              f"{report['true_pairs_in_candidates']}/{int(same.sum())} true pairs among them): recall {job['pair_recall']:.3f}, "
               f"{job['families']} families, {job['wrong_families']} wrong; {job_s:.1f} s")
         (corpus / "study.json").write_text(json.dumps(report, indent=1))
         col.close()

@@ -20,23 +20,31 @@ same to the backbone and to a perceptual hash of a small thumbnail (measured: be
 4. *map*: the box resized to ``map_px`` x ``map_px`` cells of mean ink, Gaussian-blurred by one
    cell, stored as uint8.
 
-Two maps are compared by their *aligned correlation* (:func:`aligned_correlation`): the largest
-normalised cross-correlation over shifts of up to ``max_shift`` of the map (FFT, zero padding;
-the phase-correlation idea of Kuglin & Hines 1975 without the whitening), in [-1, 1]. The shift
-search absorbs what the crop got wrong.
+The page map finds *candidate pairs*: the ``k`` nearest neighbours of each page by its coarse map
+(FAISS inner product, exact up to ``exact_below`` pages, then HNSW), by its visual vector (FAISS
+inner product), and pages sharing a ``datasketch.MinHashLSH`` bucket of their OCR words; so the
+work grows about linearly with the number of pages.
+
+**The keypoints** (every page, :func:`page_keypoints`) decide. ORB keypoints of the same render
+are matched between the two pages of a candidate pair, one similarity transform is fitted to the
+matches by RANSAC, and the pair's *coverage* is the share of both pages' content cells that the
+transform explains (:func:`verify_pairs`): spatial verification, as in near-duplicate image
+detection (Chum, Philbin & Zisserman 2008). It needs no crop or deskew to be right, so a stamp
+that widened the content box, a second scan at 80 % on a larger sheet or a photographed page
+still match, where comparing the maps themselves failed (a page map of one calendar month or one
+chart style correlates with another as well as with its own re-scan: benchmarks/RESULTS.md).
 
 **The words** (pages with OCR text, ``docsort ocr``): the Jaccard similarity of two pages' word
 sets, estimated by MinHash (Broder 1997; ``datasketch.MinHash``). A re-scan keeps almost all of
 its page's words; another page of the same document shares only the common ones.
 
-A pair is a near-duplicate when both pages have text and their word Jaccard is at least
-``min_text_jaccard`` and their aligned correlation at least ``min_correlation_text``, or, when
-either has no text, their aligned correlation is at least ``min_correlation``. Candidate pairs are
-the ``k`` nearest neighbours of each page by its coarse map (FAISS inner product, exact up to
-``exact_below`` pages, then HNSW), by its visual vector (FAISS inner product), and pages sharing a
-``datasketch.MinHashLSH`` bucket; so the work grows about linearly with the number of pages.
-Pairs become *families* by connected components (``scipy.sparse.csgraph``). The thresholds are
-measured on two re-scan corpora (``benchmarks/duplicates_study.py``).
+A pair is a near-duplicate when its coverage is at least ``min_coverage``, or when both pages
+have text, their word Jaccard is at least ``min_text_jaccard`` and their coverage at least
+``min_coverage_text``. Pairs become *families* by connected components
+(``scipy.sparse.csgraph``). The thresholds are measured on two re-scan corpora
+(``benchmarks/duplicates_study.py``). Pages of one template that differ only in small details
+(the months of one calendar design, two plots in one chart style) are explained by one transform
+almost everywhere too and can still be joined: the measured limit.
 
 Everything here is arrays in, arrays out: no collection, no SQL.
 """
@@ -52,17 +60,19 @@ from docsort.config.settings import DuplicateSettings, IndexSettings
 
 __all__ = [
     "Families",
-    "aligned_correlation",
     "candidate_pairs",
     "coarse_vectors",
     "deskew_angle",
     "find_families",
     "normalise_page",
+    "KEYPOINT_DTYPE",
+    "page_keypoints",
     "page_map",
     "render_page_maps",
     "score_pairs",
     "settings_token",
     "text_minhashes",
+    "verify_pairs",
 ]
 
 _WORD = re.compile(r"[^\W\d_]{2,}")
@@ -252,126 +262,199 @@ def coarse_vectors(maps: np.ndarray, side: int = 16) -> np.ndarray:
     return np.ascontiguousarray(_standardise(blocks).reshape(n, -1))
 
 
-def _correlate(a: np.ndarray, b: np.ndarray, max_shift: float, ia: np.ndarray | None = None, ib: np.ndarray | None = None) -> np.ndarray:
-    """Largest normalised cross-correlation over shifts up to ``max_shift`` of the side.
-
-    Compares ``a[ia[k]]`` with ``b[ib[k]]`` for each k (``ia``/``ib`` default to ``arange``), so
-    each distinct map's spectrum is computed once (``scipy.fft.rfft2`` in float32).
-
-    Returns:
-        float32 (len(ia),).
-    """
-    from scipy import fft
-
-    side = a.shape[1]
-    size = 2 * side
-    r = max(0, int(round(max_shift * side)))
-    idx = np.r_[0 : r + 1, size - r : size] if r else np.array([0])
-    ia = np.arange(len(a)) if ia is None else ia
-    ib = np.arange(len(b)) if ib is None else ib
-    fa = fft.rfft2(_standardise(a), s=(size, size), workers=-1)
-    fb = fa if b is a else fft.rfft2(_standardise(b), s=(size, size), workers=-1)
-    cc = fft.irfft2(fa[ia] * np.conj(fb[ib]), s=(size, size), workers=-1)
-    return cc[:, idx][:, :, idx].reshape(len(ia), -1).max(axis=1).astype(np.float32)
+#: One ORB keypoint of a page as stored: pixel position in the page rendered with its longer side
+#: ``DuplicateSettings.render_px``, the cell of the ``grid`` x ``grid`` division of that page it
+#: lies in, and its 256-bit binary descriptor.
+KEYPOINT_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("cell", "u1"), ("d", "u1", (32,))])
 
 
-def _rescaled(maps: np.ndarray, sy: float, sx: float) -> np.ndarray:
-    """float32 (m, S, S) maps stretched by ``sy`` (rows) and ``sx`` (columns) about their centre
-    (``scipy.ndimage.affine_transform``, linear, zero fill)."""
-    from scipy.ndimage import affine_transform
+def page_keypoints(image, settings: DuplicateSettings = DuplicateSettings()) -> np.ndarray:
+    """The ORB keypoints of a page: what a pair of candidate pages is verified with.
 
-    side = maps.shape[1]
-    c = (side - 1) / 2.0
-    matrix = np.diag([1.0 / sy, 1.0 / sx])
-    offset = np.array([c, c]) - matrix @ np.array([c, c])
-    return np.stack([affine_transform(m, matrix, offset=offset, order=1, mode="constant") for m in np.asarray(maps, np.float32)])
-
-
-def aligned_correlation(
-    maps: np.ndarray,
-    pairs: np.ndarray,
-    max_shift: float = 0.12,
-    *,
-    scales: tuple[float, ...] = (),
-    refine_above: float = -1.0,
-    chunk: int = 4096,
-) -> np.ndarray:
-    """The aligned correlation of pairs of page maps.
-
-    For each pair: both maps centred and scaled to unit norm, their cross-correlation for every
-    shift up to ``max_shift`` of the side in each direction (through the FFT with zero padding,
-    ``numpy.fft.rfft2``), and the largest value. Pairs scoring at least ``refine_above`` are tried
-    again with the second map stretched by every combination of ``scales`` in rows and columns
-    (a content box cut a little too wide or too narrow, e.g. by a stamp next to the text), and
-    keep the best.
+    ORB (Rublee, Rabaud, Konolige & Bradski 2011, "ORB: an efficient alternative to SIFT or
+    SURF"; ``cv2.ORB_create``): FAST corners ranked by the Harris measure over a 6-level image
+    pyramid (scale step 1.2), each with a rotation-aware 256-bit BRIEF descriptor. On a page they
+    sit on letters, rules and figure edges, so two scans of one page share hundreds of them in
+    the same geometric arrangement, while another page of the same template shares only those
+    of what it has in common (a letterhead, a grid).
 
     Args:
-        maps: uint8 (n, S, S) page maps.
-        pairs: int64 (m, 2) row indices into ``maps``.
-        max_shift: largest shift tried, as a share of the side.
-        scales: stretch factors tried for the refinement (1.0 is always included).
-        refine_above: which pairs are refined (the others keep their first score).
-        chunk: pairs per FFT batch (memory: about ``chunk * 4 S^2 * 12`` bytes).
+        image: the page, a PIL image of any mode (converted to grey); a longer side above
+            ``settings.render_px`` is reduced to it.
+        settings: ``render_px``, ``keypoints`` (at most this many, the strongest), ``grid``.
 
     Returns:
-        float32 (m,) in [-1, 1]; 1 for identical maps, 0 when a map is blank.
+        A structured array of :data:`KEYPOINT_DTYPE`, shape (k,), ``k <= settings.keypoints``
+        (0 for a blank page), strongest (Harris response) first.
     """
-    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-    out = np.zeros(len(pairs), np.float32)
-    if not len(pairs):
+    import cv2
+    from PIL import Image
+
+    grey = image.convert("L")
+    if max(grey.size) > settings.render_px:
+        grey = grey.copy()
+        grey.thumbnail((settings.render_px, settings.render_px), Image.BILINEAR)
+    g = np.ascontiguousarray(np.asarray(grey, np.uint8))
+    orb = cv2.ORB_create(nfeatures=settings.keypoints, scaleFactor=1.2, nlevels=6, fastThreshold=10)
+    kp, des = orb.detectAndCompute(g, None)
+    out = np.zeros(0 if des is None else len(kp), KEYPOINT_DTYPE)
+    if des is None or not len(kp):
         return out
-    maps = np.asarray(maps)
-    for start in range(0, len(pairs), chunk):
-        p = pairs[start : start + chunk]
-        used, inv = np.unique(p, return_inverse=True)
-        inv = inv.reshape(-1, 2)
-        m = maps[used]
-        out[start : start + len(p)] = _correlate(m, m, max_shift, inv[:, 0], inv[:, 1])
-    grid = [(sy, sx) for sy in (1.0, *scales) for sx in (1.0, *scales) if (sy, sx) != (1.0, 1.0)]
-    redo = np.flatnonzero(out >= refine_above) if grid else np.zeros(0, np.int64)
-    for start in range(0, len(redo), chunk):
-        sel = redo[start : start + chunk]
-        a = maps[pairs[sel, 0]]
-        for sy, sx in grid:
-            out[sel] = np.maximum(out[sel], _correlate(a, _rescaled(maps[pairs[sel, 1]], sy, sx), max_shift))
-    return np.clip(out, -1.0, 1.0)
+    order = np.argsort([-k.response for k in kp], kind="stable")  # strongest first
+    kp, des = [kp[i] for i in order], des[order]
+    xy = np.array([k.pt for k in kp], np.float32)
+    h, w = g.shape
+    out["x"] = np.clip(np.rint(xy[:, 0]), 0, 65535)
+    out["y"] = np.clip(np.rint(xy[:, 1]), 0, 65535)
+    gy = np.minimum((xy[:, 1] / h * settings.grid).astype(np.int64), settings.grid - 1)
+    gx = np.minimum((xy[:, 0] / w * settings.grid).astype(np.int64), settings.grid - 1)
+    out["cell"] = gy * settings.grid + gx
+    out["d"] = des
+    return out
+
+
+def _match(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings):
+    """``(query rows of a, matched rows of b, inlier mask)`` of one RANSAC fit, or ``None``."""
+    import cv2
+    import faiss
+
+    if len(a) < 8 or len(b) < 8:
+        return None
+    index = faiss.IndexBinaryFlat(256)
+    index.add(np.ascontiguousarray(b["d"]))
+    dist, nbr = index.search(np.ascontiguousarray(a["d"]), 2)
+    ok = dist[:, 0] < settings.ratio * dist[:, 1]
+    if int(ok.sum()) < 8:
+        return None
+    qa, qb = np.flatnonzero(ok), nbr[ok, 0]
+    pa = np.stack([a["x"][qa], a["y"][qa]], 1).astype(np.float32)
+    pb = np.stack([b["x"][qb], b["y"][qb]], 1).astype(np.float32)
+    model, inl = cv2.estimateAffinePartial2D(pb, pa, method=cv2.RANSAC, ransacReprojThreshold=settings.ransac_px,
+                                             maxIters=2000, confidence=0.99)
+    if model is None or inl is None:
+        return None
+    scale = float(np.sqrt(abs(np.linalg.det(model[:, :2]))))
+    if not (1.0 / settings.max_scale <= scale <= settings.max_scale):
+        return None
+    return qa, qb, inl.ravel().astype(bool)
+
+
+def _verify(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings) -> tuple[float, int]:
+    """``(coverage, inliers)`` of one pair of keypoint arrays (see :func:`verify_pairs`)."""
+    found = _match(a, b, settings)
+    if found is None:
+        return 0.0, 0
+    qa, qb, inl = found
+    cells = settings.grid * settings.grid
+    coverage = []
+    for kp, rows in ((a, qa), (b, qb)):
+        occupied = np.bincount(kp["cell"], minlength=cells) >= settings.cell_keypoints
+        hit = np.zeros(cells, bool)
+        hit[kp["cell"][rows[inl]]] = True
+        coverage.append((hit & occupied).sum() / max(int(occupied.sum()), 1))
+    return float(min(coverage)), int(inl.sum())
+
+
+def verify_pairs(keypoints, pairs: np.ndarray, settings: DuplicateSettings = DuplicateSettings(), workers: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Geometric verification of candidate pairs: how much of both pages one transform explains.
+
+    For each pair (a, b): every keypoint of ``a`` is matched to its nearest descriptor of ``b``
+    by Hamming distance (``faiss.IndexBinaryFlat``), kept when it is clearly nearer than the
+    second nearest (Lowe's ratio test, Lowe 2004, "Distinctive image features from
+    scale-invariant keypoints", ratio ``settings.ratio``); then RANSAC (Fischler & Bolles 1981)
+    fits one similarity transform (rotation, scale, shift: ``cv2.estimateAffinePartial2D``,
+    reprojection error ``settings.ransac_px`` pixels) to the matches, as in near-duplicate image
+    detection with spatial verification (Chum, Philbin & Zisserman 2008, "Near duplicate image
+    detection: min-Hash and tf-idf weighting"). A transform scaling by more than
+    ``settings.max_scale`` is rejected.
+
+    The score is the *coverage*: of the cells of a ``grid`` x ``grid`` division of each page
+    that hold at least ``cell_keypoints`` keypoints, the share holding an inlier, the smaller of
+    the two pages'. A second scan of a page is explained almost everywhere (a stamp or a note
+    covers a few cells); another page that shares a letterhead, a form's boxes or a block of
+    boilerplate is explained only there.
+
+    Args:
+        keypoints: a sequence of :data:`KEYPOINT_DTYPE` arrays (:func:`page_keypoints`), one per
+            row; pairs: int64 (m, 2) row indices.
+        settings: ``ratio``, ``ransac_px``, ``max_scale``, ``grid``, ``cell_keypoints``.
+        workers: threads (OpenCV and FAISS release the GIL); 0 = one per CPU core.
+
+    Returns:
+        ``(coverage, inliers)``: float32 (m,) in [0, 1] and int32 (m,) RANSAC inlier counts; 0 for
+        a pair where a page has fewer than 8 keypoints or no transform is found. Deterministic
+        (OpenCV's RANSAC draws from a fixed-seed generator on each call).
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    cov = np.zeros(len(pairs), np.float32)
+    inl = np.zeros(len(pairs), np.int32)
+
+    def run(start: int) -> None:
+        for k in range(start, min(start + 256, len(pairs))):
+            cov[k], inl[k] = _verify(keypoints[int(pairs[k, 0])], keypoints[int(pairs[k, 1])], settings)
+
+    import faiss
+
+    workers = workers or os.cpu_count() or 1
+    starts = range(0, len(pairs), 256)
+    omp = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # one tiny search per pair: OpenMP's threads cost more than they give
+    try:
+        if workers <= 1 or len(pairs) <= 256:
+            for start in starts:
+                run(start)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(run, starts))
+    finally:
+        faiss.omp_set_num_threads(omp)
+    return cov, inl
 
 
 def settings_token(settings: DuplicateSettings) -> str:
-    """What a stored page map depends on, as a string: the map-making settings (render_px,
-    max_skew_deg, content_share, map_px) and a version of this code's normalisation."""
-    return f"v1 render={settings.render_px} skew={settings.max_skew_deg:g} share={settings.content_share:g} map={settings.map_px}"
+    """What a stored page map and its keypoints depend on, as a string: the settings that make
+    them (render_px, max_skew_deg, content_share, map_px, keypoints, grid) and a version of this
+    code's normalisation."""
+    return (f"v2 render={settings.render_px} skew={settings.max_skew_deg:g} share={settings.content_share:g} "
+            f"map={settings.map_px} orb={settings.keypoints} grid={settings.grid}")
 
 
-def render_page_maps(src, page_nos: list[int], settings: DuplicateSettings = DuplicateSettings()) -> list[tuple[int, bytes | None, str | None]]:
-    """Render pages of one file and make their page maps: a plain function of picklable
-    arguments, for worker processes. It never raises for a bad file.
+def render_page_maps(src, page_nos: list[int], settings: DuplicateSettings = DuplicateSettings()
+                     ) -> list[tuple[int, bytes | None, bytes | None, str | None]]:
+    """Render pages of one file and make their page maps and keypoints: a plain function of
+    picklable arguments, for worker processes. It never raises for a bad file.
 
     Args:
         src: a :class:`docsort.core.pages.SourceFile`.
         page_nos: 1-based page numbers wanted (ascending).
-        settings: ``render_px`` and the map settings.
+        settings: ``render_px``, the map settings and the keypoint settings.
 
     Returns:
-        ``[(page_no, map bytes (map_px * map_px uint8) or None, error or None), ...]`` for every
-        wanted page; pages the file no longer has, or that fail to render, carry the error.
+        ``[(page_no, map bytes (map_px * map_px uint8) or None, keypoint bytes (a
+        :data:`KEYPOINT_DTYPE` array) or None, error or None), ...]`` for every wanted page;
+        pages the file no longer has, or that fail to render, carry the error.
     """
     from docsort.config.settings import RenderSettings
     from docsort.core.pages import PageError, PopplerMissingError, iter_pages
 
     wanted = sorted(set(int(p) for p in page_nos))
-    out: dict[int, tuple[int, bytes | None, str | None]] = {}
+    out: dict[int, tuple[int, bytes | None, bytes | None, str | None]] = {}
     render = RenderSettings(long_side_px=max(settings.render_px, 299), color="gray")
     try:
         for page in iter_pages(src, render, wanted[0], wanted[-1]):
             if page.page_no in wanted:
-                out[page.page_no] = (page.page_no, page_map(page.image, settings).tobytes(), None)
+                out[page.page_no] = (page.page_no, page_map(page.image, settings).tobytes(),
+                                     page_keypoints(page.image, settings).tobytes(), None)
     except (PageError, PopplerMissingError) as exc:
         reason = str(exc)
         for p in wanted:
-            out.setdefault(p, (p, None, reason))
+            out.setdefault(p, (p, None, None, reason))
     for p in wanted:
-        out.setdefault(p, (p, None, f"{src.path}: page {p} not found in the file"))
+        out.setdefault(p, (p, None, None, f"{src.path}: page {p} not found in the file"))
     return [out[p] for p in wanted]
 
 
@@ -478,10 +561,10 @@ class Families:
         rows: int64 (m,) row indices (into the arrays given to :func:`find_families`) of the pages
             in families, grouped by family, ascending within each.
         family: int64 (m,) family numbers 0, 1, ..., in order of each family's first row.
-        similarity: float32 (m,) each page's aligned correlation with its family's first page
-            (1.0 for that page).
+        similarity: float32 (m,) each page's coverage (:func:`verify_pairs`) with its family's
+            first page (1.0 for that page).
         pairs: int64 (p, 2) the near-duplicate pairs found (row indices ``i < j``).
-        pair_correlation: float32 (p,) their aligned correlations.
+        pair_coverage: float32 (p,) their coverage.
         pair_jaccard: float32 (p,) their estimated word Jaccard (NaN where a page has no text).
     """
 
@@ -489,12 +572,12 @@ class Families:
     family: np.ndarray
     similarity: np.ndarray
     pairs: np.ndarray
-    pair_correlation: np.ndarray
+    pair_coverage: np.ndarray
     pair_jaccard: np.ndarray
 
 
 def score_pairs(
-    maps: np.ndarray,
+    keypoints,
     pairs: np.ndarray,
     minhashes: np.ndarray | None = None,
     has_text: np.ndarray | None = None,
@@ -503,40 +586,31 @@ def score_pairs(
     """Decide which candidate pairs are near-duplicates (the rule in the module docstring).
 
     Args:
-        maps: uint8 (n, S, S) page maps; pairs: int64 (m, 2) row indices.
+        keypoints: one :data:`KEYPOINT_DTYPE` array per row (:func:`page_keypoints`).
+        pairs: int64 (m, 2) row indices.
         minhashes, has_text: optional :func:`text_minhashes` output.
-        settings: the thresholds.
-
-    Pairs whose coarse maps (``coarse_px`` cells a side) correlate below ``settings.prefilter``
-    are not compared at full size (their correlation is reported as the coarse one, capped below
-    the prefilter).
+        settings: ``min_coverage``, ``min_text_jaccard``, ``min_coverage_text`` and the
+            verification settings.
 
     Returns:
-        ``(same, correlation, jaccard)``: bool (m,), float32 (m,) aligned correlations, float32
-        (m,) estimated word Jaccard (NaN where either page has no text).
+        ``(same, coverage, jaccard)``: bool (m,), float32 (m,) coverage (:func:`verify_pairs`),
+        float32 (m,) estimated word Jaccard (NaN where either page has no text).
     """
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-    maps = np.asarray(maps)
-    # First the coarse maps (16x fewer cells): most candidate pairs are plainly different pages.
-    f = maps.shape[1] // settings.coarse_px
-    coarse = maps.reshape(len(maps), settings.coarse_px, f, settings.coarse_px, f).mean(axis=(2, 4), dtype=np.float32)
-    corr = aligned_correlation(coarse, pairs, settings.max_shift)
-    close = np.flatnonzero(corr >= settings.prefilter)
-    corr[:] = np.minimum(corr, settings.prefilter - 1e-3)
-    corr[close] = aligned_correlation(maps, pairs[close], settings.max_shift, scales=settings.scales, refine_above=settings.refine_above)
+    cov, _ = verify_pairs(keypoints, pairs, settings)
     jac = np.full(len(pairs), np.nan, np.float32)
     if minhashes is not None and has_text is not None and len(pairs):
         both = has_text[pairs[:, 0]] & has_text[pairs[:, 1]]
         jac[both] = (minhashes[pairs[both, 0]] == minhashes[pairs[both, 1]]).mean(axis=1)
     with np.errstate(invalid="ignore"):
-        text = ~np.isnan(jac)
-        same = np.where(text, (jac >= settings.min_text_jaccard) & (corr >= settings.min_correlation_text),
-                        corr >= settings.min_correlation)
-    return same, corr, jac
+        by_words = ~np.isnan(jac) & (jac >= settings.min_text_jaccard) & (cov >= settings.min_coverage_text)
+    same = (cov >= settings.min_coverage) | by_words
+    return same, cov, jac
 
 
 def find_families(
     maps: np.ndarray,
+    keypoints,
     vectors: np.ndarray | None = None,
     minhashes: np.ndarray | None = None,
     has_text: np.ndarray | None = None,
@@ -546,7 +620,8 @@ def find_families(
     """Group pages that are the same page scanned more than once (see the module docstring).
 
     Args:
-        maps: uint8 (n, S, S) :func:`page_map` of each page.
+        maps: uint8 (n, S, S) :func:`page_map` of each page (candidate pairs).
+        keypoints: one :data:`KEYPOINT_DTYPE` array per page (:func:`page_keypoints`).
         vectors: optional float32 (n, D) L2-normalised visual vectors (more candidate pairs).
         minhashes, has_text: optional :func:`text_minhashes` of the pages' OCR text.
         settings: thresholds and candidate generation.
@@ -563,13 +638,15 @@ def find_families(
 
     maps = np.asarray(maps, np.uint8)
     n = len(maps)
+    if len(keypoints) != n:
+        raise ValueError(f"{n} page maps but {len(keypoints)} keypoint arrays")
     if pairs is None:
         pairs = candidate_pairs(maps, vectors, minhashes, has_text, settings)
-    same, corr, jac = score_pairs(maps, pairs, minhashes, has_text, settings)
-    pairs, corr, jac = pairs[same], corr[same], jac[same]
+    same, cov, jac = score_pairs(keypoints, pairs, minhashes, has_text, settings)
+    pairs, cov, jac = pairs[same], cov[same], jac[same]
     if not len(pairs):
         z = np.zeros(0, np.int64)
-        return Families(z, z, np.zeros(0, np.float32), pairs, corr, jac)
+        return Families(z, z, np.zeros(0, np.float32), pairs, cov, jac)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
     sizes = np.bincount(comp)
@@ -580,7 +657,6 @@ def find_families(
     order = np.lexsort((members, heads))
     rows, heads = members[order], heads[order]
     _, family = np.unique(heads, return_inverse=True)
-    sim = aligned_correlation(maps, np.stack([rows, heads], axis=1), settings.max_shift, scales=settings.scales,
-                              refine_above=settings.refine_above)
+    sim, _ = verify_pairs(keypoints, np.stack([rows, heads], axis=1), settings)
     sim[rows == heads] = 1.0
-    return Families(rows.astype(np.int64), family.astype(np.int64), sim.astype(np.float32), pairs, corr, jac)
+    return Families(rows.astype(np.int64), family.astype(np.int64), sim.astype(np.float32), pairs, cov, jac)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from docsort.config.settings import DuplicateSettings
-from docsort.core.duplicates import find_families, render_page_maps, settings_token, text_minhashes
+from docsort.core.duplicates import KEYPOINT_DTYPE, find_families, render_page_maps, settings_token, text_minhashes
 from docsort.core.pages import exit_with_parent
 from docsort.core.workers import ProcessExpired, in_worker, worker_pool
 from docsort.jobs.ocr import _find_source
@@ -89,7 +89,7 @@ def _map_pages(collection: Collection, settings: DuplicateSettings, token: str, 
         src, first_path, _ = _find_source(collection, doc_id)
         if src is None:
             reason = f"{first_path}: source file not found or changed since it was ingested"
-            collection.store_page_maps([(pid, None, token, reason) for pid, _ in pages])
+            collection.store_page_maps([(pid, None, None, token, reason) for pid, _ in pages])
             done += len(pages)
             if on_progress:
                 on_progress(done, total)
@@ -108,13 +108,13 @@ def _map_pages(collection: Collection, settings: DuplicateSettings, token: str, 
                 try:
                     yield t, fut.result()
                 except ProcessExpired:
-                    yield t, [(p, None, f"{t[1].path}: page map worker crashed") for _, p in t[2]]
+                    yield t, [(p, None, None, f"{t[1].path}: page map worker crashed") for _, p in t[2]]
 
         results = collect()
     try:
         for (doc_id, src, pages), maps in results:
-            by_no = {no: (m, e) for no, m, e in maps}
-            collection.store_page_maps([(pid, by_no[no][0], token, by_no[no][1]) for pid, no in pages])
+            by_no = {no: (m, k, e) for no, m, k, e in maps}
+            collection.store_page_maps([(pid, *by_no[no][:2], token, by_no[no][2]) for pid, no in pages])
             done += len(pages)
             if on_progress:
                 on_progress(done, total)
@@ -173,7 +173,8 @@ def find_duplicates(
         rows = [texts.get(int(i)) for i in ids]
         minhashes, has_text = text_minhashes([r["text"] if r and not r.get("error") else None for r in rows], settings)
         report.pages_with_text = int(has_text.sum())
-    fams = find_families(maps, vectors, minhashes, has_text, settings) if len(ids) else None
+    keypoints = [np.frombuffer(b, KEYPOINT_DTYPE) for b in collection.page_keypoints(token, ids)]
+    fams = find_families(maps, keypoints, vectors, minhashes, has_text, settings) if len(ids) else None
     report.family_seconds = time.perf_counter() - t1
     if fams is None:
         page_ids, family, sim = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)

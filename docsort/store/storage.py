@@ -285,6 +285,15 @@ CREATE TABLE IF NOT EXISTS duplicate_runs(
 """)
 
 
+def _m7_keypoints(c: sqlite3.Connection) -> None:
+    """Schema 7 (issue 18): ``page_maps.keypoints``, each page's ORB keypoints
+    (:func:`docsort.core.duplicates.page_keypoints`, a BLOB of ``KEYPOINT_DTYPE`` records) made
+    with its page map. Maps stored before have none; their settings token is older, so the next
+    ``docsort duplicates`` makes both again."""
+    if "keypoints" not in {r[1] for r in c.execute("PRAGMA table_info(page_maps)")}:
+        c.execute("ALTER TABLE page_maps ADD COLUMN keypoints BLOB")
+
+
 #: The schema, step by step, in order; a database's ``PRAGMA user_version`` is the number of the
 #: last step applied to it. Append new steps here (never edit a released one).
 MIGRATIONS: tuple[Migration, ...] = (
@@ -294,6 +303,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, _m4_staged_vectors),
     Migration(5, _m5_edits),
     Migration(6, _m6_duplicates),
+    Migration(7, _m7_keypoints),
 )
 #: The schema this docsort writes: the last migration's number. Also mirrored in ``meta`` under
 #: ``schema_version``, which docsort before numbered migrations (schema 3 and older) reads to
@@ -1458,22 +1468,25 @@ class Collection:
         ).fetchall()
         return [(int(a), int(b), int(c)) for a, b, c in rows]
 
-    def store_page_maps(self, rows: Iterable[tuple[int, bytes | None, str, str | None]]) -> int:
-        """Store (or replace) page maps in one transaction.
+    def store_page_maps(self, rows: Iterable[tuple[int, bytes | None, bytes | None, str, str | None]]) -> int:
+        """Store (or replace) page maps and keypoints in one transaction.
 
         Args:
-            rows: ``(page_id, map bytes or None, settings token, error or None)``; ``None`` bytes
-                with an error record a page that could not be mapped (its file is missing).
+            rows: ``(page_id, map bytes or None, keypoint bytes or None, settings token, error or
+                None)``; ``None`` map bytes with an error record a page that could not be mapped
+                (its file is missing).
 
         Returns:
             The number of rows written.
         """
-        vals = [(int(p), None if m is None else bytes(m), str(t), e, _now()) for p, m, t, e in rows]
+        vals = [(int(p), None if m is None else bytes(m), None if k is None else bytes(k), str(t), e, _now())
+                for p, m, k, t, e in rows]
         if vals:
             with self.transaction() as c:
                 c.executemany(
-                    "INSERT INTO page_maps(page_id, map, settings, error, at) VALUES(?,?,?,?,?) ON CONFLICT(page_id) DO UPDATE "
-                    "SET map=excluded.map, settings=excluded.settings, error=excluded.error, at=excluded.at", vals)
+                    "INSERT INTO page_maps(page_id, map, keypoints, settings, error, at) VALUES(?,?,?,?,?,?) "
+                    "ON CONFLICT(page_id) DO UPDATE SET map=excluded.map, keypoints=excluded.keypoints, "
+                    "settings=excluded.settings, error=excluded.error, at=excluded.at", vals)
         return len(vals)
 
     def page_maps(self, settings_token: str, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1493,6 +1506,24 @@ class Collection:
         ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         maps = np.frombuffer(b"".join(r[1] for r in rows), np.uint8).reshape(len(rows), side, side).copy()
         return ids, maps
+
+    def page_keypoints(self, settings_token: str, page_ids: Iterable[int]) -> list[bytes]:
+        """The stored keypoint BLOBs of ``page_ids`` (made with ``settings_token``), in that order.
+
+        Raises:
+            CollectionError: a page has no page map made with ``settings_token``.
+        """
+        ids = [int(p) for p in page_ids]
+        got: dict[int, bytes] = {}
+        for start in range(0, len(ids), 900):  # SQLite's default limit on bound parameters is 999
+            chunk = ids[start:start + 900]
+            got.update((int(a), bytes(b or b"")) for a, b in self._conn.execute(
+                f"SELECT page_id, keypoints FROM page_maps WHERE settings = ? AND map IS NOT NULL AND page_id IN "
+                f"({','.join('?' * len(chunk))})", (settings_token, *chunk)))
+        missing = [p for p in ids if p not in got]
+        if missing:
+            raise CollectionError(f"{self.root}: pages {missing[:5]} have no page map made with {settings_token!r}")
+        return [got[p] for p in ids]
 
     def page_map_errors(self, settings_token: str) -> list[tuple[int, str]]:
         """``[(page_id, error), ...]`` of pages whose map could not be made with ``settings_token``."""
