@@ -4,6 +4,7 @@ rebuilt when outgrown, and as good as exact search on page vectors."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from docsort.core import index as ix
 from docsort.store import index_file
@@ -58,3 +59,39 @@ def test_collections_made_before_ivf_keep_their_hnsw_threshold():
     old = {"index": {"type": "auto", "hnsw_m": 32, "hnsw_ef_search": 64, "hnsw_ef_construction": 40, "auto_hnsw_above": 200000}}
     s = PipelineSettings(**old).index
     assert (s.auto_above, s.auto_kind) == (200000, "hnsw")
+
+
+@pytest.fixture
+def one_faiss_thread():
+    """FAISS on one OpenMP thread: its product-quantizer training on 2 threads of a busy 2-core
+    machine took 22 s instead of 1 s (OpenMP threads spinning for a core)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def test_ivfpq_finds_each_page_first_and_auto_switches_to_it_above_pq_above(sample_collection, tmp_path, one_faiss_thread):
+    """IVF-PQ (issue 17) on 3,000 page-like vectors: a page finds itself first for >= 95 % of
+    queries; ``auto`` builds it above ``pq_above``, and ``sync_index`` rebuilds an index of the
+    wrong kind for the size (an IVF-Flat file once the collection is above the PQ line)."""
+    import shutil
+
+    ids, x = _page_like(sample_collection, 3000)
+    pq = ix.build_index(ids, x, IndexSettings(auto_above=1000, pq_above=2000))  # auto, above the line
+    assert ix.index_kind(pq) == "ivfpq" and pq.ntotal == 3000
+    assert ix._kind_for(IndexSettings(auto_above=1000, pq_above=3000), 3000) == "ivf"  # at the line: IVF-Flat
+    q = x[:300]
+    _, got = ix.search_index(pq, q, 10)
+    assert (got[:, 0] == ids[:300]).mean() >= 0.95, (got[:, 0] == ids[:300]).mean()
+
+    root = tmp_path / "c"
+    shutil.copytree(sample_collection, root, ignore=shutil.ignore_patterns(".lock"))
+    with Collection(root) as col:
+        assert index_file.sync_index(col, IndexSettings(auto_above=20))[1].kind == "ivf"
+        info = index_file.sync_index(col, IndexSettings(auto_above=20, pq_above=40))[1]  # 41 pages: above the line
+        assert (info.kind, info.action, info.ntotal) == ("ivfpq", "rebuilt", 41)
+        assert index_file.sync_index(col, IndexSettings(auto_above=20, pq_above=40))[1].action == "unchanged"
+        assert index_file.sync_index(col, IndexSettings(auto_above=20))[1].kind == "ivf"  # back below: IVF-Flat again

@@ -150,8 +150,9 @@ class IndexSettings(_Strict):
 
     Attributes:
         type: ``flat`` (exact ``IndexFlatIP``), ``hnsw`` (``IndexHNSWFlat``, inner product),
-            ``ivf`` (``IndexIVFFlat``, inner product) or ``auto`` (flat up to ``auto_above``
-            pages, ``auto_kind`` above).
+            ``ivf`` (``IndexIVFFlat``, inner product), ``ivfpq`` (``IndexIVFPQ``, inner product:
+            ``pq_m`` bytes a vector instead of 4 x D) or ``auto`` (flat up to ``auto_above``
+            pages, ``auto_kind`` above, IVF-PQ above ``pq_above``).
         hnsw_m: HNSW graph degree M (FAISS default 32).
         hnsw_ef_search: HNSW ``efSearch``; 64 gave recall@10 0.98 on 100k x 288 here.
         ivf_nlist: IVF inverted lists; 0 = ``4 * sqrt(n)`` (the low end of the FAISS wiki's
@@ -160,6 +161,11 @@ class IndexSettings(_Strict):
         ivf_nprobe: IVF lists visited per query.
         auto_above: collection size, pages, above which ``auto`` builds ``auto_kind``.
         auto_kind: the approximate index ``auto`` switches to.
+        pq_above: collection size, pages, above which ``auto`` builds IVF-PQ (see below).
+        pq_m: IVF-PQ sub-quantizers (bytes per vector at 8 bits); lowered to the largest divisor
+            of the vector dimension (288 = 16 x 18 = 32 x 9 = 48 x 6).
+        pq_nbits: bits per sub-quantizer code (FAISS wiki "Lower memory footprint": 8); lowered
+            for training sets under 39 x 2**nbits vectors.
 
     Defaults from ``benchmarks/scale_benchmark.py`` (synthetic 288-d page-like vectors, this
     2-core machine, benchmarks/RESULTS.md): exact flat search takes p50 40 ms at 100k vectors and
@@ -168,14 +174,17 @@ class IndexSettings(_Strict):
     So ``auto`` stays exact up to 100k pages and uses IVF above.
     """
 
-    type: Literal["flat", "hnsw", "ivf", "auto"] = "auto"
+    type: Literal["flat", "hnsw", "ivf", "ivfpq", "auto"] = "auto"
     hnsw_m: int = Field(32, ge=4, le=256)
     hnsw_ef_search: int = Field(64, ge=8, le=4096)
     hnsw_ef_construction: int = Field(40, ge=8, le=4096)
     ivf_nlist: int = Field(0, ge=0)
     ivf_nprobe: int = Field(64, ge=1)
     auto_above: int = Field(100_000, ge=0)
-    auto_kind: Literal["ivf", "hnsw"] = "ivf"
+    auto_kind: Literal["ivf", "ivfpq", "hnsw"] = "ivf"
+    pq_above: int = Field(2_000_000, ge=0)
+    pq_m: int = Field(48, ge=1, le=288)
+    pq_nbits: int = Field(8, ge=1, le=12)
 
     @model_validator(mode="before")
     @classmethod
