@@ -418,6 +418,18 @@ class RaySettings(_Strict):
             ``hdbscan.approximate_predict`` in Ray tasks. A collection with at most this many pages
             is clustered whole, exactly as without Ray.
         transform_chunk: pages per Ray task of that placement.
+        shards: how an ingest's pages come back from the cluster: ``never``, streamed to the
+            driver's writer and stored one document per transaction; ``always``, written by the
+            cluster's workers as Parquet shards under the collection (``shards/``) that the
+            collection takes in with one transaction per shard; ``auto``, shards when the run
+            has more than ``shards_above`` new pages.
+        shards_above: new pages of a run above which ``auto`` uses shards. 1,000,000: the driver's
+            writer stores ~5,700 pages/s with thumbnails (benchmarks/RESULTS.md, issue 8), which
+            two GPU nodes (~2,500 pages/s each) outrun; on such a cluster a run of a million pages
+            backs up ~5 minutes of rows (vectors and thumbnails) in the driver, and a killed
+            driver loses every embedded page not yet committed; shards keep them on disk
+            (benchmarks/RESULTS.md, "Ray shards and IVF-PQ").
+        shard_pages: pages per shard (rows of one Ray Data batch written by one worker).
     """
 
     address: str = ""
@@ -427,6 +439,9 @@ class RaySettings(_Strict):
     render_cpus: float = Field(1.0, gt=0)
     cluster_sample: int = Field(50_000, ge=10)
     transform_chunk: int = Field(20_000, ge=100)
+    shards: Literal["auto", "always", "never"] = "auto"
+    shards_above: int = Field(1_000_000, ge=0)
+    shard_pages: int = Field(4096, ge=1)
 
 
 class DuplicateSettings(_Strict):
