@@ -95,3 +95,39 @@ def test_ivfpq_finds_each_page_first_and_auto_switches_to_it_above_pq_above(samp
         assert (info.kind, info.action, info.ntotal) == ("ivfpq", "rebuilt", 41)
         assert index_file.sync_index(col, IndexSettings(auto_above=20, pq_above=40))[1].action == "unchanged"
         assert index_file.sync_index(col, IndexSettings(auto_above=20))[1].kind == "ivf"  # back below: IVF-Flat again
+
+
+def test_an_index_built_in_chunks_is_the_one_built_at_once(sample_collection, tmp_path, one_faiss_thread):
+    """``build_in_chunks`` (a rebuild reading the collection 700 vectors at a time) gives the index
+    ``build_index`` gives over all 3,000 vectors at once: the same ids in the same order and the
+    same search results, for flat, IVF-Flat and IVF-PQ; and ``sync_index`` rebuilds that way."""
+    import shutil
+
+    ids, x = _page_like(sample_collection, 3000)
+    pos = {int(i): j for j, i in enumerate(ids)}
+    reads = []
+
+    def read(chunk):
+        reads.append(len(chunk))
+        return np.asarray(chunk, np.int64), x[[pos[int(i)] for i in chunk]]
+
+    q = x[::15]
+    for st in (IndexSettings(type="flat", build_chunk=700), IndexSettings(type="ivf", build_chunk=700),
+               IndexSettings(type="ivfpq", pq_m=16, build_chunk=700)):
+        reads.clear()
+        chunked, whole = index_file.build_in_chunks(ids, read, st), ix.build_index(ids, x, st)
+        assert ix.index_kind(chunked) == ix.index_kind(whole) == st.type
+        assert np.array_equal(ix.index_ids(chunked), ix.index_ids(whole)) and chunked.ntotal == 3000
+        a, b = ix.search_index(chunked, q, 10), ix.search_index(whole, q, 10)
+        assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
+        assert max(reads[:1] + reads[2:]) <= 700, reads  # every read but the training sample's is one chunk
+
+    root = tmp_path / "c"
+    shutil.copytree(sample_collection, root, ignore=shutil.ignore_patterns(".lock", "index*.faiss"))
+    with Collection(root) as col:
+        st = IndexSettings(type="ivf", build_chunk=10)
+        synced, info = index_file.sync_index(col, st)
+        assert info.action == "rebuilt"
+        one_shot = ix.build_index(*col.vectors(), st)
+        assert np.array_equal(ix.index_ids(synced), ix.index_ids(one_shot))
+        assert np.array_equal(ix.search_index(synced, col.vectors()[1], 5)[1], ix.search_index(one_shot, col.vectors()[1], 5)[1])

@@ -166,6 +166,9 @@ class IndexSettings(_Strict):
             of the vector dimension (288 = 16 x 18 = 32 x 9 = 48 x 6).
         pq_nbits: bits per sub-quantizer code (FAISS wiki "Lower memory footprint": 8); lowered
             for training sets under 39 x 2**nbits vectors.
+        build_chunk: vectors read from the collection at a time when an index is rebuilt
+            (100,000 x 288 float32 = 115 MB), so a rebuild holds the index, its training sample
+            and one chunk, not every vector twice.
 
     Defaults from ``benchmarks/scale_benchmark.py`` (synthetic 288-d page-like vectors, this
     2-core machine, benchmarks/RESULTS.md): exact flat search takes p50 40 ms at 100k vectors and
@@ -185,6 +188,7 @@ class IndexSettings(_Strict):
     pq_above: int = Field(2_000_000, ge=0)
     pq_m: int = Field(48, ge=1, le=288)
     pq_nbits: int = Field(8, ge=1, le=12)
+    build_chunk: int = Field(100_000, ge=1)
 
     @model_validator(mode="before")
     @classmethod
