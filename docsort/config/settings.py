@@ -175,6 +175,17 @@ class IndexSettings(_Strict):
     348 ms at 1M; at 1M IVF (nlist 4000, nprobe 64) gives p50 1.7 ms at recall@10 0.9999 and builds
     in 76 s, while HNSW (M 32, efSearch 64) gives 6.6 ms at recall 0.965 and builds in 709 s.
     So ``auto`` stays exact up to 100k pages and uses IVF above.
+
+    IVF-PQ above ``pq_above`` = 5M pages is a memory line, not a speed one (issue 17; same
+    benchmark, ``--pq-sizes``, 500k vectors, benchmarks/RESULTS.md "Ray shards and IVF-PQ"):
+    IVF-Flat holds 1,175 bytes a vector (288 float32 + id), so 5M pages are a 5.9 GB index
+    and 10M 11.7 GB, held whole by every process that searches (the app, ``docsort search``) and
+    by the one that builds it; IVF-PQ with 48 one-byte codes holds 71 bytes a vector (10M pages:
+    0.71 GB; 100M: 7.1 GB), builds in the same time and searches faster (p50 0.65 vs 3.1 ms).
+    The price is recall: recall@10 against exact search 0.62 (M 48; M 32: 0.50 at 55 bytes,
+    M 16: 0.34 at 39 bytes) against IVF-Flat's 1.0, while a page still finds itself first. An
+    exact re-ranking stage (FAISS ``IndexRefineFlat``) gives the recall back (0.999) only by
+    keeping the float32 vectors too (1,252 bytes a vector), which is what the line avoids.
     """
 
     type: Literal["flat", "hnsw", "ivf", "ivfpq", "auto"] = "auto"
@@ -185,7 +196,7 @@ class IndexSettings(_Strict):
     ivf_nprobe: int = Field(64, ge=1)
     auto_above: int = Field(100_000, ge=0)
     auto_kind: Literal["ivf", "ivfpq", "hnsw"] = "ivf"
-    pq_above: int = Field(2_000_000, ge=0)
+    pq_above: int = Field(5_000_000, ge=0)
     pq_m: int = Field(48, ge=1, le=288)
     pq_nbits: int = Field(8, ge=1, le=12)
     build_chunk: int = Field(100_000, ge=1)
@@ -427,12 +438,15 @@ class RaySettings(_Strict):
             cluster's workers as Parquet shards under the collection (``shards/``) that the
             collection takes in with one transaction per shard; ``auto``, shards when the run
             has more than ``shards_above`` new pages.
-        shards_above: new pages of a run above which ``auto`` uses shards. 1,000,000: the driver's
-            writer stores ~5,700 pages/s with thumbnails (benchmarks/RESULTS.md, issue 8), which
-            two GPU nodes (~2,500 pages/s each) outrun; on such a cluster a run of a million pages
-            backs up ~5 minutes of rows (vectors and thumbnails) in the driver, and a killed
-            driver loses every embedded page not yet committed; shards keep them on disk
-            (benchmarks/RESULTS.md, "Ray shards and IVF-PQ").
+        shards_above: new pages of a run above which ``auto`` uses shards. 1,000,000: the
+            collection stores pages at the same rate either way (3,300 pages/s with ~12 KB
+            thumbnails here, one transaction per document or per shard: benchmarks/RESULTS.md,
+            "Ray shards and IVF-PQ"), so shards do not make the writer faster; they take the rows
+            (vector and thumbnail, ~13 KB a page) off the driver: workers write them to the shared
+            disk, only shard names stream back, the cluster never waits for the writer, and what
+            was embedded survives a killed driver (the next run takes the shards in first). A
+            million pages is ~13 GB of rows and 5 minutes of writer time; below that, streaming
+            (documents stored as they finish, nothing written to disk twice) is the simpler path.
         shard_pages: pages per shard (rows of one Ray Data batch written by one worker).
     """
 
