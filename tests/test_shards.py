@@ -72,3 +72,35 @@ def test_shards_are_taken_in_whole_documents_once_and_then_deleted(tmp_path):
         assert result.stored == {} and result.already == {a, b}
         assert again.finish() == {c: ("/scans/c.pdf", "expected 2 pages, read 1")}
         assert sorted(_stored(col)) == sorted(stored) and col.counts()["pages"] == 4
+
+
+def test_an_ingest_takes_in_the_shards_a_killed_run_left_before_it_embeds(tmp_path, monkeypatch):
+    """The sharded ingest's driver (``ray_ingest._embed_to_shards``) after a killed run: the shards
+    on disk already hold every page of the documents to ingest, so they are stored from there
+    (counted as added), no Ray work is started, and no shard is left."""
+    from pathlib import Path
+
+    from docsort.config.settings import PipelineSettings, RaySettings
+    from docsort.core.pages import SourceFile
+    from docsort.jobs import ray_ingest
+    from docsort.jobs.ingest import IngestReport, PendingDocument, Writer
+
+    a, b = "a" * 64, "b" * 64
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started although the shards held every page")
+
+    monkeypatch.setattr(ray_ingest, "connected", no_ray)
+    with Collection(tmp_path / "col", create=True) as col:
+        write_shard(col.shards_dir(), _rows([(a, 1), (a, 2), (b, 1)]))
+        write_shard(col.shards_dir(), _rows([(a, 3)]))
+        docs = [PendingDocument(SourceFile(Path(DOCS[s][0]), DOCS[s][1], 1000 + DOCS[s][2]), s, DOCS[s][2]) for s in (a, b)]
+        tasks = [(docs[0], 1, 2), (docs[0], 3, 3), (docs[1], 1, 1)]
+        report, done = IngestReport(), []
+        settings = PipelineSettings().with_ray(ray=RaySettings(address="local", shards="always"))
+        ray_ingest._embed_to_shards(tasks, settings, None, Writer(col, report, log=lambda m: None), done.append,
+                                    report.stage_seconds, lambda m: None)
+        assert (report.documents_added, report.pages_added, report.failures) == (2, 4, [])
+        assert sum(done) == 4 and all(d.stored for d in docs)
+        assert sorted(_stored(col)) == [(a, 1), (a, 2), (a, 3), (b, 1)]
+        assert not list(col.shards_dir().glob("*.parquet"))
