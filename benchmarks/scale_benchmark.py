@@ -111,21 +111,50 @@ def bench_pq(n: int, n_queries: int = 1000, k: int = 10, nprobe: int = 64) -> li
     configs += [(f"ivf-pq M={m}", IndexSettings(type="ivfpq", pq_m=m, ivf_nprobe=nprobe), None) for m in (16, 32, 48)]
     if n <= 100_000:  # the re-ranking row: memory is the flat index's plus the codes, so it saves nothing
         configs += [("ivf-pq M=48 + refine-flat k_factor=4", IndexSettings(type="ivfpq", pq_m=48, ivf_nprobe=nprobe), 4)]
+    # Not docsort's code: FAISS factory strings for the middle ground (8-bit scalar quantizer, 288
+    # bytes a vector; FAISS wiki "Guidelines to choose an index"), trained on the same sample.
+    configs += [(f"faiss {f.replace('{nlist}', '')}", f, None) for f in ("IVF{nlist},SQ8", "IVF{nlist},PQ48 + refine SQ8 k_factor=8")]
     for name, st, k_factor in configs:
         print(f"  {name}...", file=sys.stderr)
         t = time.perf_counter()
-        index = keep = build_index(ids, x, st)
+        if isinstance(st, str):
+            index = keep = _factory_index(st, x, ivf_nlist(IndexSettings(type="ivf"), n), nprobe)
+        else:
+            index = keep = build_index(ids, x, st)
         if k_factor:  # the exact vectors kept next to the codes: a re-ranking stage (ids = row numbers here)
             index = faiss.IndexRefineFlat(faiss.downcast_index(keep.index), faiss.swig_ptr(x))
             index.k_factor = k_factor
         build = time.perf_counter() - t
         nbytes = int(faiss.serialize_index(index).size)
-        row = _measure(f"{name} nlist={ivf_nlist(st, n)} nprobe={nprobe}", n, index, q, k, build, truth, search_index)
+        row = _measure(f"{name} nlist={ivf_nlist(IndexSettings(type='ivf'), n)} nprobe={nprobe}", n, index, q, k, build, truth, search_index)
         row.pop("_ids")
         row["bytes_per_vector"] = round(nbytes / n, 1)
         rows.append(row)
         del index, keep
     return rows
+
+
+def _factory_index(spec: str, x: np.ndarray, nlist: int, nprobe: int):
+    """``faiss.index_factory`` for ``spec`` (``{nlist}`` filled in; ``+ refine SQ8 k_factor=K``
+    wraps it in ``IndexRefine`` over an 8-bit scalar quantizer), inner product, trained on the
+    seeded sample ``build_index`` uses, filled with ``x``."""
+    import faiss
+
+    from docsort.config.settings import IndexSettings
+    from docsort.core.index import training_rows
+
+    base_spec, _, refine = spec.partition(" + refine SQ8 k_factor=")
+    base = faiss.index_factory(x.shape[1], base_spec.format(nlist=nlist), faiss.METRIC_INNER_PRODUCT)
+    index = base
+    if refine:
+        sq = faiss.IndexScalarQuantizer(x.shape[1], faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexRefine(base, sq)
+        index.k_factor = int(refine)  # (faiss's wrapper keeps base and sq referenced by the IndexRefine)
+    rows = training_rows(IndexSettings(type="ivf"), len(x))
+    index.train(x if rows is None else x[rows])
+    index.add(x)
+    faiss.extract_index_ivf(base).nprobe = nprobe
+    return index
 
 
 def _measure(name, n, index, q, k, build, truth, search_index):
