@@ -177,15 +177,15 @@ class IndexSettings(_Strict):
     So ``auto`` stays exact up to 100k pages and uses IVF above.
 
     IVF-PQ above ``pq_above`` = 5M pages is a memory line, not a speed one (issue 17; same
-    benchmark, ``--pq-sizes``, 500k vectors, benchmarks/RESULTS.md "Ray shards and IVF-PQ"):
-    IVF-Flat holds 1,175 bytes a vector (288 float32 + id), so 5M pages are a 5.9 GB index
-    and 10M 11.7 GB, held whole by every process that searches (the app, ``docsort search``) and
-    by the one that builds it; IVF-PQ with 48 one-byte codes holds 71 bytes a vector (10M pages:
-    0.71 GB; 100M: 7.1 GB), builds in the same time and searches faster (p50 0.65 vs 3.1 ms).
-    The price is recall: recall@10 against exact search 0.62 (M 48; M 32: 0.50 at 55 bytes,
-    M 16: 0.34 at 39 bytes) against IVF-Flat's 1.0, while a page still finds itself first. An
-    exact re-ranking stage (FAISS ``IndexRefineFlat``) gives the recall back (0.999) only by
-    keeping the float32 vectors too (1,252 bytes a vector), which is what the line avoids.
+    benchmark, ``--pq-sizes``, 1M and 500k vectors, benchmarks/RESULTS.md "Ray shards and
+    IVF-PQ"): IVF-Flat holds 1,173 bytes a vector (288 float32 + id), so 5M pages are a 5.9 GB
+    index and 10M 11.7 GB, held whole by every process that searches (the app, ``docsort
+    search``) and by the one that builds it; IVF-PQ with 48 one-byte codes holds 69 bytes a
+    vector (10M pages: 0.7 GB; 100M: 7 GB), builds faster and searches faster (p50 0.79 vs
+    2.6 ms at 1M). The price is recall: recall@10 against exact search 0.60 at 1M (M 32: 0.47 at
+    53 bytes, M 16: 0.29 at 37 bytes) against IVF-Flat's 1.0, while a page still finds itself
+    first. An exact re-ranking stage (FAISS ``IndexRefineFlat``) gives the recall back (0.99)
+    only by keeping the float32 vectors too (1,226 bytes a vector), which is what the line avoids.
     """
 
     type: Literal["flat", "hnsw", "ivf", "ivfpq", "auto"] = "auto"
@@ -439,14 +439,15 @@ class RaySettings(_Strict):
             collection takes in with one transaction per shard; ``auto``, shards when the run
             has more than ``shards_above`` new pages.
         shards_above: new pages of a run above which ``auto`` uses shards. 1,000,000: the
-            collection stores pages at the same rate either way (3,300 pages/s with ~12 KB
-            thumbnails here, one transaction per document or per shard: benchmarks/RESULTS.md,
-            "Ray shards and IVF-PQ"), so shards do not make the writer faster; they take the rows
-            (vector and thumbnail, ~13 KB a page) off the driver: workers write them to the shared
-            disk, only shard names stream back, the cluster never waits for the writer, and what
-            was embedded survives a killed driver (the next run takes the shards in first). A
-            million pages is ~13 GB of rows and 5 minutes of writer time; below that, streaming
-            (documents stored as they finish, nothing written to disk twice) is the simpler path.
+            collection's one writer stays the bound either way (4 runs here, ~12 KB thumbnails:
+            3,300-3,760 pages/s one transaction per document, 3,330-6,220 one per shard,
+            benchmarks/RESULTS.md "Ray shards and IVF-PQ"), so shards gain at most ~1.8x there;
+            what they change is that the rows (vector and thumbnail, ~13 KB a page) leave the
+            driver: workers write them to the shared disk, only shard names stream back, the
+            cluster never waits for the writer, and what was embedded survives a killed driver
+            (the next run takes the shards in first). A million pages is ~13 GB of rows and
+            3-5 minutes of writer time; below that, streaming (documents stored as they finish,
+            nothing written to disk twice) is the simpler path.
         shard_pages: pages per shard (rows of one Ray Data batch written by one worker).
     """
 
