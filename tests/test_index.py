@@ -4,6 +4,7 @@ rebuilt when outgrown, and as good as exact search on page vectors."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from docsort.core import index as ix
 from docsort.store import index_file
@@ -58,3 +59,75 @@ def test_collections_made_before_ivf_keep_their_hnsw_threshold():
     old = {"index": {"type": "auto", "hnsw_m": 32, "hnsw_ef_search": 64, "hnsw_ef_construction": 40, "auto_hnsw_above": 200000}}
     s = PipelineSettings(**old).index
     assert (s.auto_above, s.auto_kind) == (200000, "hnsw")
+
+
+@pytest.fixture
+def one_faiss_thread():
+    """FAISS on one OpenMP thread: its product-quantizer training on 2 threads of a busy 2-core
+    machine took 22 s instead of 1 s (OpenMP threads spinning for a core)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def test_ivfpq_finds_each_page_first_and_auto_switches_to_it_above_pq_above(sample_collection, tmp_path, one_faiss_thread):
+    """IVF-PQ (issue 17) on 3,000 page-like vectors: a page finds itself first for >= 95 % of
+    queries; ``auto`` builds it above ``pq_above``, and ``sync_index`` rebuilds an index of the
+    wrong kind for the size (an IVF-Flat file once the collection is above the PQ line)."""
+    import shutil
+
+    ids, x = _page_like(sample_collection, 3000)
+    pq = ix.build_index(ids, x, IndexSettings(auto_above=1000, pq_above=2000))  # auto, above the line
+    assert ix.index_kind(pq) == "ivfpq" and pq.ntotal == 3000
+    assert ix._kind_for(IndexSettings(auto_above=1000, pq_above=3000), 3000) == "ivf"  # at the line: IVF-Flat
+    q = x[:300]
+    _, got = ix.search_index(pq, q, 10)
+    assert (got[:, 0] == ids[:300]).mean() >= 0.95, (got[:, 0] == ids[:300]).mean()
+
+    root = tmp_path / "c"
+    shutil.copytree(sample_collection, root, ignore=shutil.ignore_patterns(".lock"))
+    with Collection(root) as col:
+        assert index_file.sync_index(col, IndexSettings(auto_above=20))[1].kind == "ivf"
+        info = index_file.sync_index(col, IndexSettings(auto_above=20, pq_above=40))[1]  # 41 pages: above the line
+        assert (info.kind, info.action, info.ntotal) == ("ivfpq", "rebuilt", 41)
+        assert index_file.sync_index(col, IndexSettings(auto_above=20, pq_above=40))[1].action == "unchanged"
+        assert index_file.sync_index(col, IndexSettings(auto_above=20))[1].kind == "ivf"  # back below: IVF-Flat again
+
+
+def test_an_index_built_in_chunks_is_the_one_built_at_once(sample_collection, tmp_path, one_faiss_thread):
+    """``build_in_chunks`` (a rebuild reading the collection 700 vectors at a time) gives the index
+    ``build_index`` gives over all 3,000 vectors at once: the same ids in the same order and the
+    same search results, for flat, IVF-Flat and IVF-PQ; and ``sync_index`` rebuilds that way."""
+    import shutil
+
+    ids, x = _page_like(sample_collection, 3000)
+    pos = {int(i): j for j, i in enumerate(ids)}
+    reads = []
+
+    def read(chunk):
+        reads.append(len(chunk))
+        return np.asarray(chunk, np.int64), x[[pos[int(i)] for i in chunk]]
+
+    q = x[::15]
+    for st in (IndexSettings(type="flat", build_chunk=700), IndexSettings(type="ivf", build_chunk=700),
+               IndexSettings(type="ivfpq", pq_m=16, build_chunk=700)):
+        reads.clear()
+        chunked, whole = index_file.build_in_chunks(ids, read, st), ix.build_index(ids, x, st)
+        assert ix.index_kind(chunked) == ix.index_kind(whole) == st.type
+        assert np.array_equal(ix.index_ids(chunked), ix.index_ids(whole)) and chunked.ntotal == 3000
+        a, b = ix.search_index(chunked, q, 10), ix.search_index(whole, q, 10)
+        assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
+        assert max(reads[:1] + reads[2:]) <= 700, reads  # every read but the training sample's is one chunk
+
+    root = tmp_path / "c"
+    shutil.copytree(sample_collection, root, ignore=shutil.ignore_patterns(".lock", "index*.faiss"))
+    with Collection(root) as col:
+        st = IndexSettings(type="ivf", build_chunk=10)
+        synced, info = index_file.sync_index(col, st)
+        assert info.action == "rebuilt"
+        one_shot = ix.build_index(*col.vectors(), st)
+        assert np.array_equal(ix.index_ids(synced), ix.index_ids(one_shot))
+        assert np.array_equal(ix.search_index(synced, col.vectors()[1], 5)[1], ix.search_index(one_shot, col.vectors()[1], 5)[1])

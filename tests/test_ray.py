@@ -124,6 +124,31 @@ def test_ray_ingest_gives_the_in_process_pages_and_vectors(lost_node_ingest, ray
     assert again.documents_added == 0 and again.already_stored == len(FILES)
 
 
+#: The sharded ingest's files: the 3-page PDF (chunks of 2, shards of 2 pages: its pages are spread
+#: over render tasks and shards), a TIFF and a PNG; 5 pages.
+SHARD_FILES = [SAMPLE_DOCS / "leptonica" / "bois-2-5.pdf", SAMPLE_DOCS / "leptonica" / "ortiz-02.png",
+               SAMPLE_DOCS / "jbigkit" / "ccitt-1-3-4-5-7.tif"]
+
+
+def test_a_sharded_ingest_gives_the_streamed_pages_and_vectors(ray_cluster, ray_settings, extractor, sample_collection, tmp_path):
+    """``[ray] shards = "always"``: the workers write Parquet shards of 2 pages, the collection
+    takes them in; the same pages and vectors as in process (cosine >= 0.9999), every page once,
+    no shard left behind, and re-running adds nothing. (Shards taken in twice and a document
+    only partly in the shards: tests/test_shards.py.)"""
+    root = tmp_path / "col"
+    s = ray_settings.model_copy(update={"ray": ray_settings.ray.model_copy(update={"shards": "always", "shard_pages": 2})})
+    report = _ingest(root, s, extractor, files=SHARD_FILES)
+    assert report.failures == [] and report.documents_added == len(SHARD_FILES)
+    sharded, in_process = _vectors_by_page(root), _vectors_by_page(sample_collection)
+    assert len(sharded) == report.pages_added == _total_pages(SHARD_FILES) == check_collection(root, complete=True)
+    for key, vec in sharded.items():
+        cos = float(vec @ in_process[key] / (np.linalg.norm(vec) * np.linalg.norm(in_process[key])))
+        assert cos >= 0.9999, f"{key}: cosine {cos:.6f} between the sharded and the in-process vector"
+    assert not list((root / Collection.SHARDS).glob("*")), "shards left after the take-in"
+    again = _ingest(root, s, extractor, files=SHARD_FILES)
+    assert again.documents_added == 0 and again.already_stored == len(SHARD_FILES)
+
+
 def test_a_node_lost_mid_ingest_leaves_every_page_stored_once(lost_node_ingest):
     root, report, removed = lost_node_ingest
     assert removed, "the second node was not removed while the ingest ran"

@@ -150,8 +150,9 @@ class IndexSettings(_Strict):
 
     Attributes:
         type: ``flat`` (exact ``IndexFlatIP``), ``hnsw`` (``IndexHNSWFlat``, inner product),
-            ``ivf`` (``IndexIVFFlat``, inner product) or ``auto`` (flat up to ``auto_above``
-            pages, ``auto_kind`` above).
+            ``ivf`` (``IndexIVFFlat``, inner product), ``ivfpq`` (``IndexIVFPQ``, inner product:
+            ``pq_m`` bytes a vector instead of 4 x D) or ``auto`` (flat up to ``auto_above``
+            pages, ``auto_kind`` above, IVF-PQ above ``pq_above``).
         hnsw_m: HNSW graph degree M (FAISS default 32).
         hnsw_ef_search: HNSW ``efSearch``; 64 gave recall@10 0.98 on 100k x 288 here.
         ivf_nlist: IVF inverted lists; 0 = ``4 * sqrt(n)`` (the low end of the FAISS wiki's
@@ -160,22 +161,45 @@ class IndexSettings(_Strict):
         ivf_nprobe: IVF lists visited per query.
         auto_above: collection size, pages, above which ``auto`` builds ``auto_kind``.
         auto_kind: the approximate index ``auto`` switches to.
+        pq_above: collection size, pages, above which ``auto`` builds IVF-PQ (see below).
+        pq_m: IVF-PQ sub-quantizers (bytes per vector at 8 bits); lowered to the largest divisor
+            of the vector dimension (288 = 16 x 18 = 32 x 9 = 48 x 6).
+        pq_nbits: bits per sub-quantizer code (FAISS wiki "Lower memory footprint": 8); lowered
+            for training sets under 39 x 2**nbits vectors.
+        build_chunk: vectors read from the collection at a time when an index is rebuilt
+            (100,000 x 288 float32 = 115 MB), so a rebuild holds the index, its training sample
+            and one chunk, not every vector twice.
 
     Defaults from ``benchmarks/scale_benchmark.py`` (synthetic 288-d page-like vectors, this
     2-core machine, benchmarks/RESULTS.md): exact flat search takes p50 40 ms at 100k vectors and
     348 ms at 1M; at 1M IVF (nlist 4000, nprobe 64) gives p50 1.7 ms at recall@10 0.9999 and builds
     in 76 s, while HNSW (M 32, efSearch 64) gives 6.6 ms at recall 0.965 and builds in 709 s.
     So ``auto`` stays exact up to 100k pages and uses IVF above.
+
+    IVF-PQ above ``pq_above`` = 5M pages is a memory line, not a speed one (issue 17; same
+    benchmark, ``--pq-sizes``, 1M and 500k vectors, benchmarks/RESULTS.md "Ray shards and
+    IVF-PQ"): IVF-Flat holds 1,173 bytes a vector (288 float32 + id), so 5M pages are a 5.9 GB
+    index and 10M 11.7 GB, held whole by every process that searches (the app, ``docsort
+    search``) and by the one that builds it; IVF-PQ with 48 one-byte codes holds 69 bytes a
+    vector (10M pages: 0.7 GB; 100M: 7 GB), builds faster and searches faster (p50 0.79 vs
+    2.6 ms at 1M). The price is recall: recall@10 against exact search 0.60 at 1M (M 32: 0.47 at
+    53 bytes, M 16: 0.29 at 37 bytes) against IVF-Flat's 1.0, while a page still finds itself
+    first. An exact re-ranking stage (FAISS ``IndexRefineFlat``) gives the recall back (0.99)
+    only by keeping the float32 vectors too (1,226 bytes a vector), which is what the line avoids.
     """
 
-    type: Literal["flat", "hnsw", "ivf", "auto"] = "auto"
+    type: Literal["flat", "hnsw", "ivf", "ivfpq", "auto"] = "auto"
     hnsw_m: int = Field(32, ge=4, le=256)
     hnsw_ef_search: int = Field(64, ge=8, le=4096)
     hnsw_ef_construction: int = Field(40, ge=8, le=4096)
     ivf_nlist: int = Field(0, ge=0)
     ivf_nprobe: int = Field(64, ge=1)
     auto_above: int = Field(100_000, ge=0)
-    auto_kind: Literal["ivf", "hnsw"] = "ivf"
+    auto_kind: Literal["ivf", "ivfpq", "hnsw"] = "ivf"
+    pq_above: int = Field(5_000_000, ge=0)
+    pq_m: int = Field(48, ge=1, le=288)
+    pq_nbits: int = Field(8, ge=1, le=12)
+    build_chunk: int = Field(100_000, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -409,6 +433,22 @@ class RaySettings(_Strict):
             ``hdbscan.approximate_predict`` in Ray tasks. A collection with at most this many pages
             is clustered whole, exactly as without Ray.
         transform_chunk: pages per Ray task of that placement.
+        shards: how an ingest's pages come back from the cluster: ``never``, streamed to the
+            driver's writer and stored one document per transaction; ``always``, written by the
+            cluster's workers as Parquet shards under the collection (``shards/``) that the
+            collection takes in with one transaction per shard; ``auto``, shards when the run
+            has more than ``shards_above`` new pages.
+        shards_above: new pages of a run above which ``auto`` uses shards. 1,000,000: the
+            collection's one writer stays the bound either way (4 runs here, ~12 KB thumbnails:
+            3,300-3,760 pages/s one transaction per document, 3,330-6,220 one per shard,
+            benchmarks/RESULTS.md "Ray shards and IVF-PQ"), so shards gain at most ~1.8x there;
+            what they change is that the rows (vector and thumbnail, ~13 KB a page) leave the
+            driver: workers write them to the shared disk, only shard names stream back, the
+            cluster never waits for the writer, and what was embedded survives a killed driver
+            (the next run takes the shards in first). A million pages is ~13 GB of rows and
+            3-5 minutes of writer time; below that, streaming (documents stored as they finish,
+            nothing written to disk twice) is the simpler path.
+        shard_pages: pages per shard (rows of one Ray Data batch written by one worker).
     """
 
     address: str = ""
@@ -418,6 +458,9 @@ class RaySettings(_Strict):
     render_cpus: float = Field(1.0, gt=0)
     cluster_sample: int = Field(50_000, ge=10)
     transform_chunk: int = Field(20_000, ge=100)
+    shards: Literal["auto", "always", "never"] = "auto"
+    shards_above: int = Field(1_000_000, ge=0)
+    shard_pages: int = Field(4096, ge=1)
 
 
 class DuplicateSettings(_Strict):

@@ -203,6 +203,12 @@ def ingest(
                      "implies --ocr. [default: the pipeline's ocr.lang]"),
     ] = None,
     ray: RayOpt = None,
+    shards: Annotated[
+        Optional[bool],
+        typer.Option("--shards/--no-shards", help="With --ray: the cluster writes the pages as Parquet shards that the collection "
+                     "takes in, one transaction per shard (for very large runs). [default: the pipeline's ray.shards, auto = "
+                     "above ray.shards_above pages]"),
+    ] = None,
 ) -> None:
     """Rasterize, embed and index every new page (PDF, TIFF, PNG, JPEG); with --ocr, then OCR them. Resumable; re-running adds nothing."""
     from docsort.store.manifest import effective_settings
@@ -215,6 +221,8 @@ def ingest(
                           requested, ray)
         if ocr_lang is not None and ocr is None:
             ocr = True
+        if shards is not None:
+            settings = settings.with_ray(ray=settings.ray.model_copy(update={"shards": "always" if shards else "never"}))
         report = run_ingest(col, paths, settings, progress=progress, lock_timeout_s=lock_timeout, ocr=ocr)
     finally:
         col.close()

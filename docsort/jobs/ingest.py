@@ -186,6 +186,16 @@ class Writer:
             _store(self.collection, doc, self.report, self.log)
         self.report.stage_seconds["database"] += time.perf_counter() - t
 
+    def stored(self, doc: PendingDocument, added: bool) -> None:
+        """Count ``doc`` as stored by a bulk take-in (:class:`docsort.store.shards.ShardIntake`):
+        ``added`` when this run wrote it, else it was already in the collection."""
+        doc.stored, doc.pages = True, []
+        if added:
+            self.report.documents_added += 1
+            self.report.pages_added += doc.n_pages
+        else:
+            self.report.already_stored += 1
+
     def fail(self, doc: PendingDocument, exc: PageError) -> None:
         """Drop ``doc`` (nothing of it is stored) and record why."""
         doc.failed, doc.pages = True, []

@@ -16,6 +16,12 @@ driver, in one transaction per document, idempotently by sha256. Only the middle
   (:func:`docsort.core.distributed.embed_actor_plan`).
 * **back to the writer**: the rows stream to the driver (``iter_batches``); a document is
   committed once all its chunks are back.
+* **or as Parquet shards** (very large runs, ``[ray] shards``, :func:`use_shards`): the cluster's
+  workers write the pages, ``ray.shard_pages`` per file, as Parquet shards under the collection
+  (:func:`docsort.store.shards.write_shard`, in a ``map_batches`` task after the actors); only the
+  shard names stream to the driver, which has the collection take each shard in with one
+  transaction (:class:`docsort.store.shards.ShardIntake`: a document once all its pages are in,
+  idempotent by sha256). Shards left by a killed run are taken in first by the next one.
 
 Every node needs docsort installed and the scans at the same path (a shared file system, or the
 same copy on each node). Ray re-runs the tasks of a lost node and restarts lost actors (lineage
@@ -43,8 +49,9 @@ Log = Callable[[str], None]
 
 def _render_rows(row: dict, render: RenderSettings, input_size: tuple[int, int], channels: int) -> list[dict]:
     """Ray Data ``flat_map``: one Ray task's chunks (``row``: lists ``task``, ``path``, ``format``,
-    ``size_bytes``, ``first``, ``last``, one entry per chunk) -> one row per rendered page
-    (``pixels`` uint8 (H, W, C)).
+    ``size_bytes``, ``sha256``, ``n_pages``, ``first``, ``last``, one entry per chunk) -> one row per
+    rendered page (``pixels`` uint8 (H, W, C)), carrying its document's fields (a Parquet shard
+    stores them).
 
     A chunk that fails gives its pages read so far, or one row with ``page_no`` 0 and blank
     pixels when none, every row carrying the error; ``n_rows`` is how many rows the chunk gave, so
@@ -52,11 +59,12 @@ def _render_rows(row: dict, render: RenderSettings, input_size: tuple[int, int],
     from pathlib import Path
 
     out: list[dict] = []
-    for task, path, fmt, size, first, last in zip(row["task"], row["path"], row["format"], row["size_bytes"],
-                                                  row["first"], row["last"]):
+    for task, path, fmt, size, sha, n_pages, first, last in zip(row["task"], row["path"], row["format"], row["size_bytes"],
+                                                                row["sha256"], row["n_pages"], row["first"], row["last"]):
         src = SourceFile(path=Path(str(path)), format=str(fmt), size_bytes=int(size))
         pages, error, seconds = render_for_network(src, render, input_size, int(first), int(last))
-        base = {"task": int(task), "error": "" if error is None else str(error), "n_rows": max(1, len(pages))}
+        base = {"task": int(task), "error": "" if error is None else str(error), "n_rows": max(1, len(pages)),
+                "path": str(path), "format": str(fmt), "size_bytes": int(size), "sha256": str(sha), "n_pages": int(n_pages)}
         if not pages:
             blank = np.zeros((*input_size, channels), np.uint8)
             out.append({**base, "page_no": 0, "width_px": 0, "height_px": 0, "thumbnail": b"", "pixels": blank,
@@ -74,11 +82,12 @@ def _task_groups(tasks: list, pages_per_task: int) -> list[dict]:
     pages = pages_per_task
     for i, (doc, first, last) in enumerate(tasks):
         if pages >= pages_per_task:
-            groups.append({k: [] for k in ("task", "path", "format", "size_bytes", "first", "last")})
+            groups.append({k: [] for k in ("task", "path", "format", "size_bytes", "sha256", "n_pages", "first", "last")})
             pages = 0
         g = groups[-1]
         for k, v in (("task", i), ("path", str(doc.src.path)), ("format", doc.src.format),
-                     ("size_bytes", int(doc.src.size_bytes)), ("first", first), ("last", last)):
+                     ("size_bytes", int(doc.src.size_bytes)), ("sha256", doc.sha256), ("n_pages", int(doc.n_pages)),
+                     ("first", first), ("last", last)):
             g[k].append(v)
         pages += last - first + 1
     return groups
@@ -136,20 +145,14 @@ def embed_on_ray(tasks: list, settings: PipelineSettings, extractor, writer, on_
     """
     if not tasks:
         return
-    channels = 1 if settings.render.color == "gray" else 3
+    if use_shards(settings.ray, sum(last - first + 1 for _, first, last in tasks)):
+        _embed_to_shards(tasks, settings, extractor, writer, on_embedded, stages, log)
+        return
     chunks_left: dict[int, int] = {}
     for doc, _, _ in tasks:
         chunks_left[id(doc)] = chunks_left.get(id(doc), 0) + 1
     with connected(settings.ray) as ray:
-        actors, cpus, gpus, render_cpus = embed_actor_plan(settings.ray, ray.cluster_resources())
-        items = _task_groups(tasks, settings.render.pdf_chunk_pages)
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
-        ds = ds.flat_map(_render_rows, fn_kwargs={"render": settings.render, "input_size": tuple(extractor.input_size),
-                                                  "channels": channels}, num_cpus=render_cpus)
-        ds = ds.map_batches(_embed_class(settings), batch_size=extractor.batch_size, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, num_gpus=gpus)
-        log_note = f"Ray: {len(items)} render tasks, {actors} embedding actor(s) ({'1 GPU' if gpus else f'{cpus:g} CPU'} each)"
-        log(log_note)
+        ds = _embedded_pages(ray, tasks, settings, extractor, log)
         seen: set[tuple[int, int]] = set()  # (task, page_no): a re-run task's rows are taken once
         rows_of: dict[int, int] = {}
         errors: dict[int, str] = {}
@@ -174,6 +177,86 @@ def embed_on_ray(tasks: list, settings: PipelineSettings, extractor, writer, on_
                 if rows_of[i] < int(batch["n_rows"][j]):
                     continue
                 _chunk_done(doc, i, errors.get(i), chunks_left, writer, on_embedded)
+
+
+def _embedded_pages(ray, tasks: list, settings: PipelineSettings, extractor, log: Log):
+    """The Ray Data pipeline of the chunks: render tasks, then the embedding actor pool (its rows:
+    the page fields, ``vector`` float32 (D,), no pixels)."""
+    channels = 1 if settings.render.color == "gray" else 3
+    actors, cpus, gpus, render_cpus = embed_actor_plan(settings.ray, ray.cluster_resources())
+    items = _task_groups(tasks, settings.render.pdf_chunk_pages)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
+    ds = ds.flat_map(_render_rows, fn_kwargs={"render": settings.render, "input_size": tuple(extractor.input_size),
+                                              "channels": channels}, num_cpus=render_cpus)
+    ds = ds.map_batches(_embed_class(settings), batch_size=extractor.batch_size, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, num_gpus=gpus)
+    log(f"Ray: {len(items)} render tasks, {actors} embedding actor(s) ({'1 GPU' if gpus else f'{cpus:g} CPU'} each)")
+    return ds
+
+
+def use_shards(ray_settings, pages: int) -> bool:
+    """Whether an ingest of ``pages`` new pages on Ray writes Parquet shards (``[ray] shards``:
+    ``always``, ``never``, or ``auto`` = more than ``shards_above`` pages)."""
+    if ray_settings.shards == "auto":
+        return pages > ray_settings.shards_above
+    return ray_settings.shards == "always"
+
+
+def _write_shard_batch(batch: dict, directory: str) -> dict:
+    """Ray Data ``map_batches`` task after the embedding actors: write the batch's pages (every row
+    of a failed chunk too, with its error) as one Parquet shard under ``directory``; return one row
+    (``shard`` name, ``pages`` embedded, ``seconds`` and ``model_seconds`` summed) for the driver."""
+    from docsort.store.shards import write_shard
+
+    name = write_shard(directory, batch)
+    return {"shard": np.array([name]), "pages": np.array([int(np.sum(np.asarray(batch["page_no"]) > 0))]),
+            "seconds": np.array([float(np.sum(batch["seconds"]))]), "model_seconds": np.array([float(np.sum(batch["model_seconds"]))])}
+
+
+def _embed_to_shards(tasks: list, settings: PipelineSettings, extractor, writer, on_embedded, stages: dict[str, float], log: Log) -> None:
+    """:func:`embed_on_ray` with Parquet shards: the workers write the shards, the collection takes
+    each in with one transaction as its name comes back, and the documents not stored at the end
+    (an error in a chunk, pages missing) are recorded as failed. Shards an interrupted earlier run
+    left are taken in first, so their documents are not embedded again."""
+    from docsort.store.shards import ShardIntake
+
+    intake = ShardIntake(writer.collection)
+    by_sha = {doc.sha256: doc for doc, _, _ in tasks}
+
+    def stored(sha: str, n: int) -> None:
+        doc = by_sha.get(sha)
+        if doc is not None and not doc.stored:
+            writer.stored(doc, added=True)
+
+    t = time.perf_counter()
+    left = intake.take_pending(stored)
+    stages["database"] += time.perf_counter() - t
+    if left.pages_seen:
+        log(f"took in {len(left.stored)} documents from the shards of an interrupted run")
+        on_embedded(sum(doc.n_pages for doc in by_sha.values() if doc.stored))
+    todo = [task for task in tasks if not task[0].stored]
+    if todo:
+        with connected(settings.ray) as ray:
+            ds = _embedded_pages(ray, todo, settings, extractor, log)
+            ds = ds.map_batches(_write_shard_batch, fn_kwargs={"directory": str(intake.directory)},
+                                batch_size=settings.ray.shard_pages, batch_format="numpy", num_cpus=min(0.25, settings.ray.render_cpus))
+            log(f"Ray: pages written as Parquet shards of {settings.ray.shard_pages} pages under {intake.directory}")
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                stages["render"] += float(np.sum(batch["seconds"]))
+                stages["model"] += float(np.sum(batch["model_seconds"]))
+                for name, pages in zip(batch["shard"], batch["pages"]):
+                    on_embedded(int(pages))
+                    t = time.perf_counter()
+                    intake.take(str(name), stored)
+                    stages["database"] += time.perf_counter() - t
+    failed = intake.finish()
+    for doc, _, _ in tasks:
+        if not doc.stored and not doc.failed:
+            if writer.collection.find_document(doc.sha256) is not None:
+                writer.stored(doc, added=False)
+                continue
+            path, reason = failed.get(doc.sha256, (str(doc.src.path), f"expected {doc.n_pages} pages, read 0"))
+            writer.fail(doc, PageError(reason if reason.startswith(f"{doc.src.path}: ") else f"{doc.src.path}: {reason}", doc.src.path))
 
 
 def _chunk_done(doc, i: int, error: str | None, chunks_left: dict[int, int], writer, on_embedded) -> None:

@@ -415,6 +415,7 @@ class Collection:
 
     DB = "docsort.sqlite"
     INDEX = "index.faiss"
+    SHARDS = "shards"
     MANIFEST = "manifest.json"
     MODELS = "clustering.joblib"
     CLASSIFIER = "classifier.joblib"
@@ -871,6 +872,54 @@ class Collection:
                 c.execute("INSERT INTO thumbnails VALUES(?, ?)", (pid, thumb))
             c.execute("DELETE FROM failures WHERE path=?", (path,))
         return doc_id, page_ids
+
+    def add_documents(self, documents: Sequence[dict]) -> list[tuple[int, list[int]] | None]:
+        """Store many documents, each with all its pages, in one transaction (a shard's take-in).
+
+        Args:
+            documents: dicts with the keyword arguments of :meth:`add_document` (``sha256``,
+                ``path``, ``format``, ``size_bytes``, ``pages``).
+
+        Returns:
+            Per document, ``(document_id, page_ids)``, or ``None`` when its sha256 is already
+            stored (or repeated earlier in ``documents``): nothing of it is written again.
+
+        Raises:
+            ValueError: a document without pages, or with vectors of different lengths (nothing
+                of the batch is stored).
+        """
+        for d in documents:
+            if not d["pages"]:
+                raise ValueError(f"{d['path']}: no pages to store")
+            if len({int(p[3].shape[-1]) for p in d["pages"]}) != 1:
+                raise ValueError(f"{d['path']}: vectors of different lengths")
+        now = _now()
+        out: list[tuple[int, list[int]] | None] = []
+        with self.transaction() as c:
+            for d in documents:
+                cur = c.execute("INSERT OR IGNORE INTO documents(sha256, path, format, size_bytes, n_pages, added_at) VALUES(?,?,?,?,?,?)",
+                                (d["sha256"], d["path"], d["format"], int(d["size_bytes"]), len(d["pages"]), now))
+                if cur.rowcount == 0:
+                    out.append(None)
+                    continue
+                doc_id = int(cur.lastrowid)
+                c.execute("INSERT INTO document_paths VALUES(?, ?, ?)", (doc_id, d["path"], now))
+                page_ids = []
+                for page_no, width, height, vector, thumb in d["pages"]:
+                    cur = c.execute("INSERT INTO pages(document_id, page_no, width_px, height_px, vector) VALUES(?,?,?,?,?)",
+                                    (doc_id, int(page_no), int(width), int(height), np.ascontiguousarray(vector, np.float32).tobytes()))
+                    page_ids.append(int(cur.lastrowid))
+                    c.execute("INSERT INTO thumbnails VALUES(?, ?)", (page_ids[-1], thumb))
+                c.execute("DELETE FROM failures WHERE path=?", (d["path"],))
+                out.append((doc_id, page_ids))
+        return out
+
+    def shards_dir(self) -> Path:
+        """The folder (created) where Ray workers write an ingest's Parquet shards
+        (:mod:`docsort.store.shards`) until the collection has taken them in."""
+        path = self.root / self.SHARDS
+        path.mkdir(exist_ok=True)
+        return path
 
     def record_failure(self, path: str, reason: str) -> None:
         """Remember that ``path`` could not be ingested (shown by ``docsort info``)."""
