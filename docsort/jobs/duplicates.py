@@ -2,22 +2,23 @@
 
 :func:`find_duplicates` brings the collection's near-duplicate families up to date:
 
-1. **Page maps, incrementally.** Every page without a page map made with the current settings
-   (:func:`docsort.core.duplicates.settings_token`) is rendered again from its document's file
-   (the first recorded path whose bytes still have the stored sha256, as ``docsort ocr`` does) at
-   ``DuplicateSettings.render_px`` and mapped (:func:`docsort.core.duplicates.render_page_maps`),
-   by a pool of ``spawn``-ed worker processes (:func:`docsort.core.workers.worker_pool`); each
-   document's maps are stored at once, so an interrupted run resumes where it stopped. Pages added
-   since the last run are the only ones rendered; a page whose file is gone gets an error row and
-   takes no part (reported).
-2. **Families, from all maps.** Candidate pairs, pair decisions and connected components run on
-   every stored map, visual vector and OCR text (:func:`docsort.core.duplicates.find_families`);
-   this is seconds even at 100,000 pages (benchmarks/RESULTS.md, "Near-duplicate families"), so
-   families are recomputed whole and replace the stored ones in one transaction.
+1. **Page maps and keypoints, incrementally.** Every page without a page map made with the
+   current settings (:func:`docsort.core.duplicates.settings_token`) is rendered again from its
+   document's file (the first recorded path whose bytes still have the stored sha256, as
+   ``docsort ocr`` does) at ``DuplicateSettings.render_px``, mapped and its ORB keypoints taken
+   (:func:`docsort.core.duplicates.render_page_maps`), by a pool of ``spawn``-ed worker processes
+   (:func:`docsort.core.workers.worker_pool`); each document's maps are stored at once, so an
+   interrupted run resumes where it stopped. Pages added since the last run are the only ones
+   rendered; a page whose file is gone gets an error row and takes no part (reported).
+2. **Families, from all maps.** Candidate pairs, their verification by keypoints and connected
+   components run on every stored map, keypoint set, visual vector and OCR text
+   (:func:`docsort.core.duplicates.find_families`), and the families replace the stored ones in one
+   transaction. Verification is about 1.2-2.8 ms a candidate pair on one core and there are about
+   25 candidate pairs a page (benchmarks/RESULTS.md, "Near-duplicate families").
 
-Families are stored (schema 6: ``duplicate_families``), so export (column ``duplicate_family``),
-sort-into-folders (one document per family) and the app read them without recomputing; a run is
-stale once pages were added after it (:func:`duplicates_stale`).
+Families are stored (schema 6: ``duplicate_families``; keypoints: schema 7), so export (column
+``duplicate_family``), sort-into-folders (one document per family) and the app read them without
+recomputing; a run is stale once pages were added after it (:func:`duplicates_stale`).
 """
 
 from __future__ import annotations
