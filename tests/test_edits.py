@@ -329,6 +329,8 @@ def test_app_cluster_view_merges_then_splits(col, monkeypatch):
     and keep it; each through docsort.jobs.edits, recorded as made by ``ui``."""
     from streamlit.testing.v1 import AppTest
 
+    from docsort.faces import edit_views
+
     from .conftest import REPO
 
     t = {name: i for i, name in enumerate(TYPES)}
@@ -355,3 +357,21 @@ def test_app_cluster_view_merges_then_splits(col, monkeypatch):
     where = _cluster_of(col)
     assert t["sheet_music"] not in where.values() and len({where[p] for p in sheet + news}) == 2
     assert [(e["kind"], e["who"]) for e in edits.list_edits(col)] == [("merge", "ui"), ("split", "ui")]
+
+    # Tick two thumbnails of one part's gallery and move them, as a selection, to a new cluster.
+    part = where[sheet[0]]
+    at.button(key=f"open-{part}").click().run()
+    boxes = [c for c in at.checkbox if c.key.startswith(f"members-{part}-pick-")]
+    assert len(boxes) == sum(1 for c in where.values() if c == part) >= 2  # one "Select" per thumbnail
+    picked = [int(c.key.rsplit("-", 1)[1]) for c in boxes[:2]]
+    for c in boxes[:2]:
+        c.check()
+    at.run()
+    assert not at.exception, at.exception
+    assert "2 pages selected" in [h.value for h in at.subheader]
+    at.selectbox(key=f"gallery-{part}-move-to").set_value(edit_views.NEW_CLUSTER)
+    next(b for b in at.get("form_submit_button") if b.label == "Move 2 pages").click().run()
+    assert not at.exception, at.exception
+    moved = _cluster_of(col)
+    assert moved[picked[0]] == moved[picked[1]] not in set(where.values())
+    assert [(e["kind"], e["who"]) for e in edits.list_edits(col)][-1] == ("move", "ui")

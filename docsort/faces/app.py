@@ -21,8 +21,8 @@ here, run by a three-line page script in docsort/faces/views/ (file pages, not c
 classifier are :mod:`docsort.jobs.classify`'s.
 
 Hand edits (issue 18): a cluster's view can merge another cluster into it, preview and keep a split,
-move picked pages elsewhere (noise and new pages too) and undo; the Map's lasso / box selection can
-be given a cluster, a document type, or exported. The widgets are :mod:`docsort.faces.edit_views`';
+move picked pages elsewhere (noise and new pages too) and undo; the Map's lasso / box selection, and
+thumbnails ticked in a cluster's gallery, can be given a cluster, a document type, or exported. The widgets are :mod:`docsort.faces.edit_views`';
 every write is a job's (:mod:`docsort.jobs.edits`, recorded as made by ``ui``), renames included.
 
 Text (issue 6): **Collection & export** (and **Search text** while no page has text) has the button
@@ -145,9 +145,17 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def thumbnail_grid(col: Collection, rows, key: str, caption=None, per_row: int = THUMBS_PER_ROW) -> None:
-    """Thumbnails with a caption and a "Similar" button each; ``rows`` has page_id, file, page."""
+def thumbnail_grid(col: Collection, rows, key: str, caption=None, per_row: int = THUMBS_PER_ROW,
+                   selectable: bool = False) -> list[int]:
+    """Thumbnails with a caption and a "Similar" button each; ``rows`` has page_id, file, page.
+
+    With ``selectable``, each thumbnail also gets a "Select" checkbox (key ``{key}-pick-{page_id}``).
+
+    Returns:
+        The page ids whose "Select" box is ticked, in gallery order (empty without ``selectable``).
+    """
     rows = list(rows.itertuples(index=False)) if hasattr(rows, "itertuples") else list(rows)
+    picked: list[int] = []
     labelled = page_labels(str(col.root), browse.data_version(col))
     for start in range(0, len(rows), per_row):
         cells = st.columns(per_row)
@@ -163,6 +171,10 @@ def thumbnail_grid(col: Collection, rows, key: str, caption=None, per_row: int =
                     st.caption(f"(no thumbnail) {text}")
                 st.button("Similar", key=f"{key}-sim-{row.page_id}", on_click=show_similar, args=(int(row.page_id),),
                           help="Show the pages and documents most like this page")
+                if selectable and st.checkbox("Select", key=f"{key}-pick-{row.page_id}",
+                                              help="Select pages here, then act on them below the gallery"):
+                    picked.append(int(row.page_id))
+    return picked
 
 
 def _label_message(kind: str, text: str) -> None:
@@ -634,9 +646,13 @@ def view_cluster_detail(col: Collection, root: str, version: tuple, table, opene
         sim = "" if row.similarity != row.similarity else f" · {row.similarity:.2f}"  # NaN check
         return f"{row.file} · p.{row.page}{sim}"
 
-    thumbnail_grid(col, chunk, key=f"members-{opened}", caption=caption)
-    label_form(col, chunk, key=f"members-{opened}")
+    picked = thumbnail_grid(col, chunk, key=f"members-{opened}", caption=caption, selectable=True)
     clusters = clusters_summary(root, version)
+    if picked:  # thumbnails ticked in the gallery: the same actions as a selection on the map
+        st.subheader(f"{plural(len(picked), 'page')} selected")
+        edit_views.selection_actions(col, chunk.set_index("page_id").loc[picked].reset_index(), clusters,
+                                     key=f"gallery-{opened}")
+    label_form(col, chunk, key=f"members-{opened}")
     if cid is not None and cid >= 0:
         edit_views.cluster_edit_tools(col, cid, name, chunk, clusters, on_split=close_cluster)
     else:  # noise, or pages added since the last clustering: they can be moved into a cluster
