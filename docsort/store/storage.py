@@ -1564,11 +1564,10 @@ class Collection:
         """
         ids = [int(p) for p in page_ids]
         got: dict[int, bytes] = {}
-        for start in range(0, len(ids), 900):  # SQLite's default limit on bound parameters is 999
-            chunk = ids[start:start + 900]
+        for chunk, marks in _id_chunks(ids):
             got.update((int(a), bytes(b or b"")) for a, b in self._conn.execute(
-                f"SELECT page_id, keypoints FROM page_maps WHERE settings = ? AND map IS NOT NULL AND page_id IN "
-                f"({','.join('?' * len(chunk))})", (settings_token, *chunk)))
+                f"SELECT page_id, keypoints FROM page_maps WHERE settings = ? AND map IS NOT NULL AND page_id IN ({marks})",
+                (settings_token, *chunk)))
         missing = [p for p in ids if p not in got]
         if missing:
             raise CollectionError(f"{self.root}: pages {missing[:5]} have no page map made with {settings_token!r}")
