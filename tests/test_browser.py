@@ -213,6 +213,38 @@ def test_upload_cluster_and_neighbours_in_chromium(app_url, collection_copy):
         expect(main.get_by_text("1 page selected")).to_be_visible(timeout=30_000)
         shot("06-map-selection")
 
+        # 6. A lasso drawn with the mouse just inside the plot area's frame holds every point
+        #    (Plotly pads the axis ranges around the points): all 42 are selected, and the
+        #    selection's "Give a document type" labels them all in the collection.
+        plot = main.locator(".js-plotly-plot").first
+        area = plot.locator(".nsewdrag").first.bounding_box()
+        page.mouse.move(area["x"] + area["width"] / 2, area["y"] + area["height"] / 2)  # the modebar shows on hover
+        plot.locator('.modebar-btn[data-title="Lasso Select"]').click()
+        inset = 3
+        corners = [(area["x"] + inset, area["y"] + inset), (area["x"] + area["width"] - inset, area["y"] + inset),
+                   (area["x"] + area["width"] - inset, area["y"] + area["height"] - inset),
+                   (area["x"] + inset, area["y"] + area["height"] - inset), (area["x"] + inset, area["y"] + inset + 1)]
+        page.mouse.move(*corners[0])
+        page.mouse.down()
+        for cx, cy in corners[1:]:
+            page.mouse.move(cx, cy, steps=12)
+        page.mouse.up()
+        expect(main.get_by_text("42 pages selected")).to_be_visible(timeout=30_000)
+        shot("07-map-lasso")
+        main.get_by_role("tab", name="Give a document type").click()
+        main.locator(".st-key-map-label-type input").fill("scanned page")  # the selection's form (key "map")
+        main.get_by_role("button", name="Label 42 pages").click()
+        expect(main.get_by_text("Labelled 42 pages as 'scanned page'", exact=False)).to_be_visible(timeout=60_000)
+        shot("08-lasso-labelled")
+    from docsort.jobs import classify
+    from docsort.store.storage import Collection
+
+    col = Collection(collection_copy)
+    try:
+        assert classify.label_counts(col) == {"scanned page": 42}
+    finally:
+        col.close()
+
 
 def test_first_time_user_from_an_empty_collection(tmp_path):
     """No collection yet: drag scans in, they are clustered, open a cluster, see neighbours."""
