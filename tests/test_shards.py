@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from docsort.store.shards import ShardIntake, write_shard
+from docsort.store.shards import ShardIntake, TakeIn, write_shard
 from docsort.store.storage import Collection
 
 D = 288
@@ -74,33 +74,26 @@ def test_shards_are_taken_in_whole_documents_once_and_then_deleted(tmp_path):
         assert sorted(_stored(col)) == sorted(stored) and col.counts()["pages"] == 4
 
 
-def test_an_ingest_takes_in_the_shards_a_killed_run_left_before_it_embeds(tmp_path, monkeypatch):
-    """The sharded ingest's driver (``ray_ingest._embed_to_shards``) after a killed run: the shards
-    on disk already hold every page of the documents to ingest, so they are stored from there
-    (counted as added), no Ray work is started, and no shard is left."""
-    from pathlib import Path
+def test_the_shards_a_killed_run_left_are_taken_in_and_none_stays(tmp_path):
+    """What every ingest does first (``store.shards.take_leftovers``, called by ``jobs.ingest``
+    before it lists its files): a killed run's shards are taken in (A and B whole: stored; C half:
+    not), its half-written temporary shard and a shard cut short (unreadable) are deleted, and
+    nothing stays in ``shards/``; a collection that never had shards gets no folder."""
+    from docsort.store.shards import take_leftovers
 
-    from docsort.config.settings import PipelineSettings, RaySettings
-    from docsort.core.pages import SourceFile
-    from docsort.jobs import ray_ingest
-    from docsort.jobs.ingest import IngestReport, PendingDocument, Writer
-
-    a, b = "a" * 64, "b" * 64
-
-    def no_ray(*args, **kwargs):
-        raise AssertionError("Ray was started although the shards held every page")
-
-    monkeypatch.setattr(ray_ingest, "connected", no_ray)
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    with Collection(tmp_path / "empty", create=True) as col:
+        assert take_leftovers(col) == (TakeIn(), []) and not (col.root / Collection.SHARDS).exists()
     with Collection(tmp_path / "col", create=True) as col:
-        write_shard(col.shards_dir(), _rows([(a, 1), (a, 2), (b, 1)]))
-        write_shard(col.shards_dir(), _rows([(a, 3)]))
-        docs = [PendingDocument(SourceFile(Path(DOCS[s][0]), DOCS[s][1], 1000 + DOCS[s][2]), s, DOCS[s][2]) for s in (a, b)]
-        tasks = [(docs[0], 1, 2), (docs[0], 3, 3), (docs[1], 1, 1)]
-        report, done = IngestReport(), []
-        settings = PipelineSettings().with_ray(ray=RaySettings(address="local", shards="always"))
-        ray_ingest._embed_to_shards(tasks, settings, None, Writer(col, report, log=lambda m: None), done.append,
-                                    report.stage_seconds, lambda m: None)
-        assert (report.documents_added, report.pages_added, report.failures) == (2, 4, [])
-        assert sum(done) == 4 and all(d.stored for d in docs)
-        assert sorted(_stored(col)) == [(a, 1), (a, 2), (a, 3), (b, 1)]
-        assert not list(col.shards_dir().glob("*.parquet"))
+        folder = col.shards_dir()
+        write_shard(folder, _rows([(a, 1), (a, 2), (b, 1)]))
+        write_shard(folder, _rows([(a, 3), (c, 1)]))
+        (folder / ".shard-0123456789abcdef.parquet.4242.tmp").write_bytes(b"PAR1 half a shard")  # its writer was killed
+        cut = write_shard(folder, _rows([(c, 2)]))
+        (folder / cut).write_bytes((folder / cut).read_bytes()[:100])  # cut short: unreadable
+        seen = []
+        taken, unreadable = take_leftovers(col, on_stored=lambda sha, n: seen.append((sha, n)))
+        assert taken.stored == {a: 3, b: 1} and sorted(seen) == [(a, 3), (b, 1)] and unreadable == [cut]
+        assert sorted(_stored(col)) == [(a, 1), (a, 2), (a, 3), (b, 1)] and col.find_document(c) is None
+        assert list(folder.iterdir()) == [], "a leftover stayed in shards/"
+        assert take_leftovers(col) == (TakeIn(), [])  # nothing twice

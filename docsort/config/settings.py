@@ -445,7 +445,7 @@ class RaySettings(_Strict):
             what they change is that the rows (vector and thumbnail, ~13 KB a page) leave the
             driver: workers write them to the shared disk, only shard names stream back, the
             cluster never waits for the writer, and what was embedded survives a killed driver
-            (the next run takes the shards in first). A million pages is ~13 GB of rows and
+            (the next ingest, on Ray or not, takes the shards in first). A million pages is ~13 GB of rows and
             3-5 minutes of writer time; below that, streaming (documents stored as they finish,
             nothing written to disk twice) is the simpler path.
         shard_pages: pages per shard (rows of one Ray Data batch written by one worker).

@@ -62,10 +62,17 @@ def connected(settings: RaySettings) -> Iterator[object]:
     (``ray.is_initialized()``: a caller, a test or a notebook called ``ray.init``), that connection
     is used and left open. The dashboard is off, worker output is not forwarded to this terminal
     (``log_to_driver=False``), Ray's own logging is at ERROR, and Ray Data's progress bars are
-    off (docsort shows its own). One line of Ray's C++ core worker remains: an ``E`` line saying the
-    embedding actors have constructor arguments in the object store (ray-project/ray#53727, about
-    actor restarts); it is harmless, and setting ``RAY_BACKEND_LOG_LEVEL`` only trades it for an
-    ``I`` line.
+    off (docsort shows its own). One line of Ray's C++ core worker remains, once for every embedding
+    actor an ingest's driver starts (one a run here; one per GPU on a cluster): ``E ...
+    core_worker.cc: Actor with class name: 'MapWorker(MapBatches(Embed))' ... has constructor
+    arguments in the object store and max_restarts > 0`` (ray-project/ray#53727). Every Ray Data
+    actor pool gives it: Ray Data passes each actor its function and context as object refs and
+    asks for unlimited restarts. No documented switch silences this line alone:
+    ``log_to_driver`` and ``logging_level`` govern worker output and Ray's Python loggers only;
+    ``RAY_BACKEND_LOG_LEVEL=fatal`` hides it but prints an ``I ... logging.cc: Set ray log level
+    ...`` line of its own at every start and hides the driver's real C++ errors too; and
+    ``map_batches(max_restarts=0)`` would lose the actor restarts a lost node needs (Ray Data
+    relies on them to finish the run). It is left as it is (measured with Ray 2.60).
 
     Raises:
         RayMissingError: Ray is not installed.

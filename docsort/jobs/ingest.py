@@ -38,6 +38,7 @@ from docsort.jobs.ocr import backfill as ocr_backfill
 from docsort.queries.vectors import active_projection
 from docsort.store.index_file import sync_index
 from docsort.store.manifest import _check_extractor, _new_manifest, make_extractor, read_manifest, write_manifest
+from docsort.store.shards import take_leftovers
 from docsort.store.storage import Collection
 
 Log = Callable[[str], None]
@@ -270,6 +271,19 @@ def ingest(
         if read_manifest(collection) is None:
             write_manifest(collection, _new_manifest(settings, extractor))
 
+        # 0. what a killed run on Ray left as Parquet shards is stored first, whichever way this
+        #    run goes (issue 17): its whole documents count as added by this run.
+        t = time.perf_counter()
+        from_shards, unreadable = take_leftovers(collection)
+        report.stage_seconds["database"] += time.perf_counter() - t
+        if from_shards.stored:
+            report.documents_added += len(from_shards.stored)
+            report.pages_added += sum(from_shards.stored.values())
+            log(f"took in {len(from_shards.stored)} documents ({sum(from_shards.stored.values())} pages) "
+                "from the Parquet shards of an interrupted run")
+        for name in unreadable:
+            log(f"{collection.root / collection.SHARDS / name}: unreadable shard deleted; its pages are embedded again")
+
         # 1. discover, hash, count pages
         t_scan = time.perf_counter()
         queue: list[PendingDocument] = []
@@ -289,6 +303,11 @@ def ingest(
                 continue
             existing = collection.find_document(sha)
             if existing is not None or sha in seen:
+                if sha in from_shards.stored and sha not in seen:  # taken in above: counted as added
+                    seen.add(sha)
+                    if collection.add_path(existing, str(item.path)):
+                        report.new_paths += 1
+                    continue
                 report.already_stored += 1
                 stored_docs.add(existing)
                 if existing is not None and collection.add_path(existing, str(item.path)):

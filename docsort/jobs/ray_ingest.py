@@ -21,7 +21,8 @@ driver, in one transaction per document, idempotently by sha256. Only the middle
   (:func:`docsort.store.shards.write_shard`, in a ``map_batches`` task after the actors); only the
   shard names stream to the driver, which has the collection take each shard in with one
   transaction (:class:`docsort.store.shards.ShardIntake`: a document once all its pages are in,
-  idempotent by sha256). Shards left by a killed run are taken in first by the next one.
+  idempotent by sha256). Shards left by a killed run are taken in first by the next ingest,
+  whichever way that one runs (:func:`docsort.store.shards.take_leftovers`).
 
 Every node needs docsort installed and the scans at the same path (a shared file system, or the
 same copy on each node). Ray re-runs the tasks of a lost node and restarts lost actors (lineage
@@ -216,8 +217,9 @@ def _write_shard_batch(batch: dict, directory: str) -> dict:
 def _embed_to_shards(tasks: list, settings: PipelineSettings, extractor, writer, on_embedded, stages: dict[str, float], log: Log) -> None:
     """:func:`embed_on_ray` with Parquet shards: the workers write the shards, the collection takes
     each in with one transaction as its name comes back, and the documents not stored at the end
-    (an error in a chunk, pages missing) are recorded as failed. Shards an interrupted earlier run
-    left are taken in first, so their documents are not embedded again."""
+    (an error in a chunk, pages missing) are recorded as failed. (Shards an interrupted earlier run
+    left were taken in before the files were listed, :func:`docsort.store.shards.take_leftovers`,
+    so their documents are not among ``tasks``.)"""
     from docsort.store.shards import ShardIntake
 
     intake = ShardIntake(writer.collection)
@@ -228,28 +230,21 @@ def _embed_to_shards(tasks: list, settings: PipelineSettings, extractor, writer,
         if doc is not None and not doc.stored:
             writer.stored(doc, added=True)
 
-    t = time.perf_counter()
-    left = intake.take_pending(stored)
-    stages["database"] += time.perf_counter() - t
-    if left.pages_seen:
-        log(f"took in {len(left.stored)} documents from the shards of an interrupted run")
-        on_embedded(sum(doc.n_pages for doc in by_sha.values() if doc.stored))
-    todo = [task for task in tasks if not task[0].stored]
-    if todo:
-        with connected(settings.ray) as ray:
-            ds = _embedded_pages(ray, todo, settings, extractor, log)
-            ds = ds.map_batches(_write_shard_batch, fn_kwargs={"directory": str(intake.directory)},
-                                batch_size=settings.ray.shard_pages, batch_format="numpy", num_cpus=min(0.25, settings.ray.render_cpus))
-            log(f"Ray: pages written as Parquet shards of {settings.ray.shard_pages} pages under {intake.directory}")
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                stages["render"] += float(np.sum(batch["seconds"]))
-                stages["model"] += float(np.sum(batch["model_seconds"]))
-                for name, pages in zip(batch["shard"], batch["pages"]):
-                    on_embedded(int(pages))
-                    t = time.perf_counter()
-                    intake.take(str(name), stored)
-                    stages["database"] += time.perf_counter() - t
+    with connected(settings.ray) as ray:
+        ds = _embedded_pages(ray, tasks, settings, extractor, log)
+        ds = ds.map_batches(_write_shard_batch, fn_kwargs={"directory": str(intake.directory)},
+                            batch_size=settings.ray.shard_pages, batch_format="numpy", num_cpus=min(0.25, settings.ray.render_cpus))
+        log(f"Ray: pages written as Parquet shards of {settings.ray.shard_pages} pages under {intake.directory}")
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            stages["render"] += float(np.sum(batch["seconds"]))
+            stages["model"] += float(np.sum(batch["model_seconds"]))
+            for name, pages in zip(batch["shard"], batch["pages"]):
+                on_embedded(int(pages))
+                t = time.perf_counter()
+                intake.take(str(name), stored)
+                stages["database"] += time.perf_counter() - t
     failed = intake.finish()
+    intake.discard_partial()  # this run's tasks are done: a temporary file left is a dead writer's
     for doc, _, _ in tasks:
         if not doc.stored and not doc.failed:
             if writer.collection.find_document(doc.sha256) is not None:

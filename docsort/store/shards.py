@@ -19,6 +19,10 @@ Rules of the take-in:
 * **recorded**: a shard is deleted once it has been taken in and no incomplete document still
   needs rows from it, so a restarted ingest does not take it in again (and taking it in again
   would store nothing twice).
+* **left behind**: a driver killed mid-run leaves the shards it had not taken in yet, and
+  perhaps the temporary file of a shard being written; every ingest takes such leftovers in
+  first, whichever way it runs (:func:`take_leftovers`), so nothing embedded is lost and no
+  shard stays behind.
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["COLUMNS", "ShardIntake", "TakeIn", "write_shard"]
+__all__ = ["COLUMNS", "ShardIntake", "TakeIn", "take_leftovers", "write_shard"]
+
+#: A shard being written is ``.shard-<16 hex>.parquet.<pid>.tmp`` until it is renamed.
+_TMP_PREFIX = "."
 
 #: The shard columns, in order.
 COLUMNS = ("sha256", "path", "format", "size_bytes", "n_pages", "page_no", "width_px", "height_px", "vector", "thumbnail", "error")
@@ -71,7 +78,7 @@ def write_shard(directory: str | os.PathLike[str], rows: dict) -> str:
     })
     assert table.num_rows == n
     name = f"shard-{keys[:16]}.parquet"
-    tmp = Path(directory) / f".{name}.{os.getpid()}.tmp"
+    tmp = Path(directory) / f"{_TMP_PREFIX}{name}.{os.getpid()}.tmp"
     pq.write_table(table, tmp)
     os.replace(tmp, Path(directory) / name)
     return name
@@ -204,3 +211,53 @@ class ShardIntake:
         self._rows.clear()
         self._needs.clear()
         return failed
+
+    def discard_partial(self) -> int:
+        """Delete the temporary files of shards whose writer died before renaming them (half a
+        shard, never read: its pages are embedded again from their files); returns how many.
+        Only for when no writer of this collection runs (the caller holds the write lock, and
+        this run's own Ray tasks have finished or not started)."""
+        partial = list(self.directory.glob(f"{_TMP_PREFIX}shard-*.tmp"))
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return len(partial)
+
+
+def take_leftovers(collection, on_stored: Callable[[str, int], None] | None = None) -> tuple[TakeIn, list[str]]:
+    """Take in the shards an interrupted earlier ingest left in ``COLLECTION/shards/`` and delete
+    them, with any half-written shard: the documents they hold whole are stored (one transaction
+    per shard, the rules of :class:`ShardIntake`); the others are not, and are embedded again
+    from their files by the ingest that calls this. Run by every ingest under the write lock,
+    before it lists its files, so a run on one machine finishes what a killed run on Ray began.
+
+    Args:
+        collection: the :class:`~docsort.store.storage.Collection`, write lock held.
+        on_stored: called with ``(sha256, pages)`` for each document stored.
+
+    Returns:
+        ``(what was stored, the shards that could not be read)``: a shard that cannot be read
+        (cut short by a crash of the machine) is deleted, not taken in; its documents are
+        embedded again. A collection without a ``shards/`` folder returns at once (no folder
+        is created).
+    """
+    total = TakeIn()
+    if not (Path(collection.root) / collection.SHARDS).is_dir():
+        return total, []
+    import pyarrow as pa
+
+    intake = ShardIntake(collection)
+    unreadable: list[str] = []
+    for name in intake.pending():
+        try:
+            r = intake.take(name, on_stored)
+        except (OSError, pa.ArrowException):
+            unreadable.append(name)
+            (intake.directory / name).unlink(missing_ok=True)
+            continue
+        total.stored.update(r.stored)
+        total.already |= r.already
+        total.pages_seen += r.pages_seen
+        total.seconds += r.seconds
+    intake.finish()
+    intake.discard_partial()
+    return total, unreadable
