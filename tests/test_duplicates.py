@@ -210,3 +210,31 @@ def test_app_shows_each_family_side_by_side(dup_collection, tmp_path, monkeypatc
     captions = [c for img in at.image for c in img.captions]
     assert len(captions) == len(fams)
     assert all("similarity" in c for c in captions)
+
+
+def test_the_quick_first_test_keeps_every_decision_of_the_full_verification(dup_collection):
+    """The first, cheaper test (each page's 250 strongest keypoints against all of the other's)
+    only skips pairs that the full verification would reject too: over every pair of the
+    collection (sample_docs and its re-scans), the near-duplicate decisions are the same with it
+    and without it; and it is really applied (a bar no pair can pass rejects every pair)."""
+    from docsort.config.settings import DuplicateSettings
+    from docsort.core.duplicates import KEYPOINT_DTYPE, settings_token, verify_pairs
+    from docsort.store.storage import Collection
+
+    base = DuplicateSettings()
+    assert base.quick_keypoints > 0, "the quick test is off by default: nothing to check"
+    with Collection(dup_collection[0]) as col:
+        ids, _ = col.page_maps(settings_token(base), base.map_px)
+        keypoints = [np.frombuffer(b, KEYPOINT_DTYPE) for b in col.page_keypoints(settings_token(base), ids)]
+    i, j = np.triu_indices(len(ids), 1)
+    pairs = np.stack([i, j], 1)
+    quick, _ = verify_pairs(keypoints, pairs, base)
+    full, _ = verify_pairs(keypoints, pairs, base.model_copy(update={"quick_keypoints": 0}))
+    assert int((full >= base.min_coverage).sum()) >= 5, "fewer near-duplicate pairs than re-scans were made"
+    np.testing.assert_array_equal(quick >= base.min_coverage, full >= base.min_coverage)
+    np.testing.assert_array_equal(quick >= base.min_coverage_text, full >= base.min_coverage_text)
+    none, _ = verify_pairs(keypoints, pairs, base.model_copy(update={"quick_inliers": 10**6}))
+    n_kp = np.array([len(k) for k in keypoints])
+    tested = (n_kp[i] > base.quick_keypoints) | (n_kp[j] > base.quick_keypoints)  # else the quick test is the full one
+    assert tested.mean() > 0.9, "most pages have too few keypoints for a quick test"
+    assert not none[tested].any(), "a quick-test bar no pair can reach still let pairs through"

@@ -486,6 +486,11 @@ class DuplicateSettings(_Strict):
             re-scan corpus B where 500 gave 0.87; 2000 costs 4x the matching for +0.02).
         grid: the page is divided into ``grid`` x ``grid`` cells to measure coverage.
         cell_keypoints: keypoints a cell needs to count as holding content.
+        quick_keypoints: a first, cheaper test of each candidate pair matches only this many of
+            each page's strongest keypoints against all of the other's (a quarter of the
+            descriptor comparisons, twice); 0 = none.
+        quick_inliers: fewer RANSAC inliers than this in both directions of the first test: not
+            a near-duplicate, and no full verification.
         ratio: Lowe's ratio test: a match is kept when its Hamming distance is below this share
             of the second nearest's (Lowe 2004 used 0.8).
         ransac_px: RANSAC reprojection error, pixels of the ``render_px`` page.
@@ -514,6 +519,8 @@ class DuplicateSettings(_Strict):
     keypoints: int = Field(1000, ge=50, le=20000)
     grid: int = Field(8, ge=2, le=16)
     cell_keypoints: int = Field(3, ge=1)
+    quick_keypoints: int = Field(250, ge=0)
+    quick_inliers: int = Field(8, ge=1)
     ratio: float = Field(0.8, gt=0.0, le=1.0)
     ransac_px: float = Field(4.0, gt=0.0)
     max_scale: float = Field(1.6, ge=1.0)
