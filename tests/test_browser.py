@@ -239,11 +239,8 @@ def test_upload_cluster_and_neighbours_in_chromium(app_url, collection_copy):
     from docsort.jobs import classify
     from docsort.store.storage import Collection
 
-    col = Collection(collection_copy)
-    try:
+    with Collection(collection_copy) as col:
         assert classify.label_counts(col) == {"scanned page": 42}
-    finally:
-        col.close()
 
 
 def test_first_time_user_from_an_empty_collection(tmp_path):

@@ -94,6 +94,13 @@ class TakeIn:
     pages_seen: int = 0
     seconds: float = 0.0
 
+    def add(self, other: "TakeIn") -> None:
+        """Add what another take-in stored and saw to this one."""
+        self.stored.update(other.stored)
+        self.already |= other.already
+        self.pages_seen += other.pages_seen
+        self.seconds += other.seconds
+
 
 class ShardIntake:
     """Takes an ingest's shards into a collection, one transaction per shard (see the module's rules).
@@ -187,11 +194,7 @@ class ShardIntake:
         """Take in every shard of :meth:`pending` (those an earlier, interrupted run left), in order."""
         total = TakeIn()
         for name in self.pending():
-            r = self.take(name, on_stored)
-            total.stored.update(r.stored)
-            total.already |= r.already
-            total.pages_seen += r.pages_seen
-            total.seconds += r.seconds
+            total.add(self.take(name, on_stored))
         return total
 
     def finish(self) -> dict[str, tuple[str, str]]:
@@ -249,15 +252,10 @@ def take_leftovers(collection, on_stored: Callable[[str, int], None] | None = No
     unreadable: list[str] = []
     for name in intake.pending():
         try:
-            r = intake.take(name, on_stored)
+            total.add(intake.take(name, on_stored))
         except (OSError, pa.ArrowException):
             unreadable.append(name)
             (intake.directory / name).unlink(missing_ok=True)
-            continue
-        total.stored.update(r.stored)
-        total.already |= r.already
-        total.pages_seen += r.pages_seen
-        total.seconds += r.seconds
     intake.finish()
     intake.discard_partial()
     return total, unreadable
