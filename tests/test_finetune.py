@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 import pytest
 
-from docsort.jobs.finetuning import fine_tune, fine_tuned_in_use  # first: imports docsort.store.storage before TensorFlow
+from docsort.jobs.finetuning import fine_tune, fine_tuned_in_use, type_after_ingest  # first: imports docsort.store.storage before TensorFlow
 from docsort.jobs import classify as cl
 from docsort.core.finetune import FineTuneError, train_classifier
 from docsort.store.manifest import effective_settings
@@ -120,7 +120,9 @@ def test_kept_when_better_stores_weights_and_types_reread_pages(base, small_sett
         assert any("left untyped" in m and "moved" in m for m in messages)
         assert info(col)["classifier_in_use"].startswith("fine-tuned")
         assert fine_tuned_in_use(col)
-        assert cl.after_ingest(col, small_settings) is None  # ingest does not mix frozen predictions in
+        assert cl.after_ingest(col, small_settings) is None  # the frozen classifier does not mix its predictions in
+        type_after_ingest(col, small_settings)  # and the fine-tuned one has nothing new to type
+        assert _predictions(col) == preds
         # a plain classify goes back to the frozen classifier and says so in the manifest
         cl.classify_collection(col, small_settings.classifier)
         assert not fine_tuned_in_use(col) and col.manifest()["classifier"]["in_use"] == "frozen"
@@ -180,3 +182,54 @@ def test_refuses_too_few_labels_per_type(base, small_settings, tmp_path):
         cl.unlabel(col, keep)  # newspaper keeps one labelled page: no fold can hold it out
         with pytest.raises(FineTuneError, match="at least two readable labelled pages"):
             fine_tune(col, effective_settings(col, small_settings), **TINY, **QUIET)
+
+
+def test_pages_ingested_later_are_typed_by_the_fine_tuned_classifier(base, small_settings, tmp_path):
+    """After a kept fine-tune, ingest types new pages with the stored model (rebuilt from the weights
+    file and the standardisation beside it): the probabilities equal those of the model that was
+    just trained, page for page, and no frozen prediction is mixed in. A tampered standardisation
+    is refused and reported, and the pages are left untyped."""
+    root = _copy(base, tmp_path)
+    with Collection(root) as col:
+        settings = effective_settings(col, small_settings)
+        rep = fine_tune(col, settings, baseline=-1.0, **TINY, **QUIET)
+        assert rep.kept
+        version = "ft-" + rep.weights_sha256[:9]
+        trained = {int(p): (t, pr) for p, t, pr in col.query("SELECT page_id, type, probability FROM page_predictions")}
+        assert len(trained) == 4
+        # the stored model gives the trained model's predictions: drop two and type them again
+        again = sorted(trained)[:2]
+        with col.transaction() as c:
+            c.executemany("DELETE FROM page_predictions WHERE page_id = ?", [(i,) for i in again])
+        messages = []
+        type_after_ingest(col, settings, log=messages.append)
+        now = {int(p): (t, pr, v) for p, t, pr, v in col.query("SELECT page_id, type, probability, model_version FROM page_predictions")}
+        assert sorted(now) == sorted(trained)
+        for i in again:
+            assert now[i][0] == trained[i][0] and now[i][1] == pytest.approx(trained[i][1], abs=1e-5) and now[i][2] == version
+        assert any("typed 2 new pages with the fine-tuned classifier " + version in m for m in messages)
+
+    # a new document, ingested later: typed by the fine-tuned model as part of the ingest
+    shutil.copy(SAMPLE_DOCS / "leptonica/pageseg4.png", tmp_path / "docs" / "pageseg4.png")
+    with Collection(root) as col:
+        messages = []
+        ingest(col, [tmp_path / "docs"], settings, progress=False, log=messages.append)
+        new = [r.page_id for r in col.pages() if r.path.endswith("pageseg4.png")]
+        assert len(new) == 1
+        row = col.query("SELECT type, model_version FROM page_predictions WHERE page_id = ?", (new[0],))
+        assert row and row[0][1] == version and row[0][0] in {"book_page", "newspaper", "sheet_music"}
+        assert any("typed 1 new pages with the fine-tuned classifier" in m for m in messages)
+        assert all(v == version for _, v in _predictions(col).values())
+
+    # a standardisation that is not the one recorded is refused, and said
+    side_file = sidecar_path(root / Collection.FINE_TUNED)
+    side = json.loads(side_file.read_text())
+    side["standardise_mean"][0] += 1.0
+    side_file.write_text(json.dumps(side))
+    with Collection(root) as col:
+        with col.transaction() as c:
+            c.execute("DELETE FROM page_predictions WHERE page_id = ?", (new[0],))
+        messages = []
+        type_after_ingest(col, settings, log=messages.append)
+        assert any("new pages not typed" in m and "standardisation" in m for m in messages)
+        assert not col.query("SELECT 1 FROM page_predictions WHERE page_id = ?", (new[0],))

@@ -29,7 +29,7 @@ from PIL import Image
 
 from docsort.core.adapt import AdaptError, TrainReport, augment_view, run_epochs, set_trainable
 
-__all__ = ["FineTuneError", "FitReport", "FineTuned", "train_classifier", "predict", "cross_validate"]
+__all__ = ["FineTuneError", "FitReport", "FineTuned", "train_classifier", "load_classifier", "predict", "cross_validate"]
 
 #: What the softmax head is, as recorded in the manifest.
 HEAD = ("pooling (the collection's) -> L2 normalisation -> standardisation (training pages' mean and variance, "
@@ -53,12 +53,17 @@ class FineTuned:
         model: Keras model uint8 (n, H, W, C) -> float32 (n, types) probabilities; it shares its
             backbone layers with the backbone passed to :func:`train_classifier`.
         classes: the types, in the order of the probability columns.
-        report: the :class:`FitReport`.
+        report: the :class:`FitReport` (an empty one for a model read by :func:`load_classifier`).
+        mean, variance: float32 (D,), the head's fixed standardisation (the training pages' clean
+            vectors). Keras' ``Normalization`` layer keeps them as constants, not weights, so a
+            ``.weights.h5`` file does not hold them: they are stored beside it.
     """
 
     model: object
     classes: list[str]
     report: FitReport
+    mean: np.ndarray | None = None
+    variance: np.ndarray | None = None
 
 
 def _features_model(backbone, preprocessing: str, pooling: str, channels: int):
@@ -194,7 +199,55 @@ def train_classifier(
                on_step=on_step)
     for layer in backbone.layers:
         layer.trainable = False
-    return FineTuned(model, [str(c) for c in classes], report)
+    return FineTuned(model, [str(c) for c in classes], report, mean.astype(np.float32), var.astype(np.float32))
+
+
+def load_classifier(
+    backbone,
+    weights_file,
+    classes: Sequence[str],
+    mean: np.ndarray,
+    variance: np.ndarray,
+    *,
+    preprocessing: str,
+    pooling: str = "topk",
+    channels: int = 1,
+) -> FineTuned:
+    """Rebuild a fine-tuned classifier saved with ``FineTuned.model.save_weights``.
+
+    The model is built as :func:`train_classifier` builds it (same layers, same names) and its
+    weights, backbone and head, are read from ``weights_file`` (Keras ``Model.load_weights``).
+
+    Args:
+        backbone: a ``mixed1``-truncated InceptionV3 of the architecture the model was trained on
+            (:func:`docsort.core.features.build_inception_backbone`), float32; its weights are
+            replaced in place by the file's.
+        weights_file: the ``.weights.h5`` path.
+        classes: the types, in the order the model was trained with (its probability columns).
+        mean, variance: float (D,), the stored standardisation (:class:`FineTuned`).
+        preprocessing, pooling, channels: as the model was trained with.
+
+    Returns:
+        A :class:`FineTuned` with an empty report.
+
+    Raises:
+        FineTuneError: fewer than two classes, or ``mean``/``variance`` not of the backbone's
+            pooled width.
+        ValueError: (Keras) a weights file that does not fit the architecture.
+    """
+    if len(classes) < 2:
+        raise FineTuneError("a fine-tuned classifier has at least two types")
+    features = _features_model(backbone, preprocessing, pooling, channels)
+    width = int(features.output.shape[-1])
+    mean = np.asarray(mean, np.float32).reshape(-1)
+    variance = np.asarray(variance, np.float32).reshape(-1)
+    if mean.shape != (width,) or variance.shape != (width,):
+        raise FineTuneError(f"the stored standardisation has {mean.size} / {variance.size} values; the pooled vector has {width}")
+    model = _full_model(features, mean, variance, len(classes), seed=0)
+    model.load_weights(str(weights_file))
+    for layer in backbone.layers:
+        layer.trainable = False
+    return FineTuned(model, [str(c) for c in classes], FitReport(), mean, variance)
 
 
 def predict(tuned: FineTuned, pages: np.ndarray, batch_size: int = 16) -> np.ndarray:

@@ -23,7 +23,8 @@ user's document types from a handful of labelled pages.
   decisions and probabilities.
 
 Nothing here imports TensorFlow: labelling, training and classifying run on stored vectors, in
-seconds.
+seconds (the fine-tuned classifier, which types pages from their pixels, is
+:mod:`docsort.jobs.finetuning`).
 """
 
 from __future__ import annotations
@@ -792,7 +793,10 @@ def after_ingest(collection: Collection, settings, *, log: Callable[[str], None]
 
     Called at the end of :func:`docsort.jobs.ingest.ingest`, which holds the write lock. New pages get
     predictions from the current model (retrained first if the labels changed since it was
-    trained), at the pipeline's ``[classifier] threshold`` (stored with each prediction). Ingest has already stored its pages, so a classifier that cannot be trained any more
+    trained), at the pipeline's ``[classifier] threshold`` (stored with each prediction). While a
+    fine-tuned classifier is in use (``docsort classify --fine-tune``) this does nothing: ingest
+    and cluster call :func:`docsort.jobs.finetuning.type_after_ingest`, which has that model type
+    them. Ingest has already stored its pages, so a classifier that cannot be trained any more
     (labels removed down to one type) is reported through ``log`` and not raised.
 
     Args:
@@ -804,9 +808,7 @@ def after_ingest(collection: Collection, settings, *, log: Callable[[str], None]
         The :class:`ClassifyReport`, or ``None`` when there is no classifier (or it failed).
     """
     if fine_tuned_in_use(collection):  # issue 14: never mix frozen predictions into fine-tuned ones
-        if log:
-            log("new pages not typed: the fine-tuned classifier is in use; run docsort classify --fine-tune to type them")
-        return None
+        return None  # docsort.jobs.finetuning.type_after_ingest types them with the fine-tuned model
     if not model_path(collection, "classifier").is_file():
         return None
     try:

@@ -21,7 +21,7 @@ from docsort.core.features import FeatureExtractor
 from docsort.core.invariance import stored_projection
 from docsort.core.runtime import machine
 from docsort.core.text import TextModel, cluster_keywords, keyword_name
-from docsort.jobs import classify
+from docsort.jobs.finetuning import type_after_ingest
 from docsort.jobs.edits import honour_edits
 from docsort.jobs.invariance import fit_invariance
 from docsort.queries.vectors import _usable_texts, _vectors_of, _visual_vectors, fit_text_model_of, load_text_model, page_vectors
@@ -88,7 +88,7 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
     ``progress`` shows its bar); the clustered vectors are the projected ones (fused with the
     text where there is text), and ``result.params["invariance_sha256"]`` says which projection.
     When the projection changed, a trained document-type classifier is retrained on the new
-    vectors and every page re-predicted (:func:`docsort.jobs.classify.after_ingest`).
+    vectors and every page re-predicted (:func:`docsort.jobs.finetuning.type_after_ingest`).
 
     Noise is reassigned by soft clustering when ``settings.hdbscan.reassign_noise_threshold > 0``
     (:func:`~docsort.core.clustering.reassign_noise`). Cluster ids are matched to the stored ones by
@@ -118,7 +118,7 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
         projection = inv.projection if settings.invariance.enabled else None
         if (before.sha256 if before else None) != (projection.sha256 if projection else None):
             # The classifier's vectors changed: retrain it and re-predict (no-op without one).
-            classify.after_ingest(collection, settings, log=log)
+            type_after_ingest(collection, settings, log=log)
         # Text model refitted on all OCR text so far; fused vectors when there is text (issue 6).
         # Vectors and texts are read once for the model, the fused vectors and the names.
         ids, visual = _visual_vectors(collection, settings, projection=projection)

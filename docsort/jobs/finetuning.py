@@ -25,9 +25,11 @@ Steps (the job takes the collection's write lock):
    settings, which model is in use (``in_use``: ``"fine-tuned"`` | ``"frozen"``), the weights'
    sha256 and the label set hash; ``docsort info`` shows it.
 
-While the fine-tuned model is in use, ingest does not type new pages with the frozen classifier
-(:func:`docsort.jobs.classify.after_ingest` checks :func:`fine_tuned_in_use`): run
-``docsort classify --fine-tune`` again; a plain ``docsort classify`` goes back to the frozen one.
+While the fine-tuned model is in use, pages ingested later are typed by it, never by the frozen
+classifier (ingest and cluster call :func:`type_after_ingest`, which calls :func:`type_new_pages`: it rebuilds
+the model from the stored weights and standardisation, both checked against their sha256); it is
+not retrained then (a changed label set is reported: ``docsort classify --fine-tune`` retrains). A
+plain ``docsort classify`` goes back to the frozen one.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from docsort.core.adapt import AUGMENTATIONS, LAYER_CHOICES
 from docsort.core.finetune import HEAD, FineTuneError, cross_validate, predict, train_classifier
 from docsort.config.settings import PipelineSettings
 
-__all__ = ["FineTuneReport", "fine_tune", "fine_tuned_in_use", "forget_fine_tuned"]
+__all__ = ["FineTuneReport", "NewPagesTyping", "fine_tune", "type_new_pages", "type_after_ingest", "fine_tuned_in_use", "forget_fine_tuned"]
 
 Log = Callable[[str], None]
 
@@ -249,38 +251,18 @@ def fine_tune(
         atomic_write_bytes(collection.root / Collection.FINE_TUNED, data)
         side = {"sha256": sha, "classes": tuned.classes, "preprocessing": kw["preprocessing"], "pooling": kw["pooling"],
                 "scope": "truncated backbone + type head", "layer": settings.features.layer,
-                "base_weights": (manifest.get("features") or {}).get("weights")}
+                "base_weights": (manifest.get("features") or {}).get("weights"),
+                # Keras' Normalization keeps these as constants, outside the weights file (core.finetune.FineTuned)
+                "standardise_mean": [float(x) for x in tuned.mean],
+                "standardise_variance": [float(x) for x in tuned.variance],
+                "standardise_sha256": _standardise_sha256(tuned.mean, tuned.variance)}
         atomic_write_bytes(sidecar_path(collection.root / Collection.FINE_TUNED),
                            json.dumps(side, indent=2, sort_keys=True).encode("utf-8") + b"\n")
         report.weights_sha256 = sha
         version = "ft-" + sha[:9]
         todo = [int(i) for i in store_labels.pages_to_predict(collection)]
-        size = extractor.input_size
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        out_rows, batch, owners, moved = [], [], [], 0
-
-        def flush() -> None:
-            if batch:
-                P = predict(tuned, np.stack(batch))
-                best = P.argmax(axis=1)
-                for pid, b, p in zip(owners, best, P):
-                    prob = float(p[b])
-                    out_rows.append((pid, tuned.classes[b], prob, None, int(prob < threshold), threshold, version, now))
-                batch.clear()
-                owners.clear()
-
-        bar = tqdm(total=len(todo), desc="typing pages", unit="page", disable=not progress, file=sys.stderr)
-        for pid, image in (reread_pages(collection, settings.render, todo, log=log, what="fine-tune") if todo else ()):
-            if image is None:
-                moved += 1
-                continue
-            batch.append(to_network_input(image.convert(mode), size))
-            owners.append(int(pid))
-            bar.update(1)
-            if len(batch) >= 16:
-                flush()
-        flush()
-        bar.close()
+        out_rows, moved = _type_pages(collection, settings, tuned, version, threshold, todo, extractor.input_size,
+                                      mode, progress=progress, log=log)
         store_labels.replace_predictions(collection, out_rows, drop_all=True)
         report.typed, report.untyped_moved = len(out_rows), moved
         report.unsure = sum(r[4] for r in out_rows)
@@ -290,7 +272,7 @@ def fine_tune(
                 "(restore the files and run docsort classify --fine-tune again)")
         manifest = collection.manifest() or {}
         manifest["fine_tune"] = {**entry, "in_use": "fine-tuned", "file": Collection.FINE_TUNED, "sha256": sha,
-                                 "classes": tuned.classes, "model_version": version, "threshold": threshold,
+                                 "standardise_sha256": side["standardise_sha256"], "classes": tuned.classes, "model_version": version, "threshold": threshold,
                                  "typed": report.typed, "untyped_moved": moved,
                                  "final_epochs_run": tuned.report.epochs_run,
                                  "final_losses": [round(x, 5) for x in tuned.report.losses]}
@@ -298,3 +280,178 @@ def fine_tune(
             manifest["classifier"]["in_use"] = "fine-tuned"
         write_manifest(collection, manifest)
     return report
+
+
+def _standardise_sha256(mean: np.ndarray, variance: np.ndarray) -> str:
+    """sha256 of the head's standardisation: float32 little-endian mean then variance."""
+    import hashlib
+
+    return hashlib.sha256(np.asarray(mean, "<f4").tobytes() + np.asarray(variance, "<f4").tobytes()).hexdigest()
+
+
+def _type_pages(collection: Collection, settings: PipelineSettings, tuned, version: str, threshold: float,
+                todo: list[int], size: tuple[int, int], mode: str, *, progress: bool, log: Log) -> tuple[list[tuple], int]:
+    """Type pages with a fine-tuned classifier, re-read from their files, 16 at a time.
+
+    Returns:
+        ``(rows, moved)``: prediction rows ``(page_id, type, probability, None, unsure, threshold,
+        version, at)`` for :func:`docsort.store.labels.replace_predictions`, and how many pages were
+        left untyped because their file moved or changed.
+    """
+    from tqdm import tqdm
+
+    from docsort.core.pages import to_network_input
+    from docsort.jobs.invariance import reread_pages
+
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    out_rows, batch, owners, moved = [], [], [], 0
+
+    def flush() -> None:
+        if batch:
+            P = predict(tuned, np.stack(batch))
+            best = P.argmax(axis=1)
+            for pid, b, p in zip(owners, best, P):
+                prob = float(p[b])
+                out_rows.append((pid, tuned.classes[b], prob, None, int(prob < threshold), threshold, version, now))
+            batch.clear()
+            owners.clear()
+
+    bar = tqdm(total=len(todo), desc="typing pages", unit="page", disable=not progress, file=sys.stderr)
+    for pid, image in (reread_pages(collection, settings.render, todo, log=log, what="fine-tune") if todo else ()):
+        if image is None:
+            moved += 1
+            continue
+        batch.append(to_network_input(image.convert(mode), size))
+        owners.append(int(pid))
+        bar.update(1)
+        if len(batch) >= 16:
+            flush()
+    flush()
+    bar.close()
+    return out_rows, moved
+
+
+@dataclass
+class NewPagesTyping:
+    """What :func:`type_new_pages` did.
+
+    Attributes:
+        typed: pages given a type by the fine-tuned classifier; unsure: of those, below the threshold.
+        untyped_moved: pages left untyped because their file moved or changed.
+        model_version: ``"ft-"`` and the first 9 hex digits of the weights' sha256.
+        labels_changed: the labels differ from those the model was trained on (it is not retrained
+            here: that takes minutes; ``docsort classify --fine-tune`` does it).
+    """
+
+    typed: int = 0
+    unsure: int = 0
+    untyped_moved: int = 0
+    model_version: str = ""
+    labels_changed: bool = False
+
+
+def type_new_pages(collection: Collection, settings: PipelineSettings, *, threshold: float | None = None,
+                   progress: bool = False, log: Log = _stderr) -> NewPagesTyping:
+    """Type the unlabelled pages that have no prediction of the fine-tuned classifier in use (pages
+    ingested after ``docsort classify --fine-tune``), with the stored model. The caller holds the
+    write lock (:func:`type_after_ingest`, called by ingest and cluster).
+
+    The model is rebuilt from the collection's files: the backbone from the collection's own
+    weights (:func:`docsort.store.manifest.make_extractor`, checked against the manifest), then
+    :data:`Collection.FINE_TUNED` (its sha256 must be the manifest's) and the standardisation in
+    its sidecar (its sha256 too) by :func:`docsort.core.finetune.load_classifier`. Pages are
+    re-read from their files, as ``classify --fine-tune`` types them; the predictions of other
+    pages are kept.
+
+    Args:
+        collection: a collection whose manifest says the fine-tuned classifier is in use.
+        settings: its effective settings.
+        threshold: probability below which a page is "unsure" (default the pipeline's ``[classifier] threshold``).
+        progress: tqdm bar on stderr.
+
+    Returns:
+        A :class:`NewPagesTyping` (all zero when every unlabelled page has a prediction already).
+
+    Raises:
+        FineTuneError: the fine-tuned classifier is not in use, its weights file is missing or its
+            sha256 is not the manifest's, or the collection was fine-tuned before the
+            standardisation was stored (run ``docsort classify --fine-tune`` again).
+        CollectionError, WeightsError: the collection's own weights do not load or do not match.
+    """
+    import hashlib
+
+    from docsort.core.finetune import load_classifier
+    from docsort.store.manifest import _check_extractor, make_extractor
+    from docsort.core.weights import sidecar_path
+    from docsort.jobs import classify as cl
+
+    entry = (collection.manifest() or {}).get("fine_tune") or {}
+    if entry.get("in_use") != "fine-tuned":
+        raise FineTuneError("the fine-tuned classifier is not in use in this collection")
+    f = collection.root / Collection.FINE_TUNED
+    if not f.is_file():
+        raise FineTuneError(f"{f}: the fine-tuned classifier's weights are missing; run docsort classify --fine-tune")
+    data = f.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise FineTuneError(f"{f}: sha256 is not the one the manifest records; run docsort classify --fine-tune")
+    try:
+        side = json.loads(sidecar_path(f).read_text(encoding="utf-8"))
+        mean = np.asarray(side["standardise_mean"], np.float32)
+        variance = np.asarray(side["standardise_variance"], np.float32)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FineTuneError(f"{sidecar_path(f)}: no usable standardisation of the type head ({exc.__class__.__name__}): "
+                            "this collection was fine-tuned by an older docsort; run docsort classify --fine-tune again") from exc
+    if _standardise_sha256(mean, variance) != entry.get("standardise_sha256"):
+        raise FineTuneError(f"{sidecar_path(f)}: the standardisation's sha256 is not the one the manifest records; "
+                            "run docsort classify --fine-tune")
+    version = entry.get("model_version") or "ft-" + entry["sha256"][:9]
+    result = NewPagesTyping(model_version=version, labels_changed=entry.get("label_hash") != cl.label_set_hash(collection))
+    todo = [int(i) for i in store_labels.pages_to_predict(collection, version)]
+    if not todo:
+        return result
+    extractor = make_extractor(settings, announce=False)
+    _check_extractor(collection, extractor)
+    mode = "L" if extractor.channels == 1 else "RGB"
+    tuned = load_classifier(extractor.model, f, entry["classes"], mean, variance,
+                            preprocessing=side.get("preprocessing", extractor.weights.preprocessing),
+                            pooling=side.get("pooling", settings.features.pooling), channels=extractor.channels)
+    threshold = settings.classifier.threshold if threshold is None else float(threshold)
+    rows, moved = _type_pages(collection, settings, tuned, version, threshold, todo, extractor.input_size, mode,
+                              progress=progress, log=log)
+    store_labels.replace_predictions(collection, rows, drop_all=False)
+    result.typed, result.untyped_moved = len(rows), moved
+    result.unsure = sum(r[4] for r in rows)
+    return result
+
+
+def type_after_ingest(collection: Collection, settings: PipelineSettings, *, log: Log | None = None) -> None:
+    """Document types for newly ingested pages, by whichever classifier the collection uses; none
+    without a classifier. Called by :func:`docsort.jobs.ingest.ingest` and
+    :func:`docsort.jobs.cluster.cluster`, which hold the write lock.
+
+    With the fine-tuned classifier in use (:func:`fine_tuned_in_use`), :func:`type_new_pages`; a
+    model that cannot be loaded (:class:`~docsort.core.finetune.FineTuneError`) is reported through
+    ``log`` and not raised (the pages are stored already; they stay untyped). Otherwise the frozen
+    classifier's :func:`docsort.jobs.classify.after_ingest`.
+
+    Args:
+        collection: the collection just ingested into or clustered.
+        settings: its :class:`~docsort.config.settings.PipelineSettings`.
+        log: where a one-line summary goes.
+    """
+    from docsort.jobs import classify as cl
+
+    if not fine_tuned_in_use(collection):
+        cl.after_ingest(collection, settings, log=log)
+        return
+    try:
+        done = type_new_pages(collection, settings, log=log or (lambda _m: None))
+    except FineTuneError as exc:
+        if log:
+            log(f"new pages not typed: {exc}")
+        return
+    if log and (done.typed or done.untyped_moved):
+        log(f"typed {done.typed} new pages with the fine-tuned classifier {done.model_version} ({done.unsure} unsure)"
+            + (f"; {done.untyped_moved} left untyped: their file moved or changed" if done.untyped_moved else "")
+            + ("; the labels changed since it was trained: docsort classify --fine-tune retrains it"
+               if done.labels_changed else ""))

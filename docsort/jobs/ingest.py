@@ -31,7 +31,7 @@ from docsort.core.pages import (
     sha256_file,
 )
 from docsort.core.workers import ProcessExpired, in_worker, worker_pool
-from docsort.jobs import classify
+from docsort.jobs.finetuning import type_after_ingest
 from docsort.jobs.cluster import assign_provisional
 from docsort.jobs.ocr import OcrReport
 from docsort.jobs.ocr import backfill as ocr_backfill
@@ -387,7 +387,7 @@ def ingest(
                 _, pinfo = sync_index(collection, settings.index, projection=projection)
                 report.index += f"; scan-style invariant {projection.dims}-d: {pinfo.kind}, {pinfo.ntotal} vectors ({pinfo.action})"
             stages["index"] += time.perf_counter() - t
-        classify.after_ingest(collection, settings, log=log)  # document types for new pages; no-op without a classifier
+        type_after_ingest(collection, settings, log=log)  # document types for new pages; no-op without a classifier
         report.provisional_pages = assign_provisional(collection, log=log)  # issue 5: clusters for new pages, no re-fit
         if run_ocr:
             ocr_pages = np.setdiff1d(collection.page_ids(), known_pages).tolist() + [
