@@ -20,7 +20,7 @@ does, and compares with the frozen vectors and with frozen + the invariance proj
 Usage::
 
     python benchmarks/adapt_study.py --docs DIR [--epochs 3] [--layers mixed1] [--size 299] \
-        [--batch 16] [--lr 3e-4] [--temperature 0.1] [--seed 0] [--minutes 20]
+        [--batch 16] [--lr 3e-4] [--temperature 0.1] [--seed 0] [--minutes 20] [--precision bfloat16]
 
 Prints one JSON object (timings, load average); the figures go into benchmarks/RESULTS.md.
 """
@@ -110,6 +110,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                    help="training precision (docsort.core.adapt.training_twin); embedding stays float32")
     ap.add_argument("--no-invariance", action="store_true")
     ap.add_argument("--adapted-invariance", action="store_true",
                     help="also fit the invariance projection on the adapted network's renderings (what docsort cluster does next)")
@@ -169,13 +171,17 @@ def main() -> None:
     print(json.dumps(out), flush=True)
 
     # --- trainable layers -------------------------------------------------------------
-    names = [layer.name for layer in trunk.layers]
-    start = {"mixed1": names.index("mixed0") + 1, "mixed0,mixed1": names.index("max_pooling2d_1") + 1, "all": 0}[args.layers]
-    for i, layer in enumerate(trunk.layers):
-        layer.trainable = i >= start
+    from docsort.core.adapt import training_twin
+
+    # the head first: cloning the trunk for bfloat16 draws from the seeded initialisers too
     head = keras.Sequential([keras.layers.Dense(128, activation="relu"), keras.layers.Dense(64)], name="head")
     head.build((None, 288))
-    variables = trunk.trainable_variables + head.trainable_variables
+    net = training_twin(trunk, args.precision)
+    names = [layer.name for layer in net.layers]
+    start = {"mixed1": names.index("mixed0") + 1, "mixed0,mixed1": names.index("max_pooling2d_1") + 1, "all": 0}[args.layers]
+    for i, layer in enumerate(net.layers):
+        layer.trainable = i >= start
+    variables = net.trainable_variables + head.trainable_variables
     out["trainable_params"] = int(sum(np.prod(v.shape) for v in variables))
     opt = keras.optimizers.Adam(args.lr)
     opt.build(variables)
@@ -185,7 +191,7 @@ def main() -> None:
     def step(a, b):
         x = tf.concat([a, b], 0)
         with tf.GradientTape() as tape:
-            z = head(_topk(trunk(preprocess(x, scheme), training=False)))
+            z = head(_topk(tf.cast(net(preprocess(x, scheme), training=False), tf.float32)))
             z = tf.math.l2_normalize(z, axis=-1)
             m = tf.shape(a)[0]
             sim = tf.matmul(z, z, transpose_b=True) / tau
@@ -223,6 +229,8 @@ def main() -> None:
         if time.perf_counter() > deadline:
             break
     train_s = time.perf_counter() - t0
+    if net is not trunk:
+        trunk.set_weights(net.get_weights())
     out["train"] = {"epochs_run": len(losses), "losses": losses, "seconds": round(train_s, 1),
                     "augment_s": round(aug_s, 1), "pages_seen": seen,
                     "minutes_per_1000_pages_per_epoch": round(train_s / 60 * 1000 / max(seen, 1), 2)}

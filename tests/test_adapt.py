@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from docsort.jobs.adaptation import adapt  # first: imports docsort.store.storage (sqlite3) before TensorFlow
-from docsort.core.adapt import AdaptError, augment_view, set_trainable
+from docsort.core.adapt import AdaptError, augment_view, set_trainable, train_contrastive, training_twin
 from docsort.store.manifest import effective_settings
 from docsort.queries.tables import info
 from docsort.jobs.ingest import ingest
@@ -89,6 +89,41 @@ def test_layer_choices_train_nested_sets_of_parameters():
         set_trainable(model, "mixed5")
 
 
+def test_bfloat16_training_is_seeded_and_leaves_float32_weights():
+    """Mixed-precision training (bfloat16 compute, float32 variables) is deterministic for a seed,
+    trains the chosen block and nothing else, computes float32's loss within 2 %, and leaves the
+    float32 model with float32 weights."""
+    from PIL import Image
+
+    from docsort.core.features import build_inception_backbone
+    from docsort.core.weights import resolve_weights
+
+    weights = resolve_weights("bundled", None, announce=False)
+    ims = [Image.open(SAMPLE_DOCS / f"leptonica/pageseg{i}.png").convert("L") for i in (1, 2, 3, 4)]
+    for im in ims:
+        im.thumbnail((300, 300))
+    start = build_inception_backbone(weights, "mixed1", (128, 128)).get_weights()
+    runs, losses = {}, {}
+    for name, precision in (("bf16", "bfloat16"), ("bf16 again", "bfloat16"), ("f32", "float32")):
+        model = build_inception_backbone(weights, "mixed1", (128, 128))
+        twin = training_twin(model, precision)
+        assert (twin is model) == (precision == "float32")
+        rep = train_contrastive(model, ims, preprocessing=weights.preprocessing, epochs=1, batch_size=4, seed=3,
+                                precision=precision)
+        assert rep.steps == 1 and np.isfinite(rep.losses).all()
+        losses[name] = rep.losses[0]
+        runs[name] = model.get_weights()
+        assert all(w.dtype == np.float32 for w in runs[name]) and model.dtype_policy.name == "float32"
+    assert all(np.array_equal(a, b) for a, b in zip(runs["bf16"], runs["bf16 again"]))
+    changed = [not np.array_equal(a, b) for a, b in zip(start, runs["bf16"])]
+    assert any(changed) and not all(changed)  # the mixed1 block moved, the stem did not
+    assert changed == [not np.array_equal(a, b) for a, b in zip(start, runs["f32"])]
+    # the one step's loss is computed before the update: bfloat16's forward pass gives float32's loss
+    assert losses["bf16"] == pytest.approx(losses["f32"], rel=0.02), losses
+    with pytest.raises(AdaptError, match="unknown training precision"):
+        training_twin(model, "float16")
+
+
 def test_adapted_weights_are_stored_with_their_checksum_and_recorded(adapted):
     root, report, _ = adapted
     assert report.trained and report.pages_trained == 12 and report.pages_skipped == 0 and report.epochs_run == 1
@@ -102,6 +137,7 @@ def test_adapted_weights_are_stored_with_their_checksum_and_recorded(adapted):
     assert a["base_weights"]["sha256"] == file_sha256(BUNDLED_WEIGHTS) and a["base_weights"]["source"] == "bundled"
     assert a["objective"]["name"].startswith("NT-Xent") and a["objective"]["temperature"] == 0.1
     assert a["augmentations"]["styles"] and a["epochs"] == 1 and a["seed"] == 3 and a["layers"] == "mixed1"
+    assert a["training_precision"] == "float32"  # the default
     assert "tensorflow" in a["libraries"] and "keras" in a["libraries"]
     assert m["features"]["weights"]["sha256"] == sha  # the vectors in use are the adapted network's
     with Collection(root) as col:
@@ -223,9 +259,12 @@ def test_cli_adapt_then_info_says_adapted(base, tmp_path):
 
     bad = run("adapt", "-c", str(root), "--layers", "mixed9", "--no-progress")
     assert bad.returncode == 2 and "unknown --layers" in bad.stderr
-    res = run("adapt", "-c", str(root), "--epochs", "1", "--seed", "5", "--no-progress")
+    bad = run("adapt", "-c", str(root), "--precision", "float16", "--no-progress")
+    assert bad.returncode == 2 and "unknown --precision" in bad.stderr
+    res = run("adapt", "-c", str(root), "--epochs", "1", "--seed", "5", "--precision", "bfloat16", "--no-progress")
     assert res.returncode == 0, res.stderr
     assert "trained 1 epoch(s) on 12 pages" in res.stdout and "re-embedded 12 pages" in res.stdout
+    assert json.loads((root / Collection.MANIFEST).read_text())["adaptation"]["training_precision"] == "bfloat16"
     data = json.loads(run("info", "-c", str(root), "--json").stdout)
     assert data["adapted_weights"].startswith("yes") and data["weights_source"] == "path"
     assert data["weights_sha256"] == file_sha256(root / Collection.ADAPTED_WEIGHTS)

@@ -30,11 +30,17 @@ from PIL import Image
 
 from docsort.core.styles import DEFAULT_STYLES, restyle
 
-__all__ = ["LAYER_CHOICES", "AUGMENTATIONS", "OBJECTIVE", "AdaptError", "augment_view", "set_trainable",
-           "TrainReport", "run_epochs", "train_contrastive"]
+__all__ = ["LAYER_CHOICES", "TRAINING_PRECISIONS", "DEFAULT_TRAINING_PRECISION", "AUGMENTATIONS", "OBJECTIVE", "AdaptError", "augment_view",
+           "set_trainable", "training_twin", "TrainReport", "run_epochs", "train_contrastive"]
 
 #: ``--layers`` choices: which blocks of the ``mixed1``-truncated InceptionV3 are trained.
 LAYER_CHOICES = ("mixed1", "mixed0,mixed1", "all")
+
+#: ``--precision`` choices for training (:func:`training_twin`).
+TRAINING_PRECISIONS = ("float32", "bfloat16")
+
+#: ``docsort adapt``'s training precision unless told otherwise (benchmarks/RESULTS.md, "Adapting the network").
+DEFAULT_TRAINING_PRECISION = "float32"
 
 #: What :func:`augment_view` does, as recorded in the manifest.
 AUGMENTATIONS = {
@@ -208,6 +214,44 @@ def run_epochs(
     return report
 
 
+def training_twin(model, precision: str = "float32"):
+    """The network that training runs on: ``model`` itself for ``float32``; for ``bfloat16`` a copy
+    under Keras' ``mixed_bfloat16`` policy with the same weights (``keras.models.clone_model``,
+    every layer rebuilt from its config with that policy).
+
+    Mixed precision (Micikevicius et al. 2018, "Mixed precision training"; Keras' mixed-precision
+    guide): the layers compute in bfloat16, which CPUs with AMX or AVX-512 BF16 run on their matrix
+    units (oneDNN), while the variables, and so the optimiser's updates, stay float32. bfloat16 has
+    float32's exponent range, so no loss scaling is needed. After training copy the weights back
+    with ``model.set_weights(twin.get_weights())``: they are float32 either way.
+
+    Args:
+        model: a Keras functional model with float32 variables.
+        precision: one of :data:`TRAINING_PRECISIONS`.
+
+    Returns:
+        A Keras model with ``model``'s architecture and weights; its outputs are bfloat16 tensors for
+        ``bfloat16`` (cast them before a loss).
+
+    Raises:
+        AdaptError: an unknown precision.
+    """
+    if precision not in TRAINING_PRECISIONS:
+        raise AdaptError(f"unknown training precision {precision!r}; use one of {', '.join(TRAINING_PRECISIONS)}")
+    if precision == "float32":
+        return model
+    import keras
+
+    def rebuild(layer):
+        config = layer.get_config()
+        config["dtype"] = "mixed_bfloat16"
+        return layer.__class__.from_config(config)
+
+    twin = keras.models.clone_model(model, clone_function=rebuild)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def train_contrastive(
     model,
     images: Sequence[Image.Image],
@@ -221,6 +265,7 @@ def train_contrastive(
     temperature: float = 0.1,
     seed: int = 0,
     channels: int = 1,
+    precision: str = DEFAULT_TRAINING_PRECISION,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainReport:
     """Fine-tune ``model`` in place by NT-Xent on two augmented views of every page.
@@ -239,13 +284,16 @@ def train_contrastive(
         temperature: NT-Xent's tau (SimCLR's 0.1-0.5; 0.1 here).
         seed: seeds Keras (head initialisation) and the augmentations.
         channels: 1 or 3, the network input's channels.
+        precision: ``float32``, or ``bfloat16``: the backbone computes in mixed bfloat16
+            (:func:`training_twin`; pooling, head and loss stay float32) and the trained float32
+            weights are copied into ``model`` at the end.
         on_step: called with the number of pages of each finished step (progress bars).
 
     Returns:
         A :class:`TrainReport`.
 
     Raises:
-        AdaptError: fewer than 2 pages, epochs < 1, or a bad ``layers``.
+        AdaptError: fewer than 2 pages, epochs < 1, a bad ``layers`` or ``precision``.
     """
     import keras
     import tensorflow as tf
@@ -258,11 +306,12 @@ def train_contrastive(
         raise AdaptError("epochs must be at least 1")
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
-    report = TrainReport(trainable_params=set_trainable(model, layers))
-    size = tuple(int(d) for d in model.input.shape[1:3])
     head = keras.Sequential([keras.layers.Dense(128, activation="relu"), keras.layers.Dense(64)], name="projection_head")
     head.build((None, int(model.output.shape[-1])))
-    variables = model.trainable_variables + head.trainable_variables
+    net = training_twin(model, precision)  # after the head: cloning draws from the seeded initialisers too
+    report = TrainReport(trainable_params=set_trainable(net, layers))
+    size = tuple(int(d) for d in model.input.shape[1:3])
+    variables = net.trainable_variables + head.trainable_variables
     opt = keras.optimizers.Adam(learning_rate)
     opt.build(variables)
     tau = float(temperature)
@@ -272,7 +321,8 @@ def train_contrastive(
         x = tf.concat([a, b], 0)
         m = tf.shape(a)[0]
         with tf.GradientTape() as tape:
-            z = tf.math.l2_normalize(head(_topk(model(preprocess(x, preprocessing), training=False))), axis=-1)
+            fmap = tf.cast(net(preprocess(x, preprocessing), training=False), tf.float32)
+            z = tf.math.l2_normalize(head(_topk(fmap)), axis=-1)
             sim = tf.matmul(z, z, transpose_b=True) / tau - 1e9 * tf.eye(2 * m)
             target = tf.concat([tf.range(m, 2 * m), tf.range(0, m)], 0)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(target, sim))
@@ -290,6 +340,8 @@ def train_contrastive(
 
     run_epochs(len(images), batch_loss, report, rng=rng, epochs=epochs, batch_size=batch_size, minutes=minutes,
                on_step=on_step)
-    for layer in model.layers:
+    if net is not model:
+        model.set_weights(net.get_weights())
+    for layer in (*model.layers, *net.layers):
         layer.trainable = False
     return report

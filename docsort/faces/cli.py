@@ -502,6 +502,9 @@ def adapt(
     minutes: Annotated[Optional[float], typer.Option(min=0.0, help="Time budget for training, minutes (stops after the step that crosses it).")] = None,
     layers: Annotated[str, typer.Option(help="Blocks to train: mixed1 | mixed0,mixed1 | all.")] = "mixed1",
     seed: Annotated[int, typer.Option(help="Seed of the augmentations, page order and head.")] = 0,
+    precision: Annotated[Optional[str], typer.Option(
+        help="Training precision: float32 | bfloat16 (mixed precision on the CPU's matrix units; the stored weights "
+             "are float32 either way). Default: docsort.core.adapt.DEFAULT_TRAINING_PRECISION.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     lock_timeout: Annotated[float, typer.Option(help="Seconds to wait when another process is writing.")] = 600.0,
 ) -> None:
@@ -514,7 +517,7 @@ def adapt(
     try:
         settings = effective_settings(col, requested)
         report = run_adapt(col, settings, epochs=epochs, minutes=minutes, layers=layers, seed=seed, progress=progress,
-                           lock_timeout_s=lock_timeout)
+                           lock_timeout_s=lock_timeout, **({"precision": precision} if precision else {}))
     finally:
         col.close()
     if report.trained:

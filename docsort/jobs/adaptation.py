@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from docsort.config.settings import PipelineSettings
-from docsort.core.adapt import AUGMENTATIONS, LAYER_CHOICES, OBJECTIVE, AdaptError, train_contrastive
+from docsort.core.adapt import (AUGMENTATIONS, DEFAULT_TRAINING_PRECISION, LAYER_CHOICES, OBJECTIVE, TRAINING_PRECISIONS,
+                                AdaptError, train_contrastive)
 from docsort.core.pages import to_network_input
 
 # docsort.store.storage first: it loads Python's sqlite3 (with FTS5) before TensorFlow, whose bundled
@@ -90,6 +91,7 @@ def adapt(
     batch_size: int = 16,
     learning_rate: float = 3e-4,
     temperature: float = 0.1,
+    precision: str = DEFAULT_TRAINING_PRECISION,
     sample_pages: int = 2000,
     progress: bool = True,
     log: Log = _stderr,
@@ -101,8 +103,9 @@ def adapt(
         collection: an existing collection with pages.
         settings: its effective settings (:func:`docsort.store.manifest.effective_settings`); the
             network input size and pooling are the collection's.
-        epochs, minutes, layers, seed, batch_size, learning_rate, temperature: see
-            :func:`docsort.core.adapt.train_contrastive`.
+        epochs, minutes, layers, seed, batch_size, learning_rate, temperature, precision: see
+            :func:`docsort.core.adapt.train_contrastive` (``precision`` is that of training only: the
+            stored weights are float32 and the pages are re-embedded at the collection's precision).
         sample_pages: train on at most this many pages (a seeded draw; all of a smaller collection).
         progress: tqdm bars on stderr.
 
@@ -110,9 +113,9 @@ def adapt(
         An :class:`AdaptReport`.
 
     Raises:
-        AdaptError: an empty collection, a hub backbone, fewer than 2 readable pages, or pages that
-            cannot be re-read for re-embedding (their file moved: nothing is swapped, the old
-            vectors stay; restore the files and run again).
+        AdaptError: an unknown ``layers`` or ``precision``, an empty collection, a hub backbone,
+            fewer than 2 readable pages, or pages that cannot be re-read for re-embedding (their
+            file moved: nothing is swapped, the old vectors stay; restore the files and run again).
         CollectionError, WeightsError, BackboneError: as for ingest.
     """
     from tqdm import tqdm
@@ -123,6 +126,8 @@ def adapt(
 
     if layers not in LAYER_CHOICES:
         raise AdaptError(f"unknown --layers {layers!r}; use one of {', '.join(LAYER_CHOICES)}")
+    if precision not in TRAINING_PRECISIONS:
+        raise AdaptError(f"unknown --precision {precision!r}; use one of {', '.join(TRAINING_PRECISIONS)}")
     if settings.features.backbone != "inception_v3":
         raise AdaptError("docsort adapt fine-tunes the InceptionV3 backbone only, not hub: backbones")
     report = AdaptReport()
@@ -163,7 +168,8 @@ def adapt(
                        file=sys.stderr)
             tr = train_contrastive(base.model, pages, preprocessing=base.weights.preprocessing, layers=layers, epochs=epochs,
                                    minutes=minutes, batch_size=batch_size, learning_rate=learning_rate,
-                                   temperature=temperature, seed=seed, channels=base.channels, on_step=bar.update)
+                                   temperature=temperature, seed=seed, channels=base.channels, precision=precision,
+                                   on_step=bar.update)
             bar.close()
             del pages
             report.trained = True
@@ -186,6 +192,7 @@ def adapt(
                 "layers": layers, "epochs": epochs, "epochs_run": tr.epochs_run, "minutes_budget": minutes,
                 "stopped_by_budget": tr.stopped_by_budget, "steps": tr.steps, "losses": [round(x, 5) for x in tr.losses],
                 "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed, "optimizer": "Adam",
+                "training_precision": precision,
                 "trainable_params": tr.trainable_params, "pages_trained": report.pages_trained,
                 "pages_skipped": report.pages_skipped, "steps_per_epoch": steps_per_epoch,
                 "train_seconds": round(tr.seconds, 2), "libraries": library_versions(),
