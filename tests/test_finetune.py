@@ -233,3 +233,18 @@ def test_pages_ingested_later_are_typed_by_the_fine_tuned_classifier(base, small
         type_after_ingest(col, settings, log=messages.append)
         assert any("new pages not typed" in m and "standardisation" in m for m in messages)
         assert not col.query("SELECT 1 FROM page_predictions WHERE page_id = ?", (new[0],))
+
+    # the standardisation put right, docsort sort-by-type types the page left out before it sorts
+    side["standardise_mean"][0] -= 1.0
+    side_file.write_text(json.dumps(side))
+    from typer.testing import CliRunner
+
+    from docsort.faces.cli import app
+
+    res = CliRunner().invoke(app, ["sort-by-type", str(tmp_path / "sorted"), "--collection", str(root)])
+    assert res.exit_code == 0, res.output
+    assert "typed 1 new pages with the fine-tuned classifier" in res.output
+    with Collection(root) as col:
+        row = col.query("SELECT type, model_version FROM page_predictions WHERE page_id = ?", (new[0],))
+        assert row and row[0][1] == version
+    assert list((tmp_path / "sorted").glob(f"{row[0][0]}/pageseg4*"))  # in its type's folder, not unclassified

@@ -963,6 +963,12 @@ def sort_by_type(
                 raise _fail("the labels changed since the fine-tuned classifier was trained: run docsort classify "
                             "--fine-tune (or plain docsort classify) first", 2)
             err.print("types from the fine-tuned classifier (docsort classify --fine-tune)", highlight=False)
+            from docsort.jobs.finetuning import type_missing_pages
+            from docsort.store.manifest import effective_settings
+
+            with err.status("typing pages that have no type yet..."):  # pages the model could not type at ingest
+                type_missing_pages(col, effective_settings(col, _pipeline(pipeline)[0]), lock_timeout_s=lock_timeout,
+                                   log=lambda m: err.print(m, highlight=False))
         else:
             _run_classify(col, settings, threshold, lock_timeout)
         if one_per_family:

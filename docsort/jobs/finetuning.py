@@ -54,7 +54,7 @@ from docsort.core.adapt import AUGMENTATIONS, LAYER_CHOICES
 from docsort.core.finetune import HEAD, FineTuneError, cross_validate, predict, train_classifier
 from docsort.config.settings import PipelineSettings
 
-__all__ = ["FineTuneReport", "NewPagesTyping", "fine_tune", "type_new_pages", "type_after_ingest", "fine_tuned_in_use", "forget_fine_tuned"]
+__all__ = ["FineTuneReport", "NewPagesTyping", "fine_tune", "type_new_pages", "type_after_ingest", "type_missing_pages", "fine_tuned_in_use", "forget_fine_tuned"]
 
 Log = Callable[[str], None]
 
@@ -455,3 +455,21 @@ def type_after_ingest(collection: Collection, settings: PipelineSettings, *, log
             + (f"; {done.untyped_moved} left untyped: their file moved or changed" if done.untyped_moved else "")
             + ("; the labels changed since it was trained: docsort classify --fine-tune retrains it"
                if done.labels_changed else ""))
+
+
+def type_missing_pages(collection: Collection, settings: PipelineSettings, *, lock_timeout_s: float = 600.0,
+                       log: Log | None = None) -> None:
+    """:func:`type_after_ingest` under the collection's write lock: for a command that is about to
+    use the fine-tuned classifier's types (``docsort sort-by-type``) and must first type the pages
+    that have none yet (ingested while its model could not be loaded, or whose file was back).
+
+    Args:
+        collection: an open collection; settings: its effective settings.
+        lock_timeout_s: seconds to wait for another writer.
+        log: where a one-line summary (or why nothing was typed) goes.
+
+    Raises:
+        CollectionBusyError: another writer held the lock for ``lock_timeout_s``.
+    """
+    with collection.write_lock(lock_timeout_s, on_wait=log):
+        type_after_ingest(collection, settings, log=log)
