@@ -314,8 +314,38 @@ def page_keypoints(image, settings: DuplicateSettings = DuplicateSettings()) -> 
     return out
 
 
-def _match(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings):
-    """``(query rows of a, matched rows of b, inlier mask)`` of one RANSAC fit, or ``None``."""
+#: RANSAC's confidence: the probability that the iterations draw at least one all-inlier sample.
+_RANSAC_CONFIDENCE = 0.99
+#: RANSAC iterations at most (the full verification always allows this many).
+_RANSAC_MAX_ITERS = 2000
+
+
+def ransac_iterations(inliers: int, matches: int, confidence: float = _RANSAC_CONFIDENCE, sample: int = 2,
+                      cap: int = _RANSAC_MAX_ITERS) -> int:
+    """RANSAC iterations that find a model with at least ``inliers`` of ``matches`` correspondences
+    with probability ``confidence``: ``log(1 - confidence) / log(1 - w ** sample)`` with inlier share
+    ``w = inliers / matches`` (Fischler & Bolles 1981; Hartley & Zisserman 2004, "Multiple View
+    Geometry", section 4.7.1); ``sample`` = 2 correspondences fix a similarity transform.
+
+    Returns:
+        An int in ``[1, cap]``.
+    """
+    import math
+
+    w = inliers / max(matches, 1)
+    if w >= 1.0:
+        return 1
+    if w <= 0.0:
+        return cap
+    return int(min(cap, max(1, math.ceil(math.log(1.0 - confidence) / math.log(1.0 - w**sample)))))
+
+
+def _match(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings, need: int = 0):
+    """``(query rows of a, matched rows of b, inlier mask)`` of one RANSAC fit, or ``None``.
+
+    ``need``: the fit only matters when it has at least this many inliers (the first test): fewer
+    ratio-test matches give ``None`` at once, and RANSAC stops after :func:`ransac_iterations`
+    for that share; 0 = the full verification (``_RANSAC_MAX_ITERS`` iterations)."""
     import cv2
     import faiss
 
@@ -333,13 +363,15 @@ def _match(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings):
     first = dist[rows, nearest]
     dist[rows, nearest] = np.iinfo(np.int32).max
     ok = first < settings.ratio * dist.min(axis=1)
-    if int(ok.sum()) < 8:
+    n = int(ok.sum())
+    if n < max(8, need):
         return None
     qa, qb = np.flatnonzero(ok), nearest[ok]
     pa = np.stack([a["x"][qa], a["y"][qa]], 1).astype(np.float32)
     pb = np.stack([b["x"][qb], b["y"][qb]], 1).astype(np.float32)
+    iters = ransac_iterations(need, n) if need else _RANSAC_MAX_ITERS
     model, inl = cv2.estimateAffinePartial2D(pb, pa, method=cv2.RANSAC, ransacReprojThreshold=settings.ransac_px,
-                                             maxIters=2000, confidence=0.99)
+                                             maxIters=iters, confidence=_RANSAC_CONFIDENCE)
     if model is None or inl is None:
         return None
     scale = float(np.sqrt(abs(np.linalg.det(model[:, :2]))))
@@ -355,7 +387,7 @@ def _quick_reject(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings) -> 
     if not q or (len(a) <= q and len(b) <= q):
         return False
     for x, y in ((a, b), (b, a)):  # the strongest corners of a degraded re-scan may be noise: both ways
-        found = _match(x[:q], y, settings)
+        found = _match(x[:q], y, settings, need=settings.quick_inliers)
         if found is not None and int(found[2].sum()) >= settings.quick_inliers:
             return False
     return True
