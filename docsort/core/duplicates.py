@@ -69,6 +69,7 @@ __all__ = [
     "KEYPOINT_DTYPE",
     "page_keypoints",
     "page_map",
+    "ransac_iterations",
     "render_page_maps",
     "score_pairs",
     "settings_token",
@@ -416,11 +417,13 @@ def verify_pairs(keypoints, pairs: np.ndarray, settings: DuplicateSettings = Dup
     """Geometric verification of candidate pairs: how much of both pages one transform explains.
 
     For each pair (a, b): every keypoint of ``a`` is matched to its nearest descriptor of ``b``
-    by Hamming distance (``faiss.IndexBinaryFlat``), kept when it is clearly nearer than the
+    by Hamming distance (all distances by ``faiss.hammings``, the two smallest of each row: an
+    exact k = 2 search), kept when it is clearly nearer than the
     second nearest (Lowe's ratio test, Lowe 2004, "Distinctive image features from
     scale-invariant keypoints", ratio ``settings.ratio``); then RANSAC (Fischler & Bolles 1981)
     fits one similarity transform (rotation, scale, shift: ``cv2.estimateAffinePartial2D``,
-    reprojection error ``settings.ransac_px`` pixels) to the matches, as in near-duplicate image
+    reprojection error ``settings.ransac_px`` pixels, up to 2000 iterations, confidence 0.99)
+    to the matches, as in near-duplicate image
     detection with spatial verification (Chum, Philbin & Zisserman 2008, "Near duplicate image
     detection: min-Hash and tf-idf weighting"). A transform scaling by more than
     ``settings.max_scale`` is rejected.
@@ -428,9 +431,10 @@ def verify_pairs(keypoints, pairs: np.ndarray, settings: DuplicateSettings = Dup
     A first, cheaper test comes before (``settings.quick_keypoints``, ``quick_inliers``): the
     same match and fit with only the strongest ``quick_keypoints`` of one page against all of
     the other's, both ways round; a pair with fewer than ``quick_inliers`` inliers both ways
-    scores 0 without the full match. Candidate pairs are mostly plainly different pages (about
-    90 % fail it on the two re-scan corpora, and no pair that the full test keeps does:
-    benchmarks/RESULTS.md), so verification costs about 0.6 of what it did.
+    scores 0 without the full match. Its RANSAC stops after :func:`ransac_iterations` for
+    ``quick_inliers`` of the ratio-test matches (a fit that has them is found with probability
+    0.99), not 2000. Candidate pairs are mostly plainly different pages (about 90 % fail it on
+    the two re-scan corpora, and no pair that the full test keeps does: benchmarks/RESULTS.md).
 
     The score is the *coverage*: of the cells of a ``grid`` x ``grid`` division of each page
     that hold at least ``cell_keypoints`` keypoints, the share holding an inlier, the smaller of
