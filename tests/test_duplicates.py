@@ -238,3 +238,54 @@ def test_the_quick_first_test_keeps_every_decision_of_the_full_verification(dup_
     tested = (n_kp[i] > base.quick_keypoints) | (n_kp[j] > base.quick_keypoints)  # else the quick test is the full one
     assert tested.mean() > 0.9, "most pages have too few keypoints for a quick test"
     assert not none[tested].any(), "a quick-test bar no pair can reach still let pairs through"
+
+
+def test_the_descriptor_match_finds_what_a_faiss_k2_search_finds(dup_collection):
+    """The match takes the two nearest descriptors from all Hamming distances (faiss.hammings)
+    instead of a k = 2 search of faiss.IndexBinaryFlat: on real pages (a fax page and its
+    re-scans, other pages of sample_docs), every row that passes the ratio test has the same
+    nearest row and the same two distances as the search gives."""
+    import faiss
+
+    from docsort.config.settings import DuplicateSettings
+    from docsort.core.duplicates import KEYPOINT_DTYPE, _match, settings_token
+    from docsort.store.storage import Collection
+
+    s = DuplicateSettings()
+    with Collection(dup_collection[0]) as col:
+        ids, _ = col.page_maps(settings_token(s), s.map_px)
+        keypoints = [np.frombuffer(b, KEYPOINT_DTYPE) for b in col.page_keypoints(settings_token(s), ids)]
+    checked = matched = 0
+    for a in range(0, len(keypoints), 5):
+        for b in range(len(keypoints)):
+            x, y = keypoints[a], keypoints[b]
+            if a == b or len(x) < 8 or len(y) < 8:
+                continue
+            index = faiss.IndexBinaryFlat(256)
+            index.add(np.ascontiguousarray(y["d"]))
+            dist, nbr = index.search(np.ascontiguousarray(x["d"]), 2)
+            ok = dist[:, 0] < s.ratio * dist[:, 1]
+            found = _match(x, y, s)
+            if int(ok.sum()) < 8:
+                assert found is None
+                continue
+            if found is None:  # no transform, or one scaling too much: the matches are not returned
+                continue
+            qa, qb, _ = found
+            np.testing.assert_array_equal(qa, np.flatnonzero(ok))
+            np.testing.assert_array_equal(qb, nbr[ok, 0])
+            checked += 1
+            matched += len(qa)
+    assert checked >= 20 and matched > 1000, (checked, matched)
+
+
+def test_ransac_iterations_follow_the_formula():
+    """N = log(1 - p) / log(1 - w^2) for a 2-point sample (Hartley & Zisserman 2004, 4.7.1)."""
+    from docsort.core.duplicates import ransac_iterations
+
+    assert ransac_iterations(8, 20) == 27  # w = 0.4: log(0.01) / log(0.84) = 26.4
+    assert ransac_iterations(8, 100) == 718  # w = 0.08: log(0.01) / log(1 - 0.0064) = 717.3
+    assert ransac_iterations(8, 10_000) == 2000  # capped
+    assert ransac_iterations(8, 8) == 1
+    counts = [ransac_iterations(8, n) for n in range(8, 400)]
+    assert counts == sorted(counts)  # more matches for the same inliers: more draws

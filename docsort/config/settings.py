@@ -490,7 +490,8 @@ class DuplicateSettings(_Strict):
             each page's strongest keypoints against all of the other's (a quarter of the
             descriptor comparisons, twice); 0 = none.
         quick_inliers: fewer RANSAC inliers than this in both directions of the first test: not
-            a near-duplicate, and no full verification.
+            a near-duplicate, and no full verification (its RANSAC runs the iterations that find
+            this many inliers with 99 % confidence, :func:`docsort.core.duplicates.ransac_iterations`).
         ratio: Lowe's ratio test: a match is kept when its Hamming distance is below this share
             of the second nearest's (Lowe 2004 used 0.8).
         ransac_px: RANSAC reprojection error, pixels of the ``render_px`` page.

@@ -69,6 +69,7 @@ __all__ = [
     "KEYPOINT_DTYPE",
     "page_keypoints",
     "page_map",
+    "ransac_iterations",
     "render_page_maps",
     "score_pairs",
     "settings_token",
@@ -314,24 +315,64 @@ def page_keypoints(image, settings: DuplicateSettings = DuplicateSettings()) -> 
     return out
 
 
-def _match(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings):
-    """``(query rows of a, matched rows of b, inlier mask)`` of one RANSAC fit, or ``None``."""
+#: RANSAC's confidence: the probability that the iterations draw at least one all-inlier sample.
+_RANSAC_CONFIDENCE = 0.99
+#: RANSAC iterations at most (the full verification always allows this many).
+_RANSAC_MAX_ITERS = 2000
+
+
+def ransac_iterations(inliers: int, matches: int, confidence: float = _RANSAC_CONFIDENCE, sample: int = 2,
+                      cap: int = _RANSAC_MAX_ITERS) -> int:
+    """RANSAC iterations that find a model with at least ``inliers`` of ``matches`` correspondences
+    with probability ``confidence``: ``log(1 - confidence) / log(1 - w ** sample)`` with inlier share
+    ``w = inliers / matches`` (Fischler & Bolles 1981; Hartley & Zisserman 2004, "Multiple View
+    Geometry", section 4.7.1); ``sample`` = 2 correspondences fix a similarity transform.
+
+    Returns:
+        An int in ``[1, cap]``.
+    """
+    import math
+
+    w = inliers / max(matches, 1)
+    if w >= 1.0:
+        return 1
+    if w <= 0.0:
+        return cap
+    return int(min(cap, max(1, math.ceil(math.log(1.0 - confidence) / math.log(1.0 - w**sample)))))
+
+
+def _match(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings, need: int = 0):
+    """``(query rows of a, matched rows of b, inlier mask)`` of one RANSAC fit, or ``None``.
+
+    ``need``: the fit only matters when it has at least this many inliers (the first test): fewer
+    ratio-test matches give ``None`` at once, and RANSAC stops after :func:`ransac_iterations`
+    for that share; 0 = the full verification (``_RANSAC_MAX_ITERS`` iterations)."""
     import cv2
     import faiss
 
     if len(a) < 8 or len(b) < 8:
         return None
-    index = faiss.IndexBinaryFlat(256)
-    index.add(np.ascontiguousarray(b["d"]))
-    dist, nbr = index.search(np.ascontiguousarray(a["d"]), 2)
-    ok = dist[:, 0] < settings.ratio * dist[:, 1]
-    if int(ok.sum()) < 8:
+    # All len(a) x len(b) Hamming distances of the 256-bit descriptors (faiss.hammings, int32),
+    # then the nearest and second-nearest of each row: the same as a k = 2 search of
+    # faiss.IndexBinaryFlat, without its per-row heap (a third of the cost at these sizes). Where
+    # the ratio test passes, the nearest is unique, so which of tied rows is taken never matters.
+    qd, bd = np.ascontiguousarray(a["d"]), np.ascontiguousarray(b["d"])
+    dist = np.empty((len(a), len(b)), np.int32)
+    faiss.hammings(faiss.swig_ptr(qd), faiss.swig_ptr(bd), len(a), len(b), 32, faiss.swig_ptr(dist))
+    rows = np.arange(len(a))
+    nearest = dist.argmin(axis=1)
+    first = dist[rows, nearest]
+    dist[rows, nearest] = np.iinfo(np.int32).max
+    ok = first < settings.ratio * dist.min(axis=1)
+    n = int(ok.sum())
+    if n < max(8, need):
         return None
-    qa, qb = np.flatnonzero(ok), nbr[ok, 0]
+    qa, qb = np.flatnonzero(ok), nearest[ok]
     pa = np.stack([a["x"][qa], a["y"][qa]], 1).astype(np.float32)
     pb = np.stack([b["x"][qb], b["y"][qb]], 1).astype(np.float32)
+    iters = ransac_iterations(need, n) if need else _RANSAC_MAX_ITERS
     model, inl = cv2.estimateAffinePartial2D(pb, pa, method=cv2.RANSAC, ransacReprojThreshold=settings.ransac_px,
-                                             maxIters=2000, confidence=0.99)
+                                             maxIters=iters, confidence=_RANSAC_CONFIDENCE)
     if model is None or inl is None:
         return None
     scale = float(np.sqrt(abs(np.linalg.det(model[:, :2]))))
@@ -347,7 +388,7 @@ def _quick_reject(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings) -> 
     if not q or (len(a) <= q and len(b) <= q):
         return False
     for x, y in ((a, b), (b, a)):  # the strongest corners of a degraded re-scan may be noise: both ways
-        found = _match(x[:q], y, settings)
+        found = _match(x[:q], y, settings, need=settings.quick_inliers)
         if found is not None and int(found[2].sum()) >= settings.quick_inliers:
             return False
     return True
@@ -376,11 +417,13 @@ def verify_pairs(keypoints, pairs: np.ndarray, settings: DuplicateSettings = Dup
     """Geometric verification of candidate pairs: how much of both pages one transform explains.
 
     For each pair (a, b): every keypoint of ``a`` is matched to its nearest descriptor of ``b``
-    by Hamming distance (``faiss.IndexBinaryFlat``), kept when it is clearly nearer than the
+    by Hamming distance (all distances by ``faiss.hammings``, the two smallest of each row: an
+    exact k = 2 search), kept when it is clearly nearer than the
     second nearest (Lowe's ratio test, Lowe 2004, "Distinctive image features from
     scale-invariant keypoints", ratio ``settings.ratio``); then RANSAC (Fischler & Bolles 1981)
     fits one similarity transform (rotation, scale, shift: ``cv2.estimateAffinePartial2D``,
-    reprojection error ``settings.ransac_px`` pixels) to the matches, as in near-duplicate image
+    reprojection error ``settings.ransac_px`` pixels, up to 2000 iterations, confidence 0.99)
+    to the matches, as in near-duplicate image
     detection with spatial verification (Chum, Philbin & Zisserman 2008, "Near duplicate image
     detection: min-Hash and tf-idf weighting"). A transform scaling by more than
     ``settings.max_scale`` is rejected.
@@ -388,9 +431,10 @@ def verify_pairs(keypoints, pairs: np.ndarray, settings: DuplicateSettings = Dup
     A first, cheaper test comes before (``settings.quick_keypoints``, ``quick_inliers``): the
     same match and fit with only the strongest ``quick_keypoints`` of one page against all of
     the other's, both ways round; a pair with fewer than ``quick_inliers`` inliers both ways
-    scores 0 without the full match. Candidate pairs are mostly plainly different pages (about
-    90 % fail it on the two re-scan corpora, and no pair that the full test keeps does:
-    benchmarks/RESULTS.md), so verification costs about 0.6 of what it did.
+    scores 0 without the full match. Its RANSAC stops after :func:`ransac_iterations` for
+    ``quick_inliers`` of the ratio-test matches (a fit that has them is found with probability
+    0.99), not 2000. Candidate pairs are mostly plainly different pages (about 90 % fail it on
+    the two re-scan corpora, and no pair that the full test keeps does: benchmarks/RESULTS.md).
 
     The score is the *coverage*: of the cells of a ``grid`` x ``grid`` division of each page
     that hold at least ``cell_keypoints`` keypoints, the share holding an inlier, the smaller of
