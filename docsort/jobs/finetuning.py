@@ -143,7 +143,6 @@ def fine_tune(
     from tqdm import tqdm
 
     from docsort.jobs import classify as cl
-    from docsort.core.pages import to_network_input
     from docsort.store.manifest import _check_extractor, library_versions, make_extractor
     from docsort.jobs.invariance import reread_pages
     from docsort.core.weights import sidecar_path
@@ -378,11 +377,9 @@ def type_new_pages(collection: Collection, settings: PipelineSettings, *, thresh
             standardisation was stored (run ``docsort classify --fine-tune`` again).
         CollectionError, WeightsError: the collection's own weights do not load or do not match.
     """
-    import hashlib
-
     from docsort.core.finetune import load_classifier
     from docsort.store.manifest import _check_extractor, make_extractor
-    from docsort.core.weights import sidecar_path
+    from docsort.core.weights import file_sha256, sidecar_path
     from docsort.jobs import classify as cl
 
     entry = (collection.manifest() or {}).get("fine_tune") or {}
@@ -391,8 +388,7 @@ def type_new_pages(collection: Collection, settings: PipelineSettings, *, thresh
     f = collection.root / Collection.FINE_TUNED
     if not f.is_file():
         raise FineTuneError(f"{f}: the fine-tuned classifier's weights are missing; run docsort classify --fine-tune")
-    data = f.read_bytes()
-    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+    if file_sha256(f) != entry.get("sha256"):
         raise FineTuneError(f"{f}: sha256 is not the one the manifest records; run docsort classify --fine-tune")
     try:
         side = json.loads(sidecar_path(f).read_text(encoding="utf-8"))
