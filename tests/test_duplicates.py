@@ -249,6 +249,7 @@ def test_the_descriptor_match_finds_what_a_faiss_k2_search_finds(dup_collection)
 
     from docsort.config.settings import DuplicateSettings
     from docsort.core.duplicates import KEYPOINT_DTYPE, _match, settings_token
+    from docsort.core.hamming import descriptor_words
     from docsort.store.storage import Collection
 
     s = DuplicateSettings()
@@ -265,7 +266,7 @@ def test_the_descriptor_match_finds_what_a_faiss_k2_search_finds(dup_collection)
             index.add(np.ascontiguousarray(y["d"]))
             dist, nbr = index.search(np.ascontiguousarray(x["d"]), 2)
             ok = dist[:, 0] < s.ratio * dist[:, 1]
-            found = _match(x, y, s)
+            found = _match(x, y, descriptor_words(x["d"]), descriptor_words(y["d"]), s)
             if int(ok.sum()) < 8:
                 assert found is None
                 continue
@@ -277,6 +278,61 @@ def test_the_descriptor_match_finds_what_a_faiss_k2_search_finds(dup_collection)
             checked += 1
             matched += len(qa)
     assert checked >= 20 and matched > 1000, (checked, matched)
+
+
+def test_the_matching_kernel_equals_the_distance_matrix_on_real_descriptors(dup_collection):
+    """docsort.core.hamming.ratio_matches (one row of distances at a time, in numba) keeps
+    exactly the rows and nearest columns that all distances from faiss.hammings and the two
+    smallest of each row keep: on real ORB descriptors of sample_docs pages and their re-scans,
+    at three ratios, with ties made on purpose (a base row repeated) and with one or two base
+    rows."""
+    import faiss
+
+    from docsort.config.settings import DuplicateSettings
+    from docsort.core.duplicates import KEYPOINT_DTYPE, settings_token
+    from docsort.core.hamming import descriptor_words, ratio_matches
+    from docsort.store.storage import Collection
+
+    s = DuplicateSettings()
+    with Collection(dup_collection[0]) as col:
+        ids, _ = col.page_maps(settings_token(s), s.map_px)
+        keypoints = [np.frombuffer(b, KEYPOINT_DTYPE) for b in col.page_keypoints(settings_token(s), ids)]
+
+    def by_matrix(q, b, ratio):
+        dist = np.empty((len(q), len(b)), np.int32)
+        faiss.hammings(faiss.swig_ptr(q), faiss.swig_ptr(b), len(q), len(b), 32, faiss.swig_ptr(dist))
+        rows = np.arange(len(q))
+        nearest = dist.argmin(axis=1)
+        first = dist[rows, nearest].copy()
+        dist[rows, nearest] = np.iinfo(np.int32).max
+        ok = first < ratio * dist.min(axis=1)
+        return np.flatnonzero(ok), nearest[ok]
+
+    rng = np.random.default_rng(0)
+    kept = compared = 0
+    pages = [k for k in keypoints if len(k) >= 8]
+    assert len(pages) >= 40, "too few pages with keypoints"
+    for t in range(60):
+        x, y = pages[rng.integers(len(pages))], pages[(t * 7) % len(pages)]
+        q, b = np.ascontiguousarray(x["d"]), np.ascontiguousarray(y["d"])
+        if t % 3 == 0:  # a tie: one base row twice
+            b = np.concatenate([b, b[rng.integers(len(b)):][:1]])
+        if t % 10 == 1:
+            b = b[:1 + t % 2]
+        for ratio in (0.6, s.ratio, 0.95):
+            wq = descriptor_words(q)
+            rows, cols = ratio_matches(wq, descriptor_words(b), ratio)
+            np.testing.assert_array_equal(rows[rows < 100], ratio_matches(wq[:, :100], descriptor_words(b), ratio)[0])
+            want_rows, want_cols = by_matrix(q, b, ratio)
+            np.testing.assert_array_equal(rows, want_rows)
+            np.testing.assert_array_equal(cols, want_cols)
+            kept += len(rows)
+            compared += len(q)
+    assert kept > 0.05 * compared, (kept, compared)
+    with pytest.raises(ValueError, match="uint8"):
+        descriptor_words(np.zeros((3, 16), np.uint8))
+    with pytest.raises(ValueError, match="base must be uint64"):
+        ratio_matches(descriptor_words(q), np.zeros((4, 3), np.int64), 0.8)
 
 
 def test_ransac_iterations_follow_the_formula():

@@ -341,38 +341,40 @@ def ransac_iterations(inliers: int, matches: int, confidence: float = _RANSAC_CO
     return int(min(cap, max(1, math.ceil(math.log(1.0 - confidence) / math.log(1.0 - w**sample)))))
 
 
-def _match(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings, need: int = 0):
+def _match(a: np.ndarray, b: np.ndarray, wa: np.ndarray, wb: np.ndarray, settings: DuplicateSettings,
+           need: int = 0):
     """``(query rows of a, matched rows of b, inlier mask)`` of one RANSAC fit, or ``None``.
 
+    ``wa``, ``wb``: the descriptors of ``a`` and ``b`` as :func:`docsort.core.hamming.descriptor_words`
+    (``wa`` may be its first columns, when ``a`` is the first rows of a page).
     ``need``: the fit only matters when it has at least this many inliers (the first test): fewer
-    ratio-test matches give ``None`` at once, and RANSAC stops after :func:`ransac_iterations`
-    for that share; 0 = the full verification (``_RANSAC_MAX_ITERS`` iterations)."""
+    ratio-test matches give ``None`` at once, RANSAC stops after :func:`ransac_iterations` for
+    that share, and the model is neither refined nor checked for scale (only its inliers count,
+    and the full verification does both); 0 = the full verification (``_RANSAC_MAX_ITERS``
+    iterations, OpenCV's Levenberg-Marquardt refinement, scale within ``settings.max_scale``)."""
     import cv2
-    import faiss
+
+    from docsort.core.hamming import ratio_matches
 
     if len(a) < 8 or len(b) < 8:
         return None
-    # All len(a) x len(b) Hamming distances of the 256-bit descriptors (faiss.hammings, int32),
-    # then the nearest and second-nearest of each row: the same as a k = 2 search of
-    # faiss.IndexBinaryFlat, without its per-row heap (a third of the cost at these sizes). Where
-    # the ratio test passes, the nearest is unique, so which of tied rows is taken never matters.
-    qd, bd = np.ascontiguousarray(a["d"]), np.ascontiguousarray(b["d"])
-    dist = np.empty((len(a), len(b)), np.int32)
-    faiss.hammings(faiss.swig_ptr(qd), faiss.swig_ptr(bd), len(a), len(b), 32, faiss.swig_ptr(dist))
-    rows = np.arange(len(a))
-    nearest = dist.argmin(axis=1)
-    first = dist[rows, nearest]
-    dist[rows, nearest] = np.iinfo(np.int32).max
-    ok = first < settings.ratio * dist.min(axis=1)
-    n = int(ok.sum())
+    # Each keypoint of a to its nearest descriptor of b by Hamming distance, kept by the ratio test
+    # (an exact k = 2 search, one row at a time: docsort.core.hamming).
+    qa, qb = ratio_matches(wa, wb, settings.ratio)
+    n = len(qa)
     if n < max(8, need):
         return None
-    qa, qb = np.flatnonzero(ok), nearest[ok]
     pa = np.stack([a["x"][qa], a["y"][qa]], 1).astype(np.float32)
     pb = np.stack([b["x"][qb], b["y"][qb]], 1).astype(np.float32)
-    iters = ransac_iterations(need, n) if need else _RANSAC_MAX_ITERS
+    if need:
+        model, inl = cv2.estimateAffinePartial2D(pb, pa, method=cv2.RANSAC, ransacReprojThreshold=settings.ransac_px,
+                                                 maxIters=ransac_iterations(need, n), confidence=_RANSAC_CONFIDENCE,
+                                                 refineIters=0)
+        if model is None or inl is None:
+            return None
+        return qa, qb, inl.ravel().astype(bool)
     model, inl = cv2.estimateAffinePartial2D(pb, pa, method=cv2.RANSAC, ransacReprojThreshold=settings.ransac_px,
-                                             maxIters=iters, confidence=_RANSAC_CONFIDENCE)
+                                             maxIters=_RANSAC_MAX_ITERS, confidence=_RANSAC_CONFIDENCE)
     if model is None or inl is None:
         return None
     scale = float(np.sqrt(abs(np.linalg.det(model[:, :2]))))
@@ -381,14 +383,16 @@ def _match(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings, need: int 
     return qa, qb, inl.ravel().astype(bool)
 
 
-def _quick_reject(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings) -> bool:
+def _quick_reject(a: np.ndarray, b: np.ndarray, wa: np.ndarray, wb: np.ndarray, settings: DuplicateSettings) -> bool:
     """True when neither page's ``quick_keypoints`` strongest keypoints find ``quick_inliers``
-    RANSAC inliers among all of the other page's: a pair too different to verify in full."""
+    RANSAC inliers among all of the other page's: a pair too different to verify in full.
+    The fit is neither refined nor checked for scale, so a pair is dropped here only for too few
+    inliers."""
     q = settings.quick_keypoints
     if not q or (len(a) <= q and len(b) <= q):
         return False
-    for x, y in ((a, b), (b, a)):  # the strongest corners of a degraded re-scan may be noise: both ways
-        found = _match(x[:q], y, settings, need=settings.quick_inliers)
+    for x, y, wx, wy in ((a, b, wa, wb), (b, a, wb, wa)):  # the strongest corners of a degraded re-scan may be noise: both ways
+        found = _match(x[:q], y, wx[:, :q], wy, settings, need=settings.quick_inliers)
         if found is not None and int(found[2].sum()) >= settings.quick_inliers:
             return False
     return True
@@ -396,9 +400,14 @@ def _quick_reject(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings) -> 
 
 def _verify(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings) -> tuple[float, int]:
     """``(coverage, inliers)`` of one pair of keypoint arrays (see :func:`verify_pairs`)."""
-    if _quick_reject(a, b, settings):
+    from docsort.core.hamming import descriptor_words
+
+    if len(a) < 8 or len(b) < 8:
         return 0.0, 0
-    found = _match(a, b, settings)
+    wa, wb = descriptor_words(a["d"]), descriptor_words(b["d"])
+    if _quick_reject(a, b, wa, wb, settings):
+        return 0.0, 0
+    found = _match(a, b, wa, wb, settings)
     if found is None:
         return 0.0, 0
     qa, qb, inl = found
@@ -417,8 +426,8 @@ def verify_pairs(keypoints, pairs: np.ndarray, settings: DuplicateSettings = Dup
     """Geometric verification of candidate pairs: how much of both pages one transform explains.
 
     For each pair (a, b): every keypoint of ``a`` is matched to its nearest descriptor of ``b``
-    by Hamming distance (all distances by ``faiss.hammings``, the two smallest of each row: an
-    exact k = 2 search), kept when it is clearly nearer than the
+    by Hamming distance (an exact k = 2 search, :func:`docsort.core.hamming.ratio_matches`),
+    kept when it is clearly nearer than the
     second nearest (Lowe's ratio test, Lowe 2004, "Distinctive image features from
     scale-invariant keypoints", ratio ``settings.ratio``); then RANSAC (Fischler & Bolles 1981)
     fits one similarity transform (rotation, scale, shift: ``cv2.estimateAffinePartial2D``,
@@ -433,7 +442,8 @@ def verify_pairs(keypoints, pairs: np.ndarray, settings: DuplicateSettings = Dup
     the other's, both ways round; a pair with fewer than ``quick_inliers`` inliers both ways
     scores 0 without the full match. Its RANSAC stops after :func:`ransac_iterations` for
     ``quick_inliers`` of the ratio-test matches (a fit that has them is found with probability
-    0.99), not 2000. Candidate pairs are mostly plainly different pages (about 90 % fail it on
+    0.99), not 2000, and only its inliers count (no refinement of the model, no scale check:
+    the full verification does both). Candidate pairs are mostly plainly different pages (about 90 % fail it on
     the two re-scan corpora, and no pair that the full test keeps does: benchmarks/RESULTS.md).
 
     The score is the *coverage*: of the cells of a ``grid`` x ``grid`` division of each page
@@ -447,7 +457,7 @@ def verify_pairs(keypoints, pairs: np.ndarray, settings: DuplicateSettings = Dup
             row; pairs: int64 (m, 2) row indices.
         settings: ``ratio``, ``ransac_px``, ``max_scale``, ``grid``, ``cell_keypoints``,
             ``quick_keypoints``, ``quick_inliers``.
-        workers: threads (OpenCV and FAISS release the GIL); 0 = one per CPU core.
+        workers: threads (OpenCV and the numba matching kernel release the GIL); 0 = one per CPU core.
 
     Returns:
         ``(coverage, inliers)``: float32 (m,) in [0, 1] and int32 (m,) RANSAC inlier counts; 0 for
@@ -465,21 +475,14 @@ def verify_pairs(keypoints, pairs: np.ndarray, settings: DuplicateSettings = Dup
         for k in range(start, min(start + 256, len(pairs))):
             cov[k], inl[k] = _verify(keypoints[int(pairs[k, 0])], keypoints[int(pairs[k, 1])], settings)
 
-    import faiss
-
     workers = workers or os.cpu_count() or 1
     starts = range(0, len(pairs), 256)
-    omp = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # one tiny search per pair: OpenMP's threads cost more than they give
-    try:
-        if workers <= 1 or len(pairs) <= 256:
-            for start in starts:
-                run(start)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run, starts))
-    finally:
-        faiss.omp_set_num_threads(omp)
+    if workers <= 1 or len(pairs) <= 256:
+        for start in starts:
+            run(start)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, starts))
     return cov, inl
 
 
