@@ -299,3 +299,65 @@ def test_cluster_command_prints_members_reassigned_and_noise_apart(collection_co
         run = col.last_cluster_run()
     assert (members, reassigned, noise, pages) == (kinds.get("member", 0), kinds.get("reassigned", 0), kinds.get("noise", 0), 41)
     assert threshold == 0.3 and clusters == run["n_clusters"] and run["settings"]["hdbscan"]["reassign_noise_threshold"] == 0.3
+
+
+def test_consensus_of_runs_that_disagree_keeps_the_majority_grouping():
+    from docsort.core.clustering import co_association, consensus_labels
+
+    # Three groups of 20 points; three runs find them, one merges groups 0 and 1, one calls half
+    # of group 2 noise and splits group 1 in halves.
+    truth = np.repeat([0, 1, 2], 20)
+    runs = [truth.copy() for _ in range(5)]
+    runs[3][truth == 1] = 0
+    runs[4][40:50] = -1
+    runs[4][20:30] = 7
+    c = co_association(runs)
+    assert c.shape == (60, 60) and c.dtype == np.float64 and np.array_equal(c, c.T)
+    assert np.all(np.diag(c) == 1.0)
+    assert c[0, 1] == 1.0 and c[0, 20] == pytest.approx(0.2) and c[20, 30] == pytest.approx(0.8)
+    assert c[40, 41] == pytest.approx(0.8) and c[40, 50] == pytest.approx(0.8) and c[0, 40] == 0.0
+    for mcs, ms in [(3, 1), (5, 3), (10, 5)]:
+        labels, strengths = consensus_labels(runs, mcs, ms)
+        # One dissenting run splits nothing and merges nothing (without the majority epsilon,
+        # group 1 and group 2 would each come out as two clusters of 10).
+        assert adjusted_rand_score(truth, labels) == 1.0 and (labels >= 0).all(), (mcs, np.bincount(labels + 1))
+        assert strengths.dtype == np.float32 and ((strengths >= 0) & (strengths <= 1)).all()
+    with pytest.raises(ValueError, match="different lengths"):
+        co_association([truth, truth[:-1]])
+    with pytest.raises(ValueError, match="no labelings"):
+        co_association([])
+
+
+def test_a_consensus_clustering_of_real_pages_is_recorded_placed_and_capped(sample_collection, settings):
+    from docsort.core.clustering import consensus_seeds, predict_clusters
+
+    with Collection(sample_collection) as col:
+        ids, vecs = col.vectors()
+    umap3 = settings.umap.model_copy(update={"consensus_runs": 3})
+    result = cluster_vectors(vecs, umap3, settings.hdbscan)
+    assert result.notes == []
+    seeds = consensus_seeds(settings.umap.random_state, 3)
+    assert seeds[0] == settings.umap.random_state and len(set(seeds)) == 3
+    # Seed sets of two random_state values share no run (random_state + r would share two of three).
+    assert not set(seeds) & set(consensus_seeds(settings.umap.random_state + 1, 3))
+    assert result.params["umap"]["consensus_runs_used"] == 3 and result.params["umap"]["consensus_seeds"] == seeds
+    assert result.models["hdbscan"] is None and np.array_equal(result.models["consensus"]["labels"], result.labels)
+    assert result.embedding.shape == (len(ids), settings.umap.n_components) and result.embedding_2d.shape == (len(ids), 2)
+    assert result.n_clusters >= 2 and set(result.membership) <= {"member", "noise"}
+    # Same vectors, same settings: the same consensus (on one machine).
+    assert np.array_equal(cluster_vectors(vecs, umap3, settings.hdbscan).labels, result.labels)
+    # Pages are placed by their neighbours among run 0's points with the consensus labels: the
+    # clustered pages themselves mostly land in their own cluster.
+    placed, strengths, xy, how = predict_clusters(result.models, vecs)
+    assert set(how) <= {"neighbours", "noise"} and xy.shape == (len(ids), 2)
+    members = result.labels >= 0
+    assert (placed[members] == result.labels[members]).mean() >= 0.8, (placed, result.labels)
+    # Above consensus_max_pages, or asked to reassign noise (which needs one run's soft
+    # clustering): one run, and a note that says why.
+    capped = cluster_vectors(vecs, umap3.model_copy(update={"consensus_max_pages": len(ids) - 1}), settings.hdbscan)
+    assert capped.params["umap"]["consensus_runs_used"] == 1 and capped.models["hdbscan"] is not None
+    assert any(f"not a consensus of 3: {len(ids)} pages are more than consensus_max_pages" in n for n in capped.notes)
+    noisy = _hdbscan(settings, reassign_noise_threshold=0.1).hdbscan
+    soft = cluster_vectors(vecs, umap3, noisy)
+    assert soft.params["umap"]["consensus_runs_used"] == 1 and soft.params["hdbscan"]["reassign_noise_threshold"] == 0.1
+    assert any("not a consensus of 3: reassigning noise" in n for n in soft.notes), soft.notes

@@ -218,14 +218,23 @@ class UmapSettings(_Strict):
     ``n_components`` is the dimension handed to HDBSCAN (the UMAP docs' "Using UMAP for
     clustering" recommends ~10 and ``min_dist=0.0``); a separate 2-D embedding is stored for the
     map with ``map_min_dist``.
+
+    ``consensus_runs > 1`` clusters by evidence accumulation (Fred & Jain 2005, "Combining
+    multiple clusterings using evidence accumulation", IEEE TPAMI 27(6)): that many UMAP +
+    HDBSCAN runs with different seeds, then HDBSCAN on one minus their co-association matrix
+    (:func:`docsort.core.clustering.consensus_labels`), which swings less from seed to seed than
+    one run; it costs that many UMAP fits and an ``n x n`` matrix (8 bytes a cell), so above
+    ``consensus_max_pages`` pages one run is made instead, and the clustering says so.
     """
 
-    n_neighbors: int = Field(15, ge=2)
+    n_neighbors: int = Field(20, ge=2)
     n_components: int = Field(10, ge=2, le=100)
     min_dist: float = Field(0.0, ge=0.0, le=1.0)
     map_min_dist: float = Field(0.1, ge=0.0, le=1.0)
     metric: str = "cosine"
     random_state: int = 42
+    consensus_runs: int = Field(9, ge=1, le=20)
+    consensus_max_pages: int = Field(10000, ge=0)
 
 
 class HdbscanSettings(_Strict):

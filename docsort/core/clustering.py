@@ -42,6 +42,9 @@ __all__ = [
     "auto_min_cluster_size",
     "cluster_vectors",
     "cluster_embedding",
+    "co_association",
+    "consensus_labels",
+    "consensus_seeds",
     "reassign_noise",
     "match_cluster_ids",
     "predict_clusters",
@@ -50,6 +53,15 @@ __all__ = [
 
 #: Fewer pages than this cannot be clustered meaningfully.
 MIN_PAGES = 5
+
+#: Consensus clusters whose pages were put together by more than this share of the runs, on
+#: average over their pairs of pages, are merged (Fred & Jain's (2005) majority vote). HDBSCAN on
+#: 1 - co-association alone keeps every group that all runs agree on as a cluster of its own
+#: (distance 0 inside it), so one dissenting run splits a cluster (tests/test_clustering.py builds
+#: the case). HDBSCAN's own ``cluster_selection_epsilon = 0.5`` does not do this: it replaces a
+#: cluster born below epsilon by its first ancestor born above it, which merged 40 groups of 250
+#: points (10 % of each run's labels scrambled) into 31 clusters, one of 19 groups (ARI 0.55).
+CONSENSUS_MAJORITY = 0.5
 
 #: The values of a page's membership (see the module docstring).
 MEMBERSHIPS = ("member", "reassigned", "noise", "provisional")
@@ -75,7 +87,8 @@ class ClusterResult:
         params: the parameters actually used (after automatic choices and clamping).
         seconds: wall time, seconds.
         models: the fitted ``umap.UMAP`` (n_components), ``umap.UMAP`` (2-D) and
-            ``hdbscan.HDBSCAN`` objects, for ``transform`` / ``approximate_predict`` later.
+            ``hdbscan.HDBSCAN`` objects, for ``transform`` / ``approximate_predict`` later; after a
+            consensus, ``hdbscan`` is ``None`` and ``consensus`` holds the labels, ``k`` and seeds.
         notes: things the caller should tell the user (e.g. soft reassignment skipped).
         label_map: ``{HDBSCAN label: stored id}`` once ids are matched (empty before).
         names: ``{stored id: default name}`` from the clusters' OCR keywords, set by
@@ -127,8 +140,106 @@ def auto_min_cluster_size(n_pages: int) -> int:
     return max(3, int(round(math.sqrt(max(n_pages, 1)) / 2)))
 
 
+def consensus_seeds(random_state: int, runs: int) -> list[int]:
+    """The UMAP seeds of a consensus of ``runs`` runs: ``random_state`` first (so run 0 is the
+    single-run clustering's UMAP), then ``runs - 1`` seeds drawn by ``numpy.random.SeedSequence``
+    from ``random_state``, so the runs of two different ``random_state`` values share no seed
+    (``random_state + r`` would make seeds 0 and 1 share four of five runs, and look more stable
+    than they are).
+
+    Returns:
+        ``runs`` ints in [0, 2**31).
+    """
+    extra = np.random.SeedSequence(int(random_state)).generate_state(max(runs - 1, 0), np.uint32)
+    return [int(random_state)] + [int(x) >> 1 for x in extra]
+
+
+def co_association(labelings: list[np.ndarray]) -> np.ndarray:
+    """The co-association matrix of several clusterings of the same points (Fred & Jain 2005).
+
+    Args:
+        labelings: R int (n,) label arrays, -1 = noise.
+
+    Returns:
+        float64 (n, n): the share of the R clusterings that put points i and j in one cluster
+        (noise is in no cluster), 1 on the diagonal.
+
+    Raises:
+        ValueError: no labelings, or labelings of different lengths.
+    """
+    if not labelings:
+        raise ValueError("no labelings to combine")
+    n = len(labelings[0])
+    if any(len(lab) != n for lab in labelings):
+        raise ValueError("labelings of different lengths")
+    counts = np.zeros((n, n), np.uint8)
+    for lab in labelings:
+        lab = np.asarray(lab, np.int64)
+        counts += (lab[:, None] == lab[None, :]) & (lab >= 0)[:, None]
+    out = counts / np.float64(len(labelings))
+    np.fill_diagonal(out, 1.0)
+    return out
+
+
+def consensus_labels(labelings: list[np.ndarray], min_cluster_size: int, min_samples: int,
+                     cluster_selection_method: str = "eom") -> tuple[np.ndarray, np.ndarray]:
+    """One clustering from several: HDBSCAN on ``1 - co_association(labelings)`` (evidence
+    accumulation, Fred & Jain 2005, with HDBSCAN in place of single linkage; ``metric="precomputed"``,
+    hdbscan docs, "Basic usage"), then clusters merged that more than half of the runs put
+    together (:data:`CONSENSUS_MAJORITY`). Points that most runs put together end up together;
+    points that the runs disagree on, or call noise, end up as noise. Deterministic. Memory:
+    two float64 ``n x n`` matrices (1.5 GiB at 10,000 points; 12 s there on this project's 2-core
+    machine).
+
+    Args:
+        labelings: R int (n,) label arrays, -1 = noise.
+        min_cluster_size, min_samples, cluster_selection_method: HDBSCAN's, as for one run.
+
+    Returns:
+        ``(labels, probabilities)``: int64 (n,) (-1 = noise, clusters 0..k-1) and float32 (n,),
+        HDBSCAN's membership strengths.
+
+    Raises:
+        ValueError: as :func:`co_association`.
+    """
+    import hdbscan
+
+    together = co_association(labelings)
+    clusterer = hdbscan.HDBSCAN(metric="precomputed", min_cluster_size=int(min_cluster_size), min_samples=int(min_samples),
+                                cluster_selection_method=cluster_selection_method)
+    labels = clusterer.fit_predict(1.0 - together).astype(np.int64)
+    labels = _merge_by_majority(labels, together)
+    return labels, np.asarray(clusterer.probabilities_, np.float32)
+
+
+def _merge_by_majority(labels: np.ndarray, together: np.ndarray) -> np.ndarray:
+    """``labels`` with clusters merged whose mean co-association exceeds :data:`CONSENSUS_MAJORITY`
+    (transitively), renumbered 0..k-1 in order of first appearance; noise stays -1."""
+    k = int(labels.max()) + 1
+    if k < 2:
+        return labels
+    onehot = np.zeros((len(labels), k))
+    member = labels >= 0
+    onehot[np.flatnonzero(member), labels[member]] = 1.0
+    sizes = onehot.sum(axis=0)
+    mean = (onehot.T @ together @ onehot) / np.outer(sizes, sizes)
+    from scipy.sparse.csgraph import connected_components
+
+    _, merged = connected_components(mean > CONSENSUS_MAJORITY, directed=False)
+    out = np.where(member, merged[np.maximum(labels, 0)], -1)
+    order = {c: i for i, c in enumerate(dict.fromkeys(out[out >= 0].tolist()))}
+    return np.array([order.get(int(c), -1) for c in out], np.int64)
+
+
 def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_settings: HdbscanSettings) -> ClusterResult:
     """Cluster unit-norm page vectors with UMAP + HDBSCAN, then (optionally) reassign noise.
+
+    With ``umap_settings.consensus_runs = R > 1`` (and at most ``consensus_max_pages`` pages),
+    R UMAP + HDBSCAN runs (seeds :func:`consensus_seeds`) are combined by
+    :func:`consensus_labels`; the stored UMAP model and ``embedding`` are run 0's, and new pages
+    are later placed by their neighbours among run 0's points (:func:`predict_clusters`). A
+    consensus has no soft clustering, so with ``reassign_noise_threshold > 0`` one run is made
+    (a note says so), as above ``consensus_max_pages``.
 
     Args:
         vectors: float32 (n, D), n >= :data:`MIN_PAGES`.
@@ -139,7 +250,7 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
         A :class:`ClusterResult`. Same vectors (same order) and settings give the same labels,
         memberships and coordinates: UMAP's ``random_state`` is fixed, which also makes it run
         single-threaded (umap-learn docs, "Reproducibility"); HDBSCAN and the soft clustering are
-        deterministic.
+        deterministic. ``params["umap"]["consensus_runs_used"]`` is the number of runs made.
 
     Raises:
         ClusteringError: fewer than :data:`MIN_PAGES` vectors.
@@ -156,20 +267,47 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
     n_neighbors = min(umap_settings.n_neighbors, n - 1)
     # UMAP's spectral initialisation needs n_components < n - 1.
     n_components = min(umap_settings.n_components, n - 2)
-    common = dict(n_neighbors=n_neighbors, metric=umap_settings.metric, random_state=umap_settings.random_state)
+    runs = umap_settings.consensus_runs
+    notes = []
+    if runs > 1 and n > umap_settings.consensus_max_pages:
+        notes.append(f"one UMAP run, not a consensus of {runs}: {n} pages are more than consensus_max_pages "
+                     f"({umap_settings.consensus_max_pages}; the co-association matrix would take {8 * n * n / 2**30:.1f} GiB)")
+        runs = 1
+    if runs > 1 and hdbscan_settings.reassign_noise_threshold > 0:
+        notes.append(f"one UMAP run, not a consensus of {runs}: reassigning noise (reassign_noise_threshold "
+                     f"{hdbscan_settings.reassign_noise_threshold:g}) needs one run's soft clustering")
+        runs = 1
+    seeds = consensus_seeds(umap_settings.random_state, runs)
+    common = dict(n_neighbors=n_neighbors, metric=umap_settings.metric)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value 1 overridden.*")
         warnings.filterwarnings("ignore", message=".*k >= N - 1.*")
-        reducer = umap.UMAP(n_components=n_components, min_dist=umap_settings.min_dist, **common)
-        embedding = reducer.fit_transform(vectors).astype(np.float32)
-        mapper = umap.UMAP(n_components=2, min_dist=umap_settings.map_min_dist, **common)
+        reducers, embeddings = [], []
+        for seed in seeds:
+            reducer = umap.UMAP(n_components=n_components, min_dist=umap_settings.min_dist, random_state=seed, **common)
+            reducers.append(reducer)
+            embeddings.append(reducer.fit_transform(vectors).astype(np.float32))
+        mapper = umap.UMAP(n_components=2, min_dist=umap_settings.map_min_dist, random_state=umap_settings.random_state, **common)
         embedding_2d = mapper.fit_transform(vectors).astype(np.float32)
-    result = cluster_embedding(embedding, hdbscan_settings)
+    if runs == 1:
+        result = cluster_embedding(embeddings[0], hdbscan_settings)
+    else:
+        parts = [cluster_embedding(e, hdbscan_settings) for e in embeddings]
+        hp = parts[0].params["hdbscan"]
+        labels, probabilities = consensus_labels([p.labels for p in parts], hp["min_cluster_size"], hp["min_samples"],
+                                                 hdbscan_settings.cluster_selection_method)
+        result = ClusterResult(labels=labels, probabilities=probabilities, embedding=embeddings[0],
+                               embedding_2d=embedding_2d, params={"hdbscan": {**hdbscan_settings.model_dump(), **hp}},
+                               seconds=0.0,
+                               models={"hdbscan": None, "consensus": {"labels": labels, "k": int(hp["min_cluster_size"]),
+                                                                      "seeds": seeds}})
     result.embedding_2d = embedding_2d
-    result.params = {"umap": {**umap_settings.model_dump(), "n_neighbors": n_neighbors, "n_components": n_components},
+    result.notes = notes + result.notes
+    result.params = {"umap": {**umap_settings.model_dump(), "n_neighbors": n_neighbors, "n_components": n_components,
+                              "consensus_runs_used": runs, **({"consensus_seeds": seeds} if runs > 1 else {})},
                      **result.params}
     # "dim": the input dimension, checked by predict_clusters (UMAP keeps it only in private state).
-    result.models = {"umap": reducer, "umap_2d": mapper, **result.models, "dim": int(vectors.shape[1])}
+    result.models = {"umap": reducers[0], "umap_2d": mapper, **result.models, "dim": int(vectors.shape[1])}
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -348,12 +486,14 @@ def predict_clusters(models: dict, vectors: np.ndarray) -> tuple[np.ndarray, np.
     the pages added to a clustered half of sample_docs), so a page it leaves out falls back to its
     ``k`` nearest training points in the same UMAP space (``k`` = HDBSCAN's
     ``min_cluster_size``): when more than half of them are members of one cluster, the page joins
-    it. Map coordinates come from the stored 2-D UMAP's ``transform``. UMAP's ``transform`` is
+    it. After a consensus clustering (``models["consensus"]``: the consensus labels of the
+    training points and ``k``), there is no condensed tree to predict with, and every page is
+    placed by that neighbour vote in run 0's UMAP space. Map coordinates come from the stored 2-D UMAP's ``transform``. UMAP's ``transform`` is
     deterministic for a fixed ``random_state``.
 
     Args:
-        models: the dict stored in ``clustering.joblib``: ``umap``, ``umap_2d``, ``hdbscan``, ``dim`` (input dimension),
-            (fitted), optionally ``label_map`` (``{HDBSCAN label: stored id}``, identity if absent).
+        models: the dict stored in ``clustering.joblib``: ``umap``, ``umap_2d``, ``hdbscan`` (``None`` after a
+            consensus), ``dim`` (input dimension), optionally ``consensus`` and ``label_map`` (``{HDBSCAN label: stored id}``, identity if absent).
         vectors: float32 (m, D), the new pages' vectors (D as the clustered ones).
 
     Returns:
@@ -372,6 +512,7 @@ def predict_clusters(models: dict, vectors: np.ndarray) -> tuple[np.ndarray, np.
     if m == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 2), np.float32), np.zeros(0, "<U19")
     reducer, mapper, clusterer = models["umap"], models["umap_2d"], models["hdbscan"]
+    consensus = models.get("consensus")
     fitted_dim = models.get("dim")  # recorded at fit (models stored before it was recorded: unchecked)
     if fitted_dim is not None and int(fitted_dim) != vectors.shape[1]:
         raise ValueError(f"vectors have {vectors.shape[1]} dimensions, the clustering models were fitted on {fitted_dim}")
@@ -379,12 +520,19 @@ def predict_clusters(models: dict, vectors: np.ndarray) -> tuple[np.ndarray, np.
         warnings.filterwarnings("ignore", message=".*n_jobs value 1 overridden.*")
         emb = np.asarray(reducer.transform(vectors), np.float64)
         xy = np.asarray(mapper.transform(vectors), np.float32)
-        labels, strengths = hdbscan.approximate_predict(clusterer, emb)
+        if consensus is None:
+            labels, strengths = hdbscan.approximate_predict(clusterer, emb)
+        else:  # a consensus has no condensed tree of run 0's points: neighbours only
+            labels, strengths = np.full(m, -1, np.int64), np.zeros(m, np.float32)
     labels = np.asarray(labels, np.int64)
     strengths = np.asarray(strengths, np.float32)
     how = np.where(labels >= 0, "approximate_predict", "noise").astype("<U19")
-    train_labels = np.asarray(clusterer.labels_, np.int64)
-    k = min(int(clusterer.min_cluster_size), len(train_labels))
+    if consensus is None:
+        train_labels = np.asarray(clusterer.labels_, np.int64)
+        k = min(int(clusterer.min_cluster_size), len(train_labels))
+    else:
+        train_labels = np.asarray(consensus["labels"], np.int64)
+        k = min(int(consensus["k"]), len(train_labels))
     out = np.flatnonzero(labels < 0)
     if len(out) and (train_labels >= 0).any():
         # Nearest training points in the UMAP space HDBSCAN clustered (UMAP's public ``embedding_``),
