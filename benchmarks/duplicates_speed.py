@@ -101,13 +101,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pages", type=int, default=100_000)
     ap.add_argument("--planted", type=int, default=5_000)
+    ap.add_argument("--k", type=int, default=None, help="candidate neighbours (DuplicateSettings.k; default: the default)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "duplicates_speed.json")
     args = ap.parse_args()
 
     from docsort.config.settings import DuplicateSettings
     from docsort.core.duplicates import candidate_pairs, find_families
 
-    s = DuplicateSettings()
+    s = DuplicateSettings() if args.k is None else DuplicateSettings(k=args.k)
     t0 = time.perf_counter()
     maps, vectors, minhashes, has_text, planted = synthesise(args.pages, args.planted, s.map_px)
     keypoints = synthetic_keypoints(args.pages, planted, s)

@@ -86,6 +86,7 @@ def q(a: np.ndarray) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, action="append", required=True)
+    ap.add_argument("--k", type=int, default=None, help="candidate neighbours (DuplicateSettings.k; default: the default)")
     args = ap.parse_args()
 
     from docsort.config.settings import DuplicateSettings
@@ -93,7 +94,7 @@ def main() -> None:
     from docsort.jobs.duplicates import find_duplicates
     from docsort.store.storage import Collection
 
-    base = DuplicateSettings()
+    base = DuplicateSettings() if args.k is None else DuplicateSettings(k=args.k)
     for corpus in args.corpus:
         col = Collection(corpus / "collection")
         t0 = time.perf_counter()

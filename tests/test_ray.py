@@ -131,8 +131,9 @@ SHARD_FILES = [SAMPLE_DOCS / "leptonica" / "bois-2-5.pdf", SAMPLE_DOCS / "lepton
                SAMPLE_DOCS / "jbigkit" / "ccitt-1-3-4-5-7.tif"]
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout_s: float = 300) -> None:
-    """SIGKILL ``proc`` (a ``docsort ingest`` subprocess) as soon as ``ready()`` is true."""
+def _kill_when(proc: subprocess.Popen, ready, timeout_s: float = 900) -> None:
+    """SIGKILL ``proc`` (a ``docsort ingest`` subprocess) as soon as ``ready()`` is true (or after
+    ``timeout_s``, a net for a hung run: on a loaded 2-core machine the first shard took over 300 s)."""
     deadline = time.time() + timeout_s
     try:
         while time.time() < deadline and proc.poll() is None and not ready():

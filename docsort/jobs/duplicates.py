@@ -14,9 +14,9 @@
    components run on every stored map, keypoint set, visual vector and OCR text
    (:func:`docsort.core.duplicates.find_families`), and the families replace the stored ones in one
    transaction. Verification, a quick first test and the full match for the ~10 % of pairs that pass it,
-   is about 0.4 ms of CPU a candidate pair (0.19 ms a pair wall on two cores), and there are 25-30
-   candidate pairs a page (benchmarks/RESULTS.md, "Near-duplicate families": 100,000 pages in about
-   1,230-1,370 CPU-seconds, 10.4-12.0 minutes on two cores).
+   is about 0.35 ms of CPU a candidate pair (0.16-0.19 ms a pair wall on two cores), and there are
+   about 23 candidate pairs a page with 15 neighbours (benchmarks/RESULTS.md, "Near-duplicate
+   families": 100,000 pages in 810 CPU-seconds, 6.6 minutes on two cores).
 
 Families are stored (schema 6: ``duplicate_families``; keypoints: schema 7), so export (column
 ``duplicate_family``), sort-into-folders (one document per family) and the app read them without
