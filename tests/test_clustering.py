@@ -361,3 +361,9 @@ def test_a_consensus_clustering_of_real_pages_is_recorded_placed_and_capped(samp
     soft = cluster_vectors(vecs, umap3, noisy)
     assert soft.params["umap"]["consensus_runs_used"] == 1 and soft.params["hdbscan"]["reassign_noise_threshold"] == 0.1
     assert any("not a consensus of 3: reassigning noise" in n for n in soft.notes), soft.notes
+    # `docsort cluster` says which it made.
+    from docsort.faces.cli import cluster_summary
+
+    n_neighbors = min(settings.umap.n_neighbors, len(ids) - 1)
+    assert f"n_neighbors={n_neighbors}, consensus of 3 runs, HDBSCAN" in cluster_summary(result, 0.0)
+    assert f"n_neighbors={n_neighbors}, one run, HDBSCAN" in cluster_summary(capped, 0.0)

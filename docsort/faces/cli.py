@@ -322,7 +322,8 @@ def cluster(
 
 def cluster_summary(result, threshold: float) -> str:
     """The line ``docsort cluster`` prints: clusters, confident members, pages reassigned from
-    noise (with the soft-membership threshold, or "reassignment off"), noise, time, sizes used.
+    noise (with the soft-membership threshold, or "reassignment off"), noise, time, the UMAP
+    sizes and number of runs (a consensus or one run), the HDBSCAN sizes used.
 
     Args:
         result: a :class:`docsort.core.clustering.ClusterResult`; threshold: the
@@ -335,8 +336,9 @@ def cluster_summary(result, threshold: float) -> str:
         f"{result.n_reassigned} reassigned from noise "
         + (f"(soft membership >= {threshold:g})" if threshold > 0 else "(reassignment off)")
         + f"; {result.n_noise} of {n} pages noise ({100 * result.n_noise / max(n, 1):.0f}%), {result.seconds:.1f} s "
-        f"(UMAP n_components={umap.get('n_components', '-')}, "
-        f"HDBSCAN min_cluster_size={result.params['hdbscan']['min_cluster_size']}, "
+        f"(UMAP n_components={umap.get('n_components', '-')}, n_neighbors={umap.get('n_neighbors', '-')}, "
+        + (f"consensus of {umap['consensus_runs_used']} runs, " if umap.get("consensus_runs_used", 1) > 1 else "one run, ")
+        + f"HDBSCAN min_cluster_size={result.params['hdbscan']['min_cluster_size']}, "
         f"min_samples={result.params['hdbscan']['min_samples']})"
     )
 
