@@ -367,3 +367,26 @@ def test_a_consensus_clustering_of_real_pages_is_recorded_placed_and_capped(samp
     n_neighbors = min(settings.umap.n_neighbors, len(ids) - 1)
     assert f"n_neighbors={n_neighbors}, consensus of 3 runs, HDBSCAN" in cluster_summary(result, 0.0)
     assert f"n_neighbors={n_neighbors}, one run, HDBSCAN" in cluster_summary(capped, 0.0)
+
+
+def test_a_collection_recorded_before_the_consensus_keeps_one_run_until_a_pipeline_is_chosen(collection_copy, settings):
+    import json
+
+    from docsort.store.manifest import effective_settings
+
+    path = collection_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["pipeline"]["umap"]["consensus_runs"] == settings.umap.consensus_runs > 1
+    with Collection(collection_copy) as col:
+        assert effective_settings(col, settings).umap.consensus_runs == settings.umap.consensus_runs
+    # As an older docsort wrote it: no consensus keys. Its clusterings were one run; they stay so.
+    for key in ("consensus_runs", "consensus_max_pages"):
+        del manifest["pipeline"]["umap"][key]
+    path.write_text(json.dumps(manifest))
+    with Collection(collection_copy) as col:
+        kept = effective_settings(col, settings)
+        chosen = effective_settings(col, settings, explicit=True)
+        assert kept.umap.consensus_runs == 1 and kept.umap.n_neighbors == manifest["pipeline"]["umap"]["n_neighbors"]
+        assert chosen.umap.consensus_runs == settings.umap.consensus_runs
+        result = cluster(col, kept, log=lambda m: None)
+    assert result.params["umap"]["consensus_runs_used"] == 1

@@ -156,7 +156,7 @@ def effective_settings(
     render and feature settings of its manifest (its weights pinned to the resolved source, so an
     ``auto`` collection built with the bundled weights stays on them); index, UMAP, HDBSCAN,
     classifier, OCR and text settings come from ``requested`` when the user chose a pipeline (``explicit``), else from the
-    manifest. Where jobs run (``[ray]``) is not recorded in the manifest: the chosen pipeline's, else none (this process).
+    manifest (a manifest from before ``umap.consensus_runs`` existed keeps one UMAP run). Where jobs run (``[ray]``) is not recorded in the manifest: the chosen pipeline's, else none (this process).
 
     Raises:
         CollectionError: an explicitly chosen pipeline or ``weights`` would change how vectors are
@@ -170,7 +170,12 @@ def effective_settings(
         return requested.with_overrides(weights=weights)
     if manifest.pipeline is None or manifest.features is None:
         raise CollectionError(f"{collection.manifest_path}: the manifest records no pipeline or features")
-    pinned = PipelineSettings(**manifest.pipeline)
+    pipeline = dict(manifest.pipeline)
+    if isinstance(pipeline.get("umap"), dict) and "consensus_runs" not in pipeline["umap"]:
+        # Recorded before the consensus existed (issue 13): its clusterings were one UMAP run, and
+        # stay so until a pipeline is chosen (``docsort cluster -p default``).
+        pipeline["umap"] = {**pipeline["umap"], "consensus_runs": 1}
+    pinned = PipelineSettings(**pipeline)
     recorded = manifest.features["weights"]
     pinned_weights = recorded["source"] if recorded["source"] in ("imagenet", "bundled", "random") else recorded["spec"]
     adaptation = manifest.adaptation or {}
