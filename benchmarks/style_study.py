@@ -107,9 +107,8 @@ def variant_settings(base, name: str, seed: int):
 
     ``name``: ``baseline`` | ``binarised`` | ``invN`` | ``bin_invN``, optionally followed by
     HDBSCAN choices ``_leaf`` (``cluster_selection_method="leaf"``), ``_mcsN``
-    (``min_cluster_size=N``) and ``_msN`` (``min_samples=N``), e.g. ``inv32_mcs8_leaf``, UMAP's
-    ``_nnN`` (``n_neighbors=N``) and ``_consR`` (a consensus of R runs, ``consensus_runs=R``), and
-    the text weight ``_wX`` (``text.fusion_weight=X``; only matters with ``--ocr``).
+    (``min_cluster_size=N``) and ``_msN`` (``min_samples=N``), e.g. ``inv32_mcs8_leaf``, and the
+    text weight ``_wX`` (``text.fusion_weight=X``; only matters with ``--ocr``).
     """
     s = base.model_copy(update={"umap": base.umap.model_copy(update={"random_state": seed})})
     parts = name.split("_")
@@ -123,10 +122,6 @@ def variant_settings(base, name: str, seed: int):
             hdb["min_samples"] = int(part[2:])
         elif part == "photo":
             pass  # the "page photo" rendering added to the invariance fit (below)
-        elif part.startswith("nn"):
-            s = s.model_copy(update={"umap": s.umap.model_copy(update={"n_neighbors": int(part[2:])})})
-        elif part.startswith("cons"):
-            s = s.model_copy(update={"umap": s.umap.model_copy(update={"consensus_runs": int(part[4:])})})
         elif part.startswith("w"):
             s = s.model_copy(update={"text": s.text.model_copy(update={"fusion_weight": float(part[1:])})})
     if hdb:

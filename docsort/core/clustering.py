@@ -88,7 +88,8 @@ class ClusterResult:
         seconds: wall time, seconds.
         models: the fitted ``umap.UMAP`` (n_components), ``umap.UMAP`` (2-D) and
             ``hdbscan.HDBSCAN`` objects, for ``transform`` / ``approximate_predict`` later; after a
-            consensus, ``hdbscan`` is ``None`` and ``consensus`` holds the labels, ``k`` and seeds.
+            consensus, ``hdbscan`` is ``None`` and ``consensus`` holds the labels and ``k`` (the seeds
+            are in ``params["umap"]["consensus_seeds"]``).
         notes: things the caller should tell the user (e.g. soft reassignment skipped).
         label_map: ``{HDBSCAN label: stored id}`` once ids are matched (empty before).
         names: ``{stored id: default name}`` from the clusters' OCR keywords, set by
@@ -218,13 +219,13 @@ def _merge_by_majority(labels: np.ndarray, together: np.ndarray) -> np.ndarray:
     k = int(labels.max()) + 1
     if k < 2:
         return labels
+    from scipy.sparse.csgraph import connected_components
+
     onehot = np.zeros((len(labels), k))
     member = labels >= 0
     onehot[np.flatnonzero(member), labels[member]] = 1.0
     sizes = onehot.sum(axis=0)
     mean = (onehot.T @ together @ onehot) / np.outer(sizes, sizes)
-    from scipy.sparse.csgraph import connected_components
-
     _, merged = connected_components(mean > CONSENSUS_MAJORITY, directed=False)
     out = np.where(member, merged[np.maximum(labels, 0)], -1)
     order = {c: i for i, c in enumerate(dict.fromkeys(out[out >= 0].tolist()))}
@@ -271,7 +272,7 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
     notes = []
     if runs > 1 and n > umap_settings.consensus_max_pages:
         notes.append(f"one UMAP run, not a consensus of {runs}: {n} pages are more than consensus_max_pages "
-                     f"({umap_settings.consensus_max_pages}; the co-association matrix would take {8 * n * n / 2**30:.1f} GiB)")
+                     f"({umap_settings.consensus_max_pages}; the consensus's two n x n matrices would take {16 * n * n / 2**30:.1f} GiB)")
         runs = 1
     if runs > 1 and hdbscan_settings.reassign_noise_threshold > 0:
         notes.append(f"one UMAP run, not a consensus of {runs}: reassigning noise (reassign_noise_threshold "
@@ -282,11 +283,12 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value 1 overridden.*")
         warnings.filterwarnings("ignore", message=".*k >= N - 1.*")
-        reducers, embeddings = [], []
+        reducer, embeddings = None, []  # run 0's reducer is kept (for transform), the others' embeddings only
         for seed in seeds:
-            reducer = umap.UMAP(n_components=n_components, min_dist=umap_settings.min_dist, random_state=seed, **common)
-            reducers.append(reducer)
-            embeddings.append(reducer.fit_transform(vectors).astype(np.float32))
+            fitted = umap.UMAP(n_components=n_components, min_dist=umap_settings.min_dist, random_state=seed, **common)
+            embeddings.append(fitted.fit_transform(vectors).astype(np.float32))
+            if reducer is None:
+                reducer = fitted
         mapper = umap.UMAP(n_components=2, min_dist=umap_settings.map_min_dist, random_state=umap_settings.random_state, **common)
         embedding_2d = mapper.fit_transform(vectors).astype(np.float32)
     if runs == 1:
@@ -297,17 +299,15 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
         labels, probabilities = consensus_labels([p.labels for p in parts], hp["min_cluster_size"], hp["min_samples"],
                                                  hdbscan_settings.cluster_selection_method)
         result = ClusterResult(labels=labels, probabilities=probabilities, embedding=embeddings[0],
-                               embedding_2d=embedding_2d, params={"hdbscan": {**hdbscan_settings.model_dump(), **hp}},
-                               seconds=0.0,
-                               models={"hdbscan": None, "consensus": {"labels": labels, "k": int(hp["min_cluster_size"]),
-                                                                      "seeds": seeds}})
+                               embedding_2d=embedding_2d, params={"hdbscan": hp}, seconds=0.0,
+                               models={"hdbscan": None, "consensus": {"labels": labels, "k": int(hp["min_cluster_size"])}})
     result.embedding_2d = embedding_2d
     result.notes = notes + result.notes
     result.params = {"umap": {**umap_settings.model_dump(), "n_neighbors": n_neighbors, "n_components": n_components,
                               "consensus_runs_used": runs, **({"consensus_seeds": seeds} if runs > 1 else {})},
                      **result.params}
     # "dim": the input dimension, checked by predict_clusters (UMAP keeps it only in private state).
-    result.models = {"umap": reducers[0], "umap_2d": mapper, **result.models, "dim": int(vectors.shape[1])}
+    result.models = {"umap": reducer, "umap_2d": mapper, **result.models, "dim": int(vectors.shape[1])}
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -520,19 +520,16 @@ def predict_clusters(models: dict, vectors: np.ndarray) -> tuple[np.ndarray, np.
         warnings.filterwarnings("ignore", message=".*n_jobs value 1 overridden.*")
         emb = np.asarray(reducer.transform(vectors), np.float64)
         xy = np.asarray(mapper.transform(vectors), np.float32)
-        if consensus is None:
-            labels, strengths = hdbscan.approximate_predict(clusterer, emb)
-        else:  # a consensus has no condensed tree of run 0's points: neighbours only
-            labels, strengths = np.full(m, -1, np.int64), np.zeros(m, np.float32)
+    if consensus is None:
+        labels, strengths = hdbscan.approximate_predict(clusterer, emb)
+        train_labels, k = np.asarray(clusterer.labels_, np.int64), int(clusterer.min_cluster_size)
+    else:  # a consensus has no condensed tree of run 0's points: neighbours only
+        labels, strengths = np.full(m, -1, np.int64), np.zeros(m, np.float32)
+        train_labels, k = np.asarray(consensus["labels"], np.int64), int(consensus["k"])
     labels = np.asarray(labels, np.int64)
     strengths = np.asarray(strengths, np.float32)
     how = np.where(labels >= 0, "approximate_predict", "noise").astype("<U19")
-    if consensus is None:
-        train_labels = np.asarray(clusterer.labels_, np.int64)
-        k = min(int(clusterer.min_cluster_size), len(train_labels))
-    else:
-        train_labels = np.asarray(consensus["labels"], np.int64)
-        k = min(int(consensus["k"]), len(train_labels))
+    k = min(k, len(train_labels))
     out = np.flatnonzero(labels < 0)
     if len(out) and (train_labels >= 0).any():
         # Nearest training points in the UMAP space HDBSCAN clustered (UMAP's public ``embedding_``),
