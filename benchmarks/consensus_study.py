@@ -23,7 +23,9 @@ style, ``style_leakage``), noise share, clusters and seconds a clustering. Write
 ``--out/results.json`` and prints a Markdown table.
 
 Variants: ``default`` (the pipeline's settings), or parts joined by ``_``: ``nnN`` (UMAP
-``n_neighbors``), ``consR`` (``consensus_runs = R``), ``mcsN`` (HDBSCAN ``min_cluster_size``).
+``n_neighbors``), ``consR`` (``consensus_runs = R``), ``mcsN`` (HDBSCAN ``min_cluster_size``), ``msN`` (HDBSCAN
+``min_samples``), ``cmcsN`` (the consensus step's ``min_cluster_size`` only, each run keeping its
+own; a probe, patched into ``docsort.core.clustering.consensus_labels``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def variant_settings(base, name: str, seed: int):
     """The pipeline settings of variant ``name`` with UMAP ``random_state = seed``."""
     umap, hdb = {"random_state": seed}, {}
     for part in name.split("_"):
-        if part == "default":
+        if part == "default" or part.startswith("cmcs"):
             continue
         if part.startswith("nn"):
             umap["n_neighbors"] = int(part[2:])
@@ -55,6 +57,8 @@ def variant_settings(base, name: str, seed: int):
             umap["consensus_runs"] = int(part[4:])
         elif part.startswith("mcs"):
             hdb["min_cluster_size"] = int(part[3:])
+        elif part.startswith("ms"):
+            hdb["min_samples"] = int(part[2:])
         else:
             raise SystemExit(f"unknown variant part {part!r} in {name!r}")
     return base.model_copy(update={"umap": base.umap.model_copy(update=umap), "hdbscan": base.hdbscan.model_copy(update=hdb)})
@@ -67,6 +71,16 @@ def _one(job):
     from docsort.core.clustering import cluster_vectors
 
     key, vectors, variant, seed = job
+    import docsort.core.clustering as clustering
+
+    if not hasattr(clustering, "_study_consensus_labels"):
+        clustering._study_consensus_labels = clustering.consensus_labels
+    cmcs = [int(p[4:]) for p in variant.split("_") if p.startswith("cmcs")]
+    if cmcs:
+        clustering.consensus_labels = lambda labs, mcs, ms, method="eom": clustering._study_consensus_labels(
+            labs, cmcs[0], max(1, cmcs[0] // 2), method)
+    else:
+        clustering.consensus_labels = clustering._study_consensus_labels
     s = variant_settings(load_pipeline("default").with_overrides(weights="bundled"), variant, seed)
     t = time.perf_counter()
     r = cluster_vectors(vectors, s.umap, s.hdbscan)
@@ -81,13 +95,17 @@ def load(collection: Path, corpus: Path, modes: list[str]):
     from docsort.queries.vectors import page_vectors
     from docsort.store.storage import Collection
 
-    settings = load_pipeline("default").with_overrides(weights="bundled")
+    base = load_pipeline("default").with_overrides(weights="bundled")
     out = {}
     with Collection(collection) as col:
         ids, rows, _ = match_label_rows(col, read_labels(corpus / "labels.csv"))
         for mode in modes:
-            pv = page_vectors(col, settings, mode, page_ids=ids)
-            if pv.mode != mode:
+            settings, kind = base, mode
+            if mode.startswith("fused") and mode != "fused":  # fusedW: text.fusion_weight = W
+                settings = base.model_copy(update={"text": base.text.model_copy(update={"fusion_weight": float(mode[5:])})})
+                kind = "fused"
+            pv = page_vectors(col, settings, kind, page_ids=ids)
+            if pv.mode != kind:
                 raise SystemExit(f"{collection}: no {mode} vectors (run docsort ocr and docsort cluster first)")
             out[mode] = (np.ascontiguousarray(pv.vectors, np.float32),
                          np.array([rows[int(i)].category for i in pv.ids]), np.array([rows[int(i)].style for i in pv.ids], dtype=object))
@@ -103,7 +121,7 @@ def main() -> None:
     ap.add_argument("pairs", nargs="+", help="COLLECTION=CORPUS (the corpus folder holds labels.csv with a style column)")
     ap.add_argument("--variants", default="default,cons5")
     ap.add_argument("--seeds", default="0-9", help="A-B or comma-separated UMAP random_state values")
-    ap.add_argument("--modes", default="visual,fused")
+    ap.add_argument("--modes", default="visual,fused", help="visual, fused (text.fusion_weight as in the pipeline) or fusedW (weight W, e.g. fused0.5)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "consensus_study")
     a = ap.parse_args()

@@ -390,3 +390,44 @@ def test_a_collection_recorded_before_the_consensus_keeps_one_run_until_a_pipeli
         assert chosen.umap.consensus_runs == settings.umap.consensus_runs
         result = cluster(col, kept, log=lambda m: None)
     assert result.params["umap"]["consensus_runs_used"] == 1
+
+
+def test_automatic_hdbscan_sizes_follow_the_collection_size_and_older_manifests_keep_theirs(collection_copy, settings):
+    import json
+    import math
+
+    from docsort.core.clustering import auto_min_cluster_size, cluster_embedding
+    from docsort.store.manifest import effective_settings
+
+    h = settings.hdbscan
+    assert (h.min_cluster_size, h.min_samples, h.min_cluster_size_divisor, h.min_samples_divisor) == (0, 0, 1.45, 3)
+    for n in (5, 41, 200, 1000, 20000):
+        assert auto_min_cluster_size(n, 1.45) == max(3, round(math.sqrt(n) / 1.45))
+    assert [auto_min_cluster_size(n) for n in (36, 41, 200, 1000, 20000)] == [4, 4, 10, 22, 98]
+    assert [auto_min_cluster_size(n, 2.0) for n in (36, 1000, 20000)] == [3, 16, 71]
+    with pytest.raises(ValueError, match="divisor"):
+        auto_min_cluster_size(100, 0.0)
+    # The sizes HDBSCAN got are recorded; an explicit size wins over the rule.
+    emb = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    auto = cluster_embedding(emb, h).params["hdbscan"]
+    assert (auto["min_cluster_size"], auto["min_samples"]) == (10, 3)
+    fixed = cluster_embedding(emb, _hdbscan(settings, min_cluster_size=8).hdbscan).params["hdbscan"]
+    assert (fixed["min_cluster_size"], fixed["min_samples"]) == (8, 2)
+
+    # A manifest written before the divisors existed keeps sqrt(n) / 2 and half of it (3 and 1 on
+    # sample_docs' 41 pages) until a pipeline is chosen; the clustering records the sizes it used.
+    path = collection_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for key in ("min_cluster_size_divisor", "min_samples_divisor"):
+        assert manifest["pipeline"]["hdbscan"][key] == getattr(h, key)
+        del manifest["pipeline"]["hdbscan"][key]
+    path.write_text(json.dumps(manifest))
+    with Collection(collection_copy) as col:
+        kept = effective_settings(col, settings)
+        chosen = effective_settings(col, settings, explicit=True)
+        assert (kept.hdbscan.min_cluster_size_divisor, kept.hdbscan.min_samples_divisor) == (2.0, 2)
+        assert (chosen.hdbscan.min_cluster_size_divisor, chosen.hdbscan.min_samples_divisor) == (1.45, 3)
+        old = cluster(col, kept, log=lambda m: None)
+        new = cluster(col, chosen, log=lambda m: None)
+    assert (old.params["hdbscan"]["min_cluster_size"], old.params["hdbscan"]["min_samples"]) == (3, 1)
+    assert (new.params["hdbscan"]["min_cluster_size"], new.params["hdbscan"]["min_samples"]) == (4, 1)

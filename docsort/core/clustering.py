@@ -133,12 +133,19 @@ class ClusterResult:
         return int((self.membership == "member").sum())
 
 
-def auto_min_cluster_size(n_pages: int) -> int:
-    """``max(3, round(sqrt(n_pages) / 2))``: 3 at 36 pages, 16 at 1,000, 71 at 20,000.
+def auto_min_cluster_size(n_pages: int, divisor: float = 1.45) -> int:
+    """``max(3, round(sqrt(n_pages) / divisor))``: with the default 1.45, 4 at 41 pages, 10 at
+    200, 22 at 1,000, 98 at 20,000 (``HdbscanSettings.min_cluster_size_divisor``).
 
-    A heuristic (HDBSCAN's docs leave the choice to the user); issue #5 measures it.
+    A heuristic (HDBSCAN's docs leave the choice to the user); issues #5 and #13 measure it
+    (benchmarks/RESULTS.md).
+
+    Raises:
+        ValueError: ``divisor <= 0``.
     """
-    return max(3, int(round(math.sqrt(max(n_pages, 1)) / 2)))
+    if divisor <= 0:
+        raise ValueError(f"min_cluster_size divisor must be > 0, not {divisor}")
+    return max(3, int(round(math.sqrt(max(n_pages, 1)) / divisor)))
 
 
 def consensus_seeds(random_state: int, runs: int) -> list[int]:
@@ -340,8 +347,8 @@ def cluster_embedding(embedding: np.ndarray, hdbscan_settings: HdbscanSettings) 
     if n < MIN_PAGES:
         raise ClusteringError(f"{n} pages are too few to cluster (need at least {MIN_PAGES})")
     t0 = time.perf_counter()
-    mcs = hdbscan_settings.min_cluster_size or auto_min_cluster_size(n)
-    ms = hdbscan_settings.min_samples or max(1, mcs // 2)
+    mcs = hdbscan_settings.min_cluster_size or auto_min_cluster_size(n, hdbscan_settings.min_cluster_size_divisor)
+    ms = hdbscan_settings.min_samples or max(1, mcs // hdbscan_settings.min_samples_divisor)
     clusterer = hdbscan.HDBSCAN(
         min_cluster_size=mcs,
         min_samples=ms,

@@ -14,7 +14,7 @@ cluster. UMAP's docs ("Transforming New Data") and hdbscan's ("Predicting cluste
 points") describe those two calls as the way to place points a fitted model has not seen.
 
 The price of the sample: a document type becomes a cluster only with at least HDBSCAN's
-``min_cluster_size`` pages in the sample (automatic: 112 at 50,000, i.e. ~0.22% of the collection).
+``min_cluster_size`` pages in the sample (automatic: 154 at 50,000, i.e. ~0.31% of the collection).
 Why 50,000 by default (the fit's time and memory against that price): README, "More than one
 machine".
 """

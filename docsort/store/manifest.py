@@ -156,7 +156,8 @@ def effective_settings(
     render and feature settings of its manifest (its weights pinned to the resolved source, so an
     ``auto`` collection built with the bundled weights stays on them); index, UMAP, HDBSCAN,
     classifier, OCR and text settings come from ``requested`` when the user chose a pipeline (``explicit``), else from the
-    manifest (a manifest from before ``umap.consensus_runs`` existed keeps one UMAP run). Where jobs run (``[ray]``) is not recorded in the manifest: the chosen pipeline's, else none (this process).
+    manifest (a manifest from before ``umap.consensus_runs`` existed keeps one UMAP run, one from before
+    ``hdbscan.min_cluster_size_divisor`` the earlier automatic sizes, ``sqrt(n) / 2`` and half of it). Where jobs run (``[ray]``) is not recorded in the manifest: the chosen pipeline's, else none (this process).
 
     Raises:
         CollectionError: an explicitly chosen pipeline or ``weights`` would change how vectors are
@@ -175,6 +176,9 @@ def effective_settings(
         # Recorded before the consensus existed (issue 13): its clusterings were one UMAP run, and
         # stay so until a pipeline is chosen (``docsort cluster -p default``).
         pipeline["umap"] = {**pipeline["umap"], "consensus_runs": 1}
+    if isinstance(pipeline.get("hdbscan"), dict) and "min_cluster_size_divisor" not in pipeline["hdbscan"]:
+        # Recorded before the automatic sizes were re-measured (issue 13): sqrt(n) / 2 and half of it.
+        pipeline["hdbscan"] = {**pipeline["hdbscan"], "min_cluster_size_divisor": 2.0, "min_samples_divisor": 2}
     pinned = PipelineSettings(**pipeline)
     recorded = manifest.features["weights"]
     pinned_weights = recorded["source"] if recorded["source"] in ("imagenet", "bundled", "random") else recorded["spec"]
