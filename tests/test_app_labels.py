@@ -146,3 +146,35 @@ def test_document_types_view_trains_shows_accuracy_unsure_and_suggestions(collec
     _submit(at, "Remove labels")
     assert len(classify.labels(col)) == before - 1
     col.close()
+
+
+def test_a_picked_page_that_leaves_the_cluster_before_the_submit_is_still_labelled(app, collection_copy):
+    """Another session (or the CLI) moves a page out of the cluster between this session's render
+    and its submit. Streamlit drops a picked value that is no longer an option, so the app keeps
+    picked pages among the options, labels every page the user picked, and says how many had left
+    the gallery."""
+    from docsort.jobs import edits
+
+    at = app
+    col = Collection(collection_copy)
+    biggest = [r for r in cluster_table(col) if r.cluster >= 0][0]
+    other = [r for r in cluster_table(col) if r.cluster >= 0 and r.cluster != biggest.cluster][0]
+    members = [int(p) for p in browse.cluster_pages(col, biggest.cluster)["page_id"]]
+    at.button(key=f"open-{biggest.cluster}").click().run()
+    picked = members[:2]
+    at.multiselect(key=f"label-pages-members-{biggest.cluster}").set_value(picked)
+    at.text_input(key=f"label-type-members-{biggest.cluster}").set_value("deed")
+    edits.move(col, [picked[0]], to=other.cluster, who="cli", log=lambda m: None)
+    assert picked[0] not in set(browse.cluster_pages(col, biggest.cluster)["page_id"].tolist())
+    _submit(at, "Label")
+    got = classify.labels(col).set_index("page_id")
+    assert sorted(got.index.tolist()) == sorted(picked) and set(got["type"]) == {"deed"}
+    assert [s.value for s in at.success] == ["Labelled 2 pages as 'deed' (1 of them has left this view since it was picked)."]
+    # The same for the move form of the gallery: both picked pages are moved.
+    at.multiselect(key=f"move-pages-{biggest.cluster}").set_value([picked[1], members[2]])
+    edits.move(col, [members[2]], new=True, who="cli", log=lambda m: None)  # to a third cluster
+    at.selectbox(key=f"move-to-{biggest.cluster}").set_value(other.cluster)
+    _submit(at, "Move")
+    assert {picked[1], members[2]} <= set(browse.cluster_pages(col, other.cluster)["page_id"].tolist())
+    assert [s.value for s in at.success][0].endswith("(1 of them has left this view since it was picked).")
+    col.close()

@@ -182,10 +182,9 @@ def _session(i: int, names: dict, ingest_done: threading.Event, log: dict) -> No
                     if said == [len(mine)]:
                         log["labelled"] += mine
                     elif said:
-                        # Another session re-clustered between this session's render and its submit:
-                        # the picker's options are the cluster's members as of the submit, so pages
-                        # that left the cluster fell out of the selection, and the app labelled (and
-                        # said) fewer. Which ones is not shown; they count as submitted only.
+                        # Fewer labelled than picked. Pages that left the cluster between this
+                        # session's render and its submit (another session re-clustered) stay
+                        # picked and are labelled (edit_views.page_picker), so this is a bug.
                         log["label_partial"] += 1
                     else:
                         log["label_refused"] += 1
@@ -247,6 +246,7 @@ def test_four_app_sessions_label_rename_and_recluster_while_the_cli_ingests(smal
         labelled = [pid for log in logs for pid in log["labelled"]]
         submitted = {pid for log in logs for pid in log["submitted"]}
         assert set(labelled) <= set(stored) <= submitted, (sorted(labelled), sorted(stored), sorted(submitted))
+        assert sum(log["label_partial"] for log in logs) == 0, "a label submit labelled fewer pages than were picked"
         assert all(stored[pid].casefold() == TYPES[pid % SESSIONS].casefold() for pid in stored), stored
         spellings = sorted(set(stored.values()))
         assert len(spellings) == len({s.casefold() for s in spellings}), spellings

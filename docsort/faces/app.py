@@ -195,8 +195,7 @@ def label_form(col: Collection, rows, key: str) -> None:
     known = list(classify.label_counts(col))
     with st.form(f"label-form-{key}", border=True):
         left, mid, right = st.columns([3, 2, 1], vertical_alignment="bottom")
-        chosen = left.multiselect("Label pages", list(names), format_func=lambda i: names.get(i, str(i)),
-                                  key=f"label-pages-{key}", placeholder="Pick pages shown here")
+        chosen, n_left = edit_views.page_picker(left, "Label pages", names, key=f"label-pages-{key}")
         doc_type = mid.text_input("as document type", key=f"label-type-{key}", max_chars=classify.MAX_TYPE_LEN,
                                   placeholder=", ".join(known[:3]) or "e.g. invoice",
                                   help="Existing types: " + (", ".join(known) or "none yet"))
@@ -207,7 +206,7 @@ def label_form(col: Collection, rows, key: str) -> None:
                 _label_message("error", str(exc))
             else:
                 name = classify.normalise_type(doc_type, classify.label_counts(col))
-                _label_message("success", f"Labelled {plural(n, 'page')} as {name!r}.")
+                _label_message("success", f"Labelled {plural(n, 'page')} as {name!r}{edit_views.left_note(n_left)}.")
             st.rerun()
 
 

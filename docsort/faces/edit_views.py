@@ -41,14 +41,16 @@ def show_edit_message() -> None:
     show_flash("edit_message")
 
 
-def _do(action, done: str | None = None) -> None:
-    """Run an edit action; its result (or error) becomes the next run's message; then rerun."""
+def _do(action, done: str | None = None, note: str = "") -> None:
+    """Run an edit action; its result (or error) becomes the next run's message (``note`` added
+    before its full stop); then rerun."""
     try:
         res = action()
     except (CollectionError, ValueError, OSError) as exc:
         _message("error", str(exc))
     else:
-        _message("success", done or (res.message[0].upper() + res.message[1:] + "."))
+        text = done.rstrip(".") if done else res.message[0].upper() + res.message[1:]
+        _message("success", text + note + ".")
     st.rerun()
 
 
@@ -110,6 +112,32 @@ def cluster_edit_tools(col: Collection, cid: int, name: str, pages, clusters, on
         undo_button(col, key=f"cluster-{cid}")
 
 
+def page_picker(container, label: str, names: dict[int, str], key: str) -> tuple[list[int], int]:
+    """A multiselect of the pages shown next to it (``names``: page id -> caption) that keeps a
+    picked page picked when it has left the view before the form is submitted (another session,
+    or the CLI, re-clustered or moved it): Streamlit drops a selected value that is no longer
+    among the options, so the picked pages stay options (with the caption they had).
+
+    Returns:
+        ``(chosen page ids, how many of them are no longer shown here)``.
+    """
+    seen = st.session_state.setdefault(f"{key}:captions", {})
+    seen.update(names)
+    kept = [int(i) for i in st.session_state.get(key) or [] if int(i) not in names and int(i) in seen]
+    options = list(names) + kept
+    chosen = container.multiselect(label, options, format_func=lambda i: names.get(i) or f"{seen.get(i, i)} (left this view)",
+                                   key=key, placeholder="Pick pages shown here")
+    return [int(i) for i in chosen], sum(1 for i in chosen if int(i) not in names)
+
+
+def left_note(n_left: int) -> str:
+    """`` (K of them has/have left this view since ...)``, or "" for 0: said after an action on
+    picked pages, so that the user knows pages no longer shown were acted on too."""
+    if not n_left:
+        return ""
+    return f" ({n_left} of them {'has' if n_left == 1 else 'have'} left this view since {'it was' if n_left == 1 else 'they were'} picked)"
+
+
 def move_form(col: Collection, pages, clusters, key: str, exclude: int | None = None) -> None:
     """A form next to a gallery: pick some of its pages (thumbnails shown, ``pages`` rows with
     ``page_id``, ``file``, ``page``) and move them to another cluster or a new one
@@ -124,12 +152,11 @@ def move_form(col: Collection, pages, clusters, key: str, exclude: int | None = 
     targets = _targets(clusters, exclude=exclude)
     with st.form(f"move-form-{key}", border=True):
         left, mid, right = st.columns([3, 2, 2], vertical_alignment="bottom")
-        chosen = left.multiselect("Move pages", list(names), format_func=lambda i: names.get(i, str(i)),
-                                  key=f"move-pages-{key}", placeholder="Pick pages shown here")
+        chosen, n_left = page_picker(left, "Move pages", names, key=f"move-pages-{key}")
         target = mid.selectbox("to", list(targets), format_func=lambda c: targets[c], key=f"move-to-{key}")
         new_name = right.text_input("named (optional)", key=f"move-name-{key}", max_chars=120)
         if st.form_submit_button("Move"):
-            _move(col, chosen, target, new_name)
+            _move(col, chosen, target, new_name, note=left_note(n_left))
 
 
 def _split_preview(col: Collection, cid: int, preview, on_split=None) -> None:
@@ -152,13 +179,13 @@ def _split_preview(col: Collection, cid: int, preview, on_split=None) -> None:
         st.rerun()
 
 
-def _move(col: Collection, page_ids, target, name: str | None) -> None:
+def _move(col: Collection, page_ids, target, name: str | None, note: str = "") -> None:
     if not page_ids:
         _message("error", "Pick the pages to move.")
         st.rerun()
     new = target == NEW_CLUSTER
     _do(lambda: edits.move(col, page_ids, to=None if new else int(target), new=new, name=name or None, who=WHO,
-                           lock_timeout_s=LOCK_TIMEOUT_S, log=lambda m: None))
+                           lock_timeout_s=LOCK_TIMEOUT_S, log=lambda m: None), note=note)
 
 
 def selection_actions(col: Collection, selected, clusters, key: str = "map") -> None:
