@@ -334,8 +334,11 @@ def test_a_consensus_clustering_of_real_pages_is_recorded_placed_and_capped(samp
     with Collection(sample_collection) as col:
         ids, vecs = col.vectors()
     umap3 = settings.umap.model_copy(update={"consensus_runs": 3})
-    result = cluster_vectors(vecs, umap3, settings.hdbscan)
+    steps = []
+    result = cluster_vectors(vecs, umap3, settings.hdbscan, on_step=steps.append)
     assert result.notes == []
+    # What the CLI's spinner and the app's bar say while it runs.
+    assert steps == ["UMAP run 1 of 3", "UMAP run 2 of 3", "UMAP run 3 of 3", "the 2-D map", "combining 3 runs"]
     seeds = consensus_seeds(settings.umap.random_state, 3)
     assert seeds[0] == settings.umap.random_state and len(set(seeds)) == 3
     # Seed sets of two random_state values share no run (random_state + r would share two of three).

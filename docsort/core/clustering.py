@@ -29,6 +29,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -239,7 +240,8 @@ def _merge_by_majority(labels: np.ndarray, together: np.ndarray) -> np.ndarray:
     return np.array([order.get(int(c), -1) for c in out], np.int64)
 
 
-def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_settings: HdbscanSettings) -> ClusterResult:
+def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_settings: HdbscanSettings,
+                    on_step: Callable[[str], None] | None = None) -> ClusterResult:
     """Cluster unit-norm page vectors with UMAP + HDBSCAN, then (optionally) reassign noise.
 
     With ``umap_settings.consensus_runs = R > 1`` (and at most ``consensus_max_pages`` pages),
@@ -253,6 +255,9 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
         vectors: float32 (n, D), n >= :data:`MIN_PAGES`.
         umap_settings, hdbscan_settings: parameters; ``0`` for HDBSCAN sizes means automatic;
             ``hdbscan_settings.reassign_noise_threshold > 0`` turns on :func:`reassign_noise`.
+        on_step: called with what starts next (``"UMAP run 2 of 9"``, ``"the 2-D map"``,
+            ``"combining 9 runs"``), e.g. to update a spinner; a consensus of 10,000 pages takes
+            minutes.
 
     Returns:
         A :class:`ClusterResult`. Same vectors (same order) and settings give the same labels,
@@ -291,16 +296,20 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
         warnings.filterwarnings("ignore", message=".*n_jobs value 1 overridden.*")
         warnings.filterwarnings("ignore", message=".*k >= N - 1.*")
         reducer, embeddings = None, []  # run 0's reducer is kept (for transform), the others' embeddings only
-        for seed in seeds:
+        step = on_step or (lambda text: None)
+        for r, seed in enumerate(seeds, 1):
+            step(f"UMAP run {r} of {runs}")
             fitted = umap.UMAP(n_components=n_components, min_dist=umap_settings.min_dist, random_state=seed, **common)
             embeddings.append(fitted.fit_transform(vectors).astype(np.float32))
             if reducer is None:
                 reducer = fitted
+        step("the 2-D map")
         mapper = umap.UMAP(n_components=2, min_dist=umap_settings.map_min_dist, random_state=umap_settings.random_state, **common)
         embedding_2d = mapper.fit_transform(vectors).astype(np.float32)
     if runs == 1:
         result = cluster_embedding(embeddings[0], hdbscan_settings)
     else:
+        step(f"combining {runs} runs")
         parts = [cluster_embedding(e, hdbscan_settings) for e in embeddings]
         hp = parts[0].params["hdbscan"]
         labels, probabilities = consensus_labels([p.labels for p in parts], hp["min_cluster_size"], hp["min_samples"],

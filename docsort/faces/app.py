@@ -253,9 +253,11 @@ def run_clustering(col: Collection, n_pages: int) -> None:
     estimate = 30.0 + n_pages / 400 if estimate is None else estimate
     bar = st.progress(0.0, text=f"Clustering {n_pages} pages (UMAP + HDBSCAN)...")
     settings = settings_for(col)
+    doing = {"step": ""}  # written by the worker thread, read by the bar's text
     r, error = _run_in_background(
-        lambda: cluster(col, settings, log=lambda _m: None, lock_timeout_s=30), "docsort-cluster", bar, estimate,
-        lambda elapsed: f"Clustering {n_pages} pages (UMAP + HDBSCAN)... {elapsed:.0f} s")
+        lambda: cluster(col, settings, log=lambda _m: None, lock_timeout_s=30, on_step=lambda t: doing.update(step=t)),
+        "docsort-cluster", bar, estimate,
+        lambda elapsed: f"Clustering {n_pages} pages (UMAP + HDBSCAN{': ' + doing['step'] if doing['step'] else ''})... {elapsed:.0f} s")
     bar.progress(1.0, text="Clustering finished")
     if isinstance(error, ClusteringError):
         st.session_state["cluster_message"] = ("warning", str(error))

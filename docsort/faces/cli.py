@@ -311,8 +311,9 @@ def cluster(
         if reassign_noise is not None:
             settings = settings.model_copy(update={"hdbscan": settings.hdbscan.model_copy(update={"reassign_noise_threshold": reassign_noise})})
         prepare_invariance(col, settings, lock_timeout_s=lock_timeout)  # re-reads and embeds a sample: a progress bar
-        with err.status("clustering (UMAP + HDBSCAN)..."):
-            result = run_cluster(col, settings, lock_timeout_s=lock_timeout)
+        with err.status("clustering (UMAP + HDBSCAN)...") as status:
+            result = run_cluster(col, settings, lock_timeout_s=lock_timeout,
+                                 on_step=lambda text: status.update(f"clustering (UMAP + HDBSCAN): {text}..."))
         out.print(cluster_summary(result, settings.hdbscan.reassign_noise_threshold), highlight=False)
         _print_edits_report(result.params.get("edits"))
         _print_clusters(col)

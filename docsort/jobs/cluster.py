@@ -80,8 +80,10 @@ def _name_clusters_by_keywords(collection: Collection, settings: PipelineSetting
 
 
 def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _stderr, lock_timeout_s: float = 600.0,
-            extractor: FeatureExtractor | None = None, progress: bool = True) -> ClusterResult:
+            extractor: FeatureExtractor | None = None, progress: bool = True,
+            on_step: Callable[[str], None] | None = None) -> ClusterResult:
     """Run UMAP + HDBSCAN over every stored page and store labels, 2-D map and fitted models.
+    ``on_step`` is told each UMAP run as it starts (:func:`~docsort.core.clustering.cluster_vectors`).
 
     First the scan-style-invariant projection is fitted when due (:func:`fit_invariance`, which
     re-reads a sample of pages and needs the extractor: ``extractor`` reuses a built one;
@@ -133,7 +135,7 @@ def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _s
 
             result = cluster_on_ray(vecs, settings)
         else:
-            result = cluster_vectors(vecs, settings.umap, settings.hdbscan)
+            result = cluster_vectors(vecs, settings.umap, settings.hdbscan, on_step=on_step)
         result.params.update(features=pv.mode, fusion_weight=pv.fusion_weight, pages_with_text=int(pv.has_text.sum()),
                              text_model_token=text_model.token if text_model else None,
                              text=settings.text.model_dump(mode="json"),
