@@ -134,7 +134,7 @@ class ClusterResult:
         return int((self.membership == "member").sum())
 
 
-def auto_min_cluster_size(n_pages: int, divisor: float = 1.45) -> int:
+def auto_min_cluster_size(n_pages: int, divisor: float = HdbscanSettings.model_fields["min_cluster_size_divisor"].default) -> int:
     """``max(3, round(sqrt(n_pages) / divisor))``: with the default 1.45, 4 at 41 pages, 10 at
     200, 22 at 1,000, 98 at 20,000 (``HdbscanSettings.min_cluster_size_divisor``).
 

@@ -49,7 +49,7 @@ def _do(action, done: str | None = None, note: str = "") -> None:
     except (CollectionError, ValueError, OSError) as exc:
         _message("error", str(exc))
     else:
-        text = done.rstrip(".") if done else res.message[0].upper() + res.message[1:]
+        text = done.removesuffix(".") if done else res.message[0].upper() + res.message[1:]
         _message("success", text + note + ".")
     st.rerun()
 

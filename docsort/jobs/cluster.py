@@ -81,7 +81,7 @@ def _name_clusters_by_keywords(collection: Collection, settings: PipelineSetting
 
 def cluster(collection: Collection, settings: PipelineSettings, *, log: Log = _stderr, lock_timeout_s: float = 600.0,
             extractor: FeatureExtractor | None = None, progress: bool = True,
-            on_step: Callable[[str], None] | None = None) -> ClusterResult:
+            on_step: Log | None = None) -> ClusterResult:
     """Run UMAP + HDBSCAN over every stored page and store labels, 2-D map and fitted models.
     ``on_step`` is told each UMAP run as it starts (:func:`~docsort.core.clustering.cluster_vectors`).
 
