@@ -376,3 +376,60 @@ def test_app_cluster_view_merges_then_splits(col, monkeypatch):
     moved = _cluster_of(col)
     assert moved[picked[0]] == moved[picked[1]] not in set(where.values())
     assert [(e["kind"], e["who"]) for e in edits.list_edits(col)][-1] == ("move", "ui")
+
+
+def test_app_gallery_selection_survives_its_pages_and_pages_that_leave_the_cluster(col, monkeypatch):
+    """Pages ticked in a cluster's gallery stay selected on the gallery's other pages and after
+    another session moved one of them out of the cluster; the label then acts on all of them (the
+    message says how many), and clears the selection. Streamlit forgets a box a run does not draw,
+    so before, the selection was only the ticks of the gallery page shown."""
+    from streamlit.testing.v1 import AppTest
+
+    from docsort.faces import app as face
+    from docsort.jobs import classify
+
+    from .conftest import REPO
+
+    t = {name: i for i, name in enumerate(TYPES)}
+    cid = max(t.values(), key=lambda c: len(_pages(col, c)))  # the largest cluster by construction
+    members = _pages(col, cid)
+    assert len(members) >= 4, "needs a cluster of at least 4 pages for two gallery pages of 2"
+    monkeypatch.setattr(face, "MEMBERS_PER_PAGE", 2)
+    monkeypatch.setenv("DOCSORT_COLLECTION", str(col.root))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+    at.button(key=f"open-{cid}").click().run()
+
+    def boxes():
+        return [c for c in at.checkbox if c.key.startswith(f"members-{cid}-pick-")]
+
+    assert len(boxes()) == 2  # the first gallery page
+    first = int(boxes()[0].key.rsplit("-", 1)[1])
+    boxes()[0].check()
+    at.run()
+    assert "1 page selected" in [h.value for h in at.subheader]
+    at.session_state[f"members-page-{cid}"] = 2  # st.pagination: the gallery's second page
+    at.run()
+    assert not at.exception, at.exception
+    shown = [int(c.key.rsplit("-", 1)[1]) for c in boxes()]
+    assert first not in shown and len(shown) == 2
+    boxes()[0].check()
+    at.run()
+    assert "2 pages selected" in [h.value for h in at.subheader], [h.value for h in at.subheader]
+    assert any("1 on other pages of this gallery" in c.value for c in at.caption)
+
+    # Another session moves the first ticked page to another cluster before this one acts.
+    other = next(c for c in t.values() if c != cid)
+    edits.move(col, [first], to=other, who="cli", log=lambda m: None)
+    at.run()
+    assert not at.exception, at.exception
+    assert "2 pages selected" in [h.value for h in at.subheader]
+    assert any("1 no longer in this cluster" in c.value for c in at.caption), [c.value for c in at.caption]
+    at.text_input(key=f"gallery-{cid}-label-type").input("ticked page")
+    next(b for b in at.get("form_submit_button") if b.label == "Label 2 pages").click().run()
+    assert not at.exception, at.exception
+    labelled = set(classify.labels(col).query("type == 'ticked page'")["page_id"].tolist())
+    assert labelled == {first, shown[0]}
+    assert "Labelled 2 pages as 'ticked page'." in [s.value for s in at.success]
+    assert not any(h.value.endswith("selected") for h in at.subheader)  # the label cleared the selection
+    assert not any(c.value for c in boxes())

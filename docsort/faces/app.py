@@ -150,12 +150,17 @@ def thumbnail_grid(col: Collection, rows, key: str, caption=None, per_row: int =
     """Thumbnails with a caption and a "Similar" button each; ``rows`` has page_id, file, page.
 
     With ``selectable``, each thumbnail also gets a "Select" checkbox (key ``{key}-pick-{page_id}``).
+    What is ticked is kept in the session (:func:`gallery_selection`), not only in the boxes:
+    Streamlit forgets a box that a run does not draw, so without it a page ticked on one page of a
+    paginated gallery, or one that another session has since moved out of it, would silently
+    drop out of the selection.
 
     Returns:
-        The page ids whose "Select" box is ticked, in gallery order (empty without ``selectable``).
+        The page ids selected in gallery ``key``, in the order they were ticked, including pages
+        not among ``rows`` (empty without ``selectable``).
     """
     rows = list(rows.itertuples(index=False)) if hasattr(rows, "itertuples") else list(rows)
-    picked: list[int] = []
+    selected = gallery_selection(key) if selectable else {}
     labelled = page_labels(str(col.root), browse.data_version(col))
     for start in range(0, len(rows), per_row):
         cells = st.columns(per_row)
@@ -171,10 +176,34 @@ def thumbnail_grid(col: Collection, rows, key: str, caption=None, per_row: int =
                     st.caption(f"(no thumbnail) {text}")
                 st.button("Similar", key=f"{key}-sim-{row.page_id}", on_click=show_similar, args=(int(row.page_id),),
                           help="Show the pages and documents most like this page")
-                if selectable and st.checkbox("Select", key=f"{key}-pick-{row.page_id}",
-                                              help="Select pages here, then act on them below the gallery"):
-                    picked.append(int(row.page_id))
-    return picked
+                if selectable:
+                    pid = int(row.page_id)
+                    st.checkbox("Select", key=f"{key}-pick-{pid}", value=pid in selected, on_change=_tick,
+                                args=(key, pid, f"{row.file} · p.{row.page}"),
+                                help="Select pages here, then act on them below the gallery")
+    return list(selected)
+
+
+def gallery_selection(key: str) -> dict[int, str]:
+    """The pages ticked in gallery ``key`` this session: ``{page_id: caption}`` in the order they
+    were ticked (``st.session_state["{key}-selected"]``), kept across the gallery's pages and reruns."""
+    return st.session_state.setdefault(f"{key}-selected", {})
+
+
+def _tick(key: str, page_id: int, caption: str) -> None:
+    """A "Select" box of gallery ``key`` changed: keep the session's selection in step with it."""
+    selected = gallery_selection(key)
+    if st.session_state.get(f"{key}-pick-{page_id}"):
+        selected[page_id] = caption
+    else:
+        selected.pop(page_id, None)
+
+
+def clear_gallery_selection(key: str) -> None:
+    """Untick every page of gallery ``key`` (a callback: before the next run draws the boxes)."""
+    st.session_state[f"{key}-selected"] = {}
+    for k in [k for k in st.session_state if str(k).startswith(f"{key}-pick-")]:
+        del st.session_state[k]
 
 
 def _label_message(kind: str, text: str) -> None:
@@ -647,17 +676,54 @@ def view_cluster_detail(col: Collection, root: str, version: tuple, table, opene
         sim = "" if row.similarity != row.similarity else f" · {row.similarity:.2f}"  # NaN check
         return f"{row.file} · p.{row.page}{sim}"
 
-    picked = thumbnail_grid(col, chunk, key=f"members-{opened}", caption=caption, selectable=True)
+    gallery = f"members-{opened}"
+    picked = thumbnail_grid(col, chunk, key=gallery, caption=caption, selectable=True)
     clusters = clusters_summary(root, version)
     if picked:  # thumbnails ticked in the gallery: the same actions as a selection on the map
-        st.subheader(f"{plural(len(picked), 'page')} selected")
-        edit_views.selection_actions(col, chunk.set_index("page_id").loc[picked].reset_index(), clusters,
-                                     key=f"gallery-{opened}")
+        selection_of_gallery(col, table, rows, chunk, picked, gallery, clusters, key=f"gallery-{opened}")
     label_form(col, chunk, key=f"members-{opened}")
     if cid is not None and cid >= 0:
         edit_views.cluster_edit_tools(col, cid, name, chunk, clusters, on_split=close_cluster)
     else:  # noise, or pages added since the last clustering: they can be moved into a cluster
         edit_views.move_form(col, chunk, clusters, key=f"members-{opened}")
+
+
+def selection_of_gallery(col: Collection, table, members_rows, shown, picked: list[int], gallery: str, clusters,
+                         key: str) -> None:
+    """The pages ticked in a cluster's gallery and what can be done with them
+    (:func:`docsort.faces.edit_views.selection_actions`), acting on every ticked page: those on the
+    gallery page shown, those on its other pages, and those that have left the cluster since they
+    were ticked (the caption says how many of each). A move or a label clears the selection, so
+    that the next one does not act on these pages again; an export keeps it.
+
+    Args:
+        table: ``Collection.page_table()`` rows (``page_id``, ``document_id``, ``path``, ``page``, ...).
+        members_rows: the cluster's pages now; shown: those on the gallery page drawn.
+        picked: :func:`thumbnail_grid`'s selection; gallery: its key; key: widget key prefix.
+    """
+    known = table.set_index("page_id")
+    present = [p for p in picked if p in known.index]  # pages deleted from the collection drop out
+    members_now = {int(i) for i in members_rows["page_id"]}
+    on_page = {int(i) for i in shown["page_id"]}
+    elsewhere = sum(1 for p in present if p in members_now and p not in on_page)
+    left = sum(1 for p in present if p not in members_now)
+    gone = len(picked) - len(present)
+    st.subheader(f"{plural(len(present), 'page')} selected")
+    notes = []
+    if elsewhere:
+        notes.append(f"{elsewhere} on other pages of this gallery")
+    if left:
+        notes.append(f"{left} no longer in this cluster ({'it has' if left == 1 else 'they have'} been moved or re-clustered since "
+                     f"{'it was' if left == 1 else 'they were'} ticked)")
+    if gone:
+        notes.append(f"{plural(gone, 'ticked page')} no longer in the collection, left out")
+    left_col, right_col = st.columns([4, 1], vertical_alignment="center")
+    if notes:
+        left_col.caption("Of them: " + "; ".join(notes) + ".")
+    right_col.button("Clear the selection", key=f"{key}-clear", on_click=clear_gallery_selection, args=(gallery,))
+    if present:
+        chosen = known.loc[present].reset_index()
+        edit_views.selection_actions(col, chosen, clusters, key=key, on_done=lambda: clear_gallery_selection(gallery))
 
 
 def view_map(col: Collection, table, root: str | None = None, version: tuple | None = None) -> None:

@@ -41,9 +41,9 @@ def show_edit_message() -> None:
     show_flash("edit_message")
 
 
-def _do(action, done: str | None = None, note: str = "") -> None:
+def _do(action, done: str | None = None, note: str = "", on_done=None) -> None:
     """Run an edit action; its result (or error) becomes the next run's message (``note`` added
-    before its full stop); then rerun."""
+    before its full stop); ``on_done()`` is called when it succeeded; then rerun."""
     try:
         res = action()
     except (CollectionError, ValueError, OSError) as exc:
@@ -51,6 +51,8 @@ def _do(action, done: str | None = None, note: str = "") -> None:
     else:
         text = done.removesuffix(".") if done else res.message[0].upper() + res.message[1:]
         _message("success", text + note + ".")
+        if on_done is not None:
+            on_done()
     st.rerun()
 
 
@@ -179,16 +181,16 @@ def _split_preview(col: Collection, cid: int, preview, on_split=None) -> None:
         st.rerun()
 
 
-def _move(col: Collection, page_ids, target, name: str | None, note: str = "") -> None:
+def _move(col: Collection, page_ids, target, name: str | None, note: str = "", on_done=None) -> None:
     if not page_ids:
         _message("error", "Pick the pages to move.")
         st.rerun()
     new = target == NEW_CLUSTER
     _do(lambda: edits.move(col, page_ids, to=None if new else int(target), new=new, name=name or None, who=WHO,
-                           lock_timeout_s=LOCK_TIMEOUT_S, log=lambda m: None), note=note)
+                           lock_timeout_s=LOCK_TIMEOUT_S, log=lambda m: None), note=note, on_done=on_done)
 
 
-def selection_actions(col: Collection, selected, clusters, key: str = "map") -> None:
+def selection_actions(col: Collection, selected, clusters, key: str = "map", on_done=None) -> None:
     """What can be done with the pages selected on the map: give them a cluster (a move, kept
     across re-clustering), a document type (the labels the classifier trains on), or export them
     (a CSV of their rows, or a copy of their documents into a folder).
@@ -199,6 +201,8 @@ def selection_actions(col: Collection, selected, clusters, key: str = "map") -> 
             ``document_id``; in selection order).
         clusters: the cluster summary (:func:`docsort.queries.tables.cluster_table` rows).
         key: widget key prefix.
+        on_done: called after a move or a label succeeded (before the rerun), e.g. to clear the
+            selection those pages came from.
     """
     ids = [int(i) for i in selected["page_id"]]
     n = len(ids)
@@ -209,7 +213,7 @@ def selection_actions(col: Collection, selected, clusters, key: str = "map") -> 
         target = left.selectbox("Move the selected pages to", list(targets), format_func=lambda c: targets[c], key=f"{key}-move-to")
         name = right.text_input("named (optional)", key=f"{key}-move-name", max_chars=120)
         if st.form_submit_button(f"Move {n} page{'s' if n != 1 else ''}"):
-            _move(col, ids, target, name)
+            _move(col, ids, target, name, on_done=on_done)
     with label, st.form(f"{key}-label-form", border=False):
         known = list(classify.label_counts(col))
         doc_type = st.text_input("Document type", key=f"{key}-label-type", max_chars=classify.MAX_TYPE_LEN,
@@ -222,6 +226,8 @@ def selection_actions(col: Collection, selected, clusters, key: str = "map") -> 
             else:
                 _message("success", f"Labelled {done} page{'s' if done != 1 else ''} as "
                                     f"{classify.normalise_type(doc_type, classify.label_counts(col))!r}.")
+                if on_done is not None:
+                    on_done()
             st.rerun()
     with out:
         # Deferred (a callable): the CSV is made when the button is clicked, not on every rerun.
