@@ -13,10 +13,13 @@ maps and keypoints), then, from the stored keypoints and OCR text, scores *all* 
 * the coverage (:func:`docsort.core.duplicates.verify_pairs`) and word-Jaccard distributions of
   true pairs (a re-scan and its page, two re-scans of one page), of *hard negatives* (different
   pages of one document) and of the rest;
+* the conflict cells (:func:`docsort.core.duplicates.pair_conflicts`) of the pairs that coverage
+  >= 0.3 or the words accept, by kind of pair;
 * a grid over ``min_coverage`` x ``min_text_jaccard``: pair recall (true pairs that end up in one
-  family) and *wrong families* (families holding pages of two or more different originals);
-* the default settings' result through the job itself (candidate pairs included), and how many
-  of the true pairs were among the candidates.
+  family) and *wrong families* (families holding pages of two or more different originals), with
+  the conflict check (``max_conflict_cells``) on and off;
+* the default settings' result through the job itself (candidate pairs included), with the
+  conflict check and without it, and how many of the true pairs were among the candidates.
 
 A page's original is ``(source file, page)``; documents are files, with ``NAME-pK.ext`` files of one
 ``NAME`` taken as one document. Writes ``OUT/study.json``.
@@ -90,7 +93,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from docsort.config.settings import DuplicateSettings
-    from docsort.core.duplicates import KEYPOINT_DTYPE, candidate_pairs, score_pairs, settings_token, text_minhashes
+    from docsort.core.duplicates import KEYPOINT_DTYPE, candidate_pairs, pair_conflicts, score_pairs, settings_token, text_minhashes
     from docsort.jobs.duplicates import find_duplicates
     from docsort.store.storage import Collection
 
@@ -100,6 +103,8 @@ def main() -> None:
         t0 = time.perf_counter()
         rep = find_duplicates(col, base, log=lambda m: None)
         job_s = time.perf_counter() - t0
+        off = base.model_copy(update={"max_conflict_cells": 0})
+        rep_off = find_duplicates(col, off, log=lambda m: None)  # maps are stored: families only
         ids, maps = col.page_maps(settings_token(base), base.map_px)
         keypoints = [np.frombuffer(b, KEYPOINT_DTYPE) for b in col.page_keypoints(settings_token(base), ids)]
         table = col.page_table().set_index("page_id").loc[ids].reset_index()
@@ -125,23 +130,39 @@ def main() -> None:
               f"{report['map_s_per_page'] * 1000:.0f} ms/page to map, {verify_ms:.2f} ms/pair to verify; load {' '.join(report['loadavg'])}")
         for k in ("coverage_true", "coverage_hard_negative", "coverage_other", "jaccard_true", "jaccard_hard_negative", "jaccard_other"):
             print(f"  {k:24s} {report[k]}")
+        with np.errstate(invalid="ignore"):
+            loose = (cov >= 0.3) | (~np.isnan(jac) & (jac >= 0.4) & (cov >= base.min_coverage_text))
+        conf = np.zeros(len(pairs), np.int32)
+        t2 = time.perf_counter()
+        conf[loose] = pair_conflicts(keypoints, pairs[loose], lambda rows: col.page_inks(settings_token(base), ids[rows]), base)
+        report["conflict_ms_per_pair"] = 1000 * (time.perf_counter() - t2) / max(1, int(loose.sum()))
+        for name, m in (("true", same), ("hard_negative", hard), ("other", other)):
+            vals = np.sort(conf[loose & m])
+            report[f"conflicts_{name}"] = {"pairs": int(len(vals)), "at_least_1": int((vals >= 1).sum()),
+                                           f"at_least_{base.max_conflict_cells}": int((vals >= base.max_conflict_cells).sum()),
+                                           "highest": vals[-5:].tolist(), "lowest": vals[:5].tolist()}
+            print(f"  conflicts_{name:14s} {report[f'conflicts_{name}']}")
+        print(f"  conflict check: {report['conflict_ms_per_pair']:.1f} ms a pair")
         grid = []
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        for c in (0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8):
-            for jt in (0.4, 0.6, 1.01):
+        for c, jt, check in [(c, jt, check) for c in (0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8) for jt in (0.4, 0.6, 1.01)
+                             for check in (True, False)]:
+            if True:
                 with np.errstate(invalid="ignore"):
                     ok = (cov >= c) | (~np.isnan(jac) & (jac >= jt) & (cov >= base.min_coverage_text))
+                if check:
+                    ok &= conf < base.max_conflict_cells
                 g = coo_matrix((np.ones(int(ok.sum())), (i[ok], j[ok])), shape=(n, n))
                 _, comp = connected_components(g, directed=False)
                 sizes = np.bincount(comp)
                 rows = np.flatnonzero(sizes[comp] > 1)
-                r = evaluate(original, rows, comp[rows]) | {"min_coverage": c, "min_text_jaccard": jt}
+                r = evaluate(original, rows, comp[rows]) | {"min_coverage": c, "min_text_jaccard": jt, "conflict_check": check}
                 grid.append(r)
         report["grid"] = grid
         for r in grid:
-            print(f"  coverage>={r['min_coverage']:.2f} jac>={r['min_text_jaccard']:.2f}: "
+            print(f"  coverage>={r['min_coverage']:.2f} jac>={r['min_text_jaccard']:.2f} conflict check {'on ' if r['conflict_check'] else 'off'}: "
                   f"recall {r['pair_recall']:.3f} ({r['found_pairs']}/{r['true_pairs']}), {r['families']} families, {r['wrong_families']} wrong")
         vec = col.vectors(ids)[1]
         vec = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
@@ -149,12 +170,14 @@ def main() -> None:
         report["candidates"] = int(len(cand))
         report["true_pairs_in_candidates"] = int((original[cand[:, 0]] == original[cand[:, 1]]).sum())
         pos = {int(p): r for r, p in enumerate(ids)}
-        rows = np.array([pos[int(p)] for p in rep.table["page_id"]], np.int64)
-        job = evaluate(original, rows, rep.table["family"].to_numpy())
-        report["job_default"] = job | {"families_job": rep.families}
-        print(f"  job, default settings (candidates by k={base.k} neighbours: {len(cand)}, "
-              f"{report['true_pairs_in_candidates']}/{int(same.sum())} true pairs among them): recall {job['pair_recall']:.3f}, "
-              f"{job['families']} families, {job['wrong_families']} wrong; {job_s:.1f} s")
+        for name, r_ in (("job_default", rep), ("job_no_conflict_check", rep_off)):
+            rows = np.array([pos[int(p)] for p in r_.table["page_id"]], np.int64)
+            job = evaluate(original, rows, r_.table["family"].to_numpy())
+            report[name] = job | {"families_job": r_.families, "family_seconds": r_.family_seconds}
+            print(f"  {name} (candidates by k={base.k} neighbours: {len(cand)}, "
+                  f"{report['true_pairs_in_candidates']}/{int(same.sum())} true pairs among them): recall {job['pair_recall']:.3f}, "
+                  f"{job['families']} families, {job['wrong_families']} wrong; families in {r_.family_seconds:.1f} s")
+        print(f"  first job run (maps made where missing) {job_s:.1f} s")
         (corpus / "study.json").write_text(json.dumps(report, indent=1))
         col.close()
 

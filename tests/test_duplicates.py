@@ -345,3 +345,69 @@ def test_ransac_iterations_follow_the_formula():
     assert ransac_iterations(8, 8) == 1
     counts = [ransac_iterations(8, n) for n in range(8, 400)]
     assert counts == sorted(counts)  # more matches for the same inliers: more draws
+
+
+def _page(name: str, page_no: int = 1, px: int = 1400):
+    from docsort.config.settings import RenderSettings
+    from docsort.core.pages import discover_files, iter_pages
+
+    src = next(discover_files([SAMPLE_DOCS / name]))
+    return next(p for p in iter_pages(src, RenderSettings(long_side_px=px)) if p.page_no == page_no).image.convert("L")
+
+
+def _other_details(page, donor, rng, patches: int = 10):
+    """``page`` with ``patches`` scattered blocks of its content replaced by blocks of ``donor``
+    taken from elsewhere: the same layout with other details (other words, other digits), as two
+    pages of one template."""
+    out = page.copy()
+    w, h = page.size
+    bw, bh = w // 7, h // 12
+    for r, c in zip(rng.permutation(np.arange(1, 11))[:patches], rng.integers(0, 6, patches)):
+        x, y = int(c * w // 6 + rng.integers(0, max(1, w // 6 - bw))), int(r * h // 12)
+        sx, sy = int(rng.integers(0, donor.width - bw)), int(rng.integers(0, donor.height - bh))
+        out.paste(donor.crop((sx, sy, sx + bw, sy + bh)).resize((bw, bh)), (x, y))
+    return out
+
+
+def test_content_conflicts_tell_a_rescan_from_a_page_of_the_same_template_with_other_details():
+    """The check after the keypoints, on real pages: re-scans (scale, rotation, noise, a stamp in
+    half of them, JPEG) of a real book page have fewer conflict cells than the bar against the
+    page and against each other; the same page with ten scattered blocks replaced by text from
+    another page of the book (one template, other details) has at least the bar, as the months of
+    one calendar design do in the re-scan corpora."""
+    from docsort.config.settings import DuplicateSettings
+    from docsort.core.duplicates import content_conflicts, decode_ink, page_ink, page_keypoints, pair_transform
+
+    s = DuplicateSettings()
+    rescan = _corpus_module().rescan
+    page, donor = _page("leptonica/ortiz-02.png"), _page("leptonica/ortiz-04.png")
+    rng = np.random.default_rng(3)
+
+    def conflicts(x, y) -> int:
+        model = pair_transform(page_keypoints(x, s), page_keypoints(y, s), s)
+        assert model is not None, "the keypoints found no transform for a pair made from one page"
+        return content_conflicts(decode_ink(page_ink(x, s)), decode_ink(page_ink(y, s)), model, s)
+
+    rescans = [rescan(page, rng)[0] for _ in range(4)]
+    same = [conflicts(page, r) for r in rescans] + [conflicts(rescans[0], rescans[1]), conflicts(rescans[2], rescans[3])]
+    assert max(same) < s.max_conflict_cells, same
+    others = [_other_details(page, donor, np.random.default_rng(seed)) for seed in range(3)]
+    different = [conflicts(page, o) for o in others] + [conflicts(rescans[0], others[0])]
+    assert min(different) >= s.max_conflict_cells, different
+
+
+def test_page_ink_round_trips_and_bad_bytes_are_a_clear_error():
+    from docsort.config.settings import DuplicateSettings
+    from docsort.core.duplicates import decode_ink, page_ink
+
+    s = DuplicateSettings()
+    page = _page("leptonica/ortiz-02.png")
+    blob = page_ink(page, s)
+    ink = decode_ink(blob)
+    assert ink.dtype == bool and max(ink.shape) == s.render_px
+    assert 0.01 < ink.mean() < 0.5  # a text page: some ink, mostly paper
+    assert len(blob) < ink.size / 8  # compressed below one bit a pixel
+    with pytest.raises(ValueError, match="no page ink"):
+        decode_ink(b"ab")
+    with pytest.raises(ValueError, match="holds"):
+        decode_ink(blob[:4] + __import__("zlib").compress(b"\0" * 10))

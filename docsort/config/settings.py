@@ -529,6 +529,18 @@ class DuplicateSettings(_Strict):
         exact_below: up to this many pages the neighbours are exact (FAISS ``IndexFlatIP``),
             above it approximate (``IndexHNSWFlat``).
         hnsw_m: HNSW graph degree.
+        conflict_px: after the pair's transform, ink of one page farther than this from the
+            other page's ink (pixels of the ``render_px`` page) is missing from the other
+            (:func:`docsort.core.duplicates.content_conflicts`).
+        conflict_grid: the page is divided into ``conflict_grid`` x ``conflict_grid`` cells for
+            that check.
+        conflict_share: a cell is missing from the other page when at least this share of its ink is.
+        max_conflict_cells: a pair that passed the keypoints is *not* a near-duplicate when
+            each page has at least this many such cells outside its largest region of them (one
+            stamp or note is allowed; different digits all over a calendar month are not); 0 = no
+            check. 2: on the two re-scan corpora no true pair has more than 1 (440 pairs), and 51
+            of the 52 pairs of different calendar months that coverage 0.3 accepts have at
+            least 2 (benchmarks/RESULTS.md, "Near-duplicate families").
     """
 
     render_px: int = Field(1000, ge=200, le=4096)
@@ -552,6 +564,10 @@ class DuplicateSettings(_Strict):
     k: int = Field(15, ge=1, le=1000)
     exact_below: int = Field(20000, ge=2)
     hnsw_m: int = Field(16, ge=4, le=128)
+    conflict_px: int = Field(3, ge=0, le=50)
+    conflict_grid: int = Field(24, ge=2, le=256)
+    conflict_share: float = Field(0.5, gt=0.0, le=1.0)
+    max_conflict_cells: int = Field(2, ge=0)
 
     @model_validator(mode="after")
     def _coarse_divides(self) -> "DuplicateSettings":

@@ -45,7 +45,16 @@ have text, their word Jaccard is at least ``min_text_jaccard`` and their coverag
 (``scipy.sparse.csgraph``). The thresholds are measured on two re-scan corpora
 (``benchmarks/duplicates_study.py``). Pages of one template that differ only in small details
 (the months of one calendar design, two plots in one chart style) are explained by one transform
-almost everywhere too and can still be joined: the measured limit.
+almost everywhere too: a pair the keypoints accept is checked once more, pixel by pixel.
+
+**The ink** (every page, :func:`page_ink`; checked only for pairs the rule above accepts): the
+render binarised (Otsu 1979) and stored compressed. With the pair's transform, each page's ink is
+compared with the other's (:func:`content_conflicts`): cells of a page whose ink is mostly missing
+from the other, outside the largest region of such cells, are content the other page does not
+have. A re-scan adds ink (a stamp, a note: one region, allowed; noise: ink the original lacks, but
+the original's ink is all still there); two months of one calendar each have digits the other
+lacks, all over the page. A pair where *both* pages have ``max_conflict_cells`` such cells or more
+is not a near-duplicate.
 
 Everything here is arrays in, arrays out: no collection, no SQL.
 """
@@ -63,12 +72,17 @@ __all__ = [
     "Families",
     "candidate_pairs",
     "coarse_vectors",
+    "content_conflicts",
+    "decode_ink",
     "deskew_angle",
     "find_families",
     "normalise_page",
     "KEYPOINT_DTYPE",
+    "page_ink",
     "page_keypoints",
     "page_map",
+    "pair_conflicts",
+    "pair_transform",
     "ransac_iterations",
     "render_page_maps",
     "score_pairs",
@@ -290,13 +304,8 @@ def page_keypoints(image, settings: DuplicateSettings = DuplicateSettings()) -> 
         (0 for a blank page), strongest (Harris response) first.
     """
     import cv2
-    from PIL import Image
 
-    grey = image.convert("L")
-    if max(grey.size) > settings.render_px:
-        grey = grey.copy()
-        grey.thumbnail((settings.render_px, settings.render_px), Image.BILINEAR)
-    g = np.ascontiguousarray(np.asarray(grey, np.uint8))
+    g = _grey(image, settings)
     orb = cv2.ORB_create(nfeatures=settings.keypoints, scaleFactor=1.2, nlevels=6, fastThreshold=10)
     kp, des = orb.detectAndCompute(g, None)
     out = np.zeros(0 if des is None else len(kp), KEYPOINT_DTYPE)
@@ -313,6 +322,117 @@ def page_keypoints(image, settings: DuplicateSettings = DuplicateSettings()) -> 
     out["cell"] = gy * settings.grid + gx
     out["d"] = des
     return out
+
+
+def _grey(image, settings: DuplicateSettings) -> np.ndarray:
+    """The page as uint8 (h, w) grey, its longer side reduced to ``settings.render_px`` (Pillow
+    bilinear), as the keypoints and the ink are made from."""
+    from PIL import Image
+
+    grey = image.convert("L")
+    if max(grey.size) > settings.render_px:
+        grey = grey.copy()
+        grey.thumbnail((settings.render_px, settings.render_px), Image.BILINEAR)
+    return np.ascontiguousarray(np.asarray(grey, np.uint8))
+
+
+def page_ink(image, settings: DuplicateSettings = DuplicateSettings()) -> bytes:
+    """The page's ink, binarised and compressed: what :func:`content_conflicts` compares.
+
+    The render of :func:`page_keypoints` (same size, so the keypoints' transform applies),
+    smoothed by a 3 x 3 Gaussian and thresholded by Otsu's method (Otsu 1979, "A threshold
+    selection method from gray-level histograms"; ``cv2.threshold(..., THRESH_OTSU)``), dark =
+    ink; then ``numpy.packbits`` and ``zlib`` (about 10-20 KB a text page at 1000 px).
+
+    Returns:
+        bytes: height and width (two little-endian uint16), then the compressed bits
+        (:func:`decode_ink` reads them back).
+    """
+    import struct
+    import zlib
+
+    import cv2
+
+    g = _grey(image, settings)
+    _, ink = cv2.threshold(cv2.GaussianBlur(g, (3, 3), 0), 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    h, w = ink.shape
+    return struct.pack("<HH", h, w) + zlib.compress(np.packbits(ink.astype(bool)).tobytes(), 6)
+
+
+def decode_ink(blob: bytes) -> np.ndarray:
+    """bool (h, w) ink of a page from :func:`page_ink`'s bytes.
+
+    Raises:
+        ValueError: the bytes are not a page's ink (too short, or not as many bits as pixels).
+    """
+    import struct
+    import zlib
+
+    if len(blob) < 4:
+        raise ValueError(f"{len(blob)} bytes are no page ink")
+    h, w = struct.unpack("<HH", blob[:4])
+    bits = np.frombuffer(zlib.decompress(blob[4:]), np.uint8)
+    if len(bits) != (h * w + 7) // 8:
+        raise ValueError(f"page ink of {h} x {w} pixels holds {len(bits)} bytes")
+    return np.unpackbits(bits, count=h * w).reshape(h, w).astype(bool)
+
+
+def content_conflicts(ink_a: np.ndarray, ink_b: np.ndarray, model: np.ndarray,
+                      settings: DuplicateSettings = DuplicateSettings()) -> int:
+    """How much content each page of a pair has that the other lacks, given their transform.
+
+    Page b's ink is mapped onto page a by ``model`` (``cv2.warpAffine``, nearest pixel); a's ink
+    where b's page does not reach is left out. A pixel of one page's ink is *missing* from the
+    other when the other has no ink within ``conflict_px`` pixels (a dilation by a disc). Each
+    page is divided into ``conflict_grid`` x ``conflict_grid`` cells; a cell holding ink (at
+    least 2 % of its pixels) of which at least ``conflict_share`` is missing counts, unless it
+    belongs to the page's largest 8-connected region of such cells (one stamp, one note, the
+    area a crop cut). A re-scan's added ink is then allowed on one side and its page's ink is
+    all there on the other; two pages of one template whose details differ (the digits of two
+    calendar months, two plots on one frame) have such cells on both sides.
+
+    Args:
+        ink_a, ink_b: bool (h, w) inks (:func:`decode_ink`), pixels of the ``render_px`` pages.
+        model: float (2, 3) similarity transform taking b's pixel coordinates to a's
+            (:func:`pair_transform`).
+        settings: ``conflict_px``, ``conflict_grid``, ``conflict_share``.
+
+    Returns:
+        The smaller of the two pages' counts of such cells (0 when one page's content is all in
+        the other).
+    """
+    import cv2
+
+    h, w = ink_a.shape
+    model = np.asarray(model, np.float64)
+    b_on_a = cv2.warpAffine(ink_b.astype(np.uint8), model, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) > 0
+    reach = cv2.warpAffine(np.ones(ink_b.shape, np.uint8), model, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) > 0
+    a = ink_a & reach
+    r = settings.conflict_px
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    near_a = cv2.dilate(a.astype(np.uint8), disc) > 0
+    near_b = cv2.dilate(b_on_a.astype(np.uint8), disc) > 0
+    g = settings.conflict_grid
+    cell = (np.minimum(np.arange(h) * g // h, g - 1)[:, None] * g + np.minimum(np.arange(w) * g // w, g - 1)[None, :])
+    least = 0.02 * h * w / (g * g)
+    counts = []
+    for ink, missing in ((a, a & ~near_b), (b_on_a, b_on_a & ~near_a)):
+        n = np.bincount(cell[ink], minlength=g * g)
+        m = np.bincount(cell[missing], minlength=g * g)
+        bad = ((n >= least) & (m >= settings.conflict_share * np.maximum(n, 1))).reshape(g, g).astype(np.uint8)
+        k, _, stats, _ = cv2.connectedComponentsWithStats(bad, connectivity=8)
+        areas = np.sort(stats[1:, cv2.CC_STAT_AREA])
+        counts.append(int(areas[:-1].sum()) if k > 2 else 0)
+    return min(counts)
+
+
+def pair_transform(a: np.ndarray, b: np.ndarray, settings: DuplicateSettings = DuplicateSettings()) -> np.ndarray | None:
+    """The similarity transform (float64 (2, 3), b's pixels to a's) that the full verification of
+    :func:`verify_pairs` fits to two pages' keypoints, or ``None`` where it finds none."""
+    from docsort.core.hamming import descriptor_words
+
+    found = _match(a, b, descriptor_words(a["d"]), descriptor_words(b["d"]), settings, with_model=True)
+    return None if found is None else found[3]
 
 
 #: RANSAC's confidence: the probability that the iterations draw at least one all-inlier sample.
@@ -342,7 +462,7 @@ def ransac_iterations(inliers: int, matches: int, confidence: float = _RANSAC_CO
 
 
 def _match(a: np.ndarray, b: np.ndarray, wa: np.ndarray, wb: np.ndarray, settings: DuplicateSettings,
-           need: int = 0):
+           need: int = 0, with_model: bool = False):
     """``(query rows of a, matched rows of b, inlier mask)`` of one RANSAC fit, or ``None``.
 
     ``wa``, ``wb``: the descriptors of ``a`` and ``b`` as :func:`docsort.core.hamming.descriptor_words`
@@ -351,7 +471,8 @@ def _match(a: np.ndarray, b: np.ndarray, wa: np.ndarray, wb: np.ndarray, setting
     ratio-test matches give ``None`` at once, RANSAC stops after :func:`ransac_iterations` for
     that share, and the model is neither refined nor checked for scale (only its inliers count,
     and the full verification does both); 0 = the full verification (``_RANSAC_MAX_ITERS``
-    iterations, OpenCV's Levenberg-Marquardt refinement, scale within ``settings.max_scale``)."""
+    iterations, OpenCV's Levenberg-Marquardt refinement, scale within ``settings.max_scale``).
+    ``with_model``: the full verification's fitted (2, 3) transform comes fourth."""
     import cv2
 
     from docsort.core.hamming import ratio_matches
@@ -380,6 +501,8 @@ def _match(a: np.ndarray, b: np.ndarray, wa: np.ndarray, wb: np.ndarray, setting
     scale = float(np.sqrt(abs(np.linalg.det(model[:, :2]))))
     if not (1.0 / settings.max_scale <= scale <= settings.max_scale):
         return None
+    if with_model:
+        return qa, qb, inl.ravel().astype(bool), model
     return qa, qb, inl.ravel().astype(bool)
 
 
@@ -489,8 +612,8 @@ def verify_pairs(keypoints, pairs: np.ndarray, settings: DuplicateSettings = Dup
 def settings_token(settings: DuplicateSettings) -> str:
     """What a stored page map and its keypoints depend on, as a string: the settings that make
     them (render_px, max_skew_deg, content_share, map_px, keypoints, grid) and a version of this
-    code's normalisation."""
-    return (f"v2 render={settings.render_px} skew={settings.max_skew_deg:g} share={settings.content_share:g} "
+    code's normalisation (v3: the ink, :func:`page_ink`, is stored with them)."""
+    return (f"v3 render={settings.render_px} skew={settings.max_skew_deg:g} share={settings.content_share:g} "
             f"map={settings.map_px} orb={settings.keypoints} grid={settings.grid}")
 
 
@@ -506,26 +629,27 @@ def render_page_maps(src, page_nos: list[int], settings: DuplicateSettings = Dup
 
     Returns:
         ``[(page_no, map bytes (map_px * map_px uint8) or None, keypoint bytes (a
-        :data:`KEYPOINT_DTYPE` array) or None, error or None), ...]`` for every wanted page;
-        pages the file no longer has, or that fail to render, carry the error.
+        :data:`KEYPOINT_DTYPE` array) or None, ink bytes (:func:`page_ink`) or None, error or
+        None), ...]`` for every wanted page; pages the file no longer has, or that fail to
+        render, carry the error.
     """
     from docsort.config.settings import RenderSettings
     from docsort.core.pages import PageError, PopplerMissingError, iter_pages
 
     wanted = sorted(set(int(p) for p in page_nos))
-    out: dict[int, tuple[int, bytes | None, bytes | None, str | None]] = {}
+    out: dict[int, tuple[int, bytes | None, bytes | None, bytes | None, str | None]] = {}
     render = RenderSettings(long_side_px=max(settings.render_px, 299), color="gray")
     try:
         for page in iter_pages(src, render, wanted[0], wanted[-1]):
             if page.page_no in wanted:
                 out[page.page_no] = (page.page_no, page_map(page.image, settings).tobytes(),
-                                     page_keypoints(page.image, settings).tobytes(), None)
+                                     page_keypoints(page.image, settings).tobytes(), page_ink(page.image, settings), None)
     except (PageError, PopplerMissingError) as exc:
         reason = str(exc)
         for p in wanted:
-            out.setdefault(p, (p, None, None, reason))
+            out.setdefault(p, (p, None, None, None, reason))
     for p in wanted:
-        out.setdefault(p, (p, None, None, f"{src.path}: page {p} not found in the file"))
+        out.setdefault(p, (p, None, None, None, f"{src.path}: page {p} not found in the file"))
     return [out[p] for p in wanted]
 
 
@@ -659,6 +783,7 @@ def score_pairs(
     minhashes: np.ndarray | None = None,
     has_text: np.ndarray | None = None,
     settings: DuplicateSettings = DuplicateSettings(),
+    inks=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decide which candidate pairs are near-duplicates (the rule in the module docstring).
 
@@ -666,8 +791,12 @@ def score_pairs(
         keypoints: one :data:`KEYPOINT_DTYPE` array per row (:func:`page_keypoints`).
         pairs: int64 (m, 2) row indices.
         minhashes, has_text: optional :func:`text_minhashes` output.
-        settings: ``min_coverage``, ``min_text_jaccard``, ``min_coverage_text`` and the
-            verification settings.
+        settings: ``min_coverage``, ``min_text_jaccard``, ``min_coverage_text``,
+            ``max_conflict_cells`` and the verification settings.
+        inks: optional callable taking int64 row indices and returning their :func:`page_ink`
+            bytes (``None`` for a page without); asked only for the pages of pairs that the
+            keypoints and words accept, which :func:`content_conflicts` then checks. Without it
+            (or with ``max_conflict_cells = 0``) there is no such check.
 
     Returns:
         ``(same, coverage, jaccard)``: bool (m,), float32 (m,) coverage (:func:`verify_pairs`),
@@ -682,7 +811,45 @@ def score_pairs(
     with np.errstate(invalid="ignore"):
         by_words = ~np.isnan(jac) & (jac >= settings.min_text_jaccard) & (cov >= settings.min_coverage_text)
     same = (cov >= settings.min_coverage) | by_words
+    if inks is not None and settings.max_conflict_cells > 0 and same.any():
+        same[np.flatnonzero(same)] = pair_conflicts(keypoints, pairs[same], inks, settings) < settings.max_conflict_cells
     return same, cov, jac
+
+
+def pair_conflicts(keypoints, pairs: np.ndarray, inks, settings: DuplicateSettings = DuplicateSettings()) -> np.ndarray:
+    """:func:`content_conflicts` of each pair, with the transform of :func:`pair_transform`.
+
+    Args:
+        keypoints: one :data:`KEYPOINT_DTYPE` array per row; pairs: int64 (m, 2) row indices.
+        inks: callable from int64 row indices to their :func:`page_ink` bytes (or ``None``).
+        settings: the verification and conflict settings.
+
+    Returns:
+        int32 (m,): conflict cells; 0 where a page has no ink stored or no transform is found
+        (nothing to hold against the pair).
+    """
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    out = np.zeros(len(pairs), np.int32)
+    # In chunks of pairs, with only the first page of the current pair kept decoded (a decoded
+    # 1000 px page is 0.7 MB): memory stays flat however many pairs pass.
+    for start in range(0, len(pairs), _CONFLICT_CHUNK):
+        chunk = pairs[start:start + _CONFLICT_CHUNK]
+        rows = np.unique(chunk)
+        blobs = dict(zip(rows.tolist(), inks(rows)))
+        last, a = None, None
+        for k, (i, j) in enumerate(chunk.tolist(), start):
+            if i != last:
+                last, a = i, decode_ink(blobs[i]) if blobs.get(i) else None
+            if a is None or not blobs.get(j):
+                continue
+            model = pair_transform(keypoints[i], keypoints[j], settings)
+            if model is not None:
+                out[k] = content_conflicts(a, decode_ink(blobs[j]), model, settings)
+    return out
+
+
+#: Pairs whose pages' inks are fetched at once by :func:`pair_conflicts`.
+_CONFLICT_CHUNK = 2000
 
 
 def find_families(
@@ -693,6 +860,7 @@ def find_families(
     has_text: np.ndarray | None = None,
     settings: DuplicateSettings = DuplicateSettings(),
     pairs: np.ndarray | None = None,
+    inks=None,
 ) -> Families:
     """Group pages that are the same page scanned more than once (see the module docstring).
 
@@ -703,6 +871,8 @@ def find_families(
         minhashes, has_text: optional :func:`text_minhashes` of the pages' OCR text.
         settings: thresholds and candidate generation.
         pairs: candidate pairs to use instead of :func:`candidate_pairs` (int64 (m, 2)).
+        inks: optional callable from row indices to :func:`page_ink` bytes: the accepted pairs
+            are checked for content one page lacks (:func:`score_pairs`).
 
     Returns:
         :class:`Families` (families of at least two pages). Deterministic for the same inputs.
@@ -719,7 +889,7 @@ def find_families(
         raise ValueError(f"{n} page maps but {len(keypoints)} keypoint arrays")
     if pairs is None:
         pairs = candidate_pairs(maps, vectors, minhashes, has_text, settings)
-    same, cov, jac = score_pairs(keypoints, pairs, minhashes, has_text, settings)
+    same, cov, jac = score_pairs(keypoints, pairs, minhashes, has_text, settings, inks=inks)
     pairs, cov, jac = pairs[same], cov[same], jac[same]
     if not len(pairs):
         z = np.zeros(0, np.int64)

@@ -5,8 +5,8 @@
 1. **Page maps and keypoints, incrementally.** Every page without a page map made with the
    current settings (:func:`docsort.core.duplicates.settings_token`) is rendered again from its
    document's file (the first recorded path whose bytes still have the stored sha256, as
-   ``docsort ocr`` does) at ``DuplicateSettings.render_px``, mapped and its ORB keypoints taken
-   (:func:`docsort.core.duplicates.render_page_maps`), by a pool of ``spawn``-ed worker processes
+   ``docsort ocr`` does) at ``DuplicateSettings.render_px``, mapped, its ORB keypoints taken and
+   its ink binarised (:func:`docsort.core.duplicates.render_page_maps`), by a pool of ``spawn``-ed worker processes
    (:func:`docsort.core.workers.worker_pool`); each document's maps are stored at once, so an
    interrupted run resumes where it stopped. Pages added since the last run are the only ones
    rendered; a page whose file is gone gets an error row and takes no part (reported).
@@ -16,9 +16,11 @@
    transaction. Verification, a quick first test and the full match for the ~10 % of pairs that pass it,
    is about 0.35 ms of CPU a candidate pair (0.16-0.19 ms a pair wall on two cores), and there are
    about 23 candidate pairs a page with 15 neighbours (benchmarks/RESULTS.md, "Near-duplicate
-   families": 100,000 pages in 810 CPU-seconds, 6.6 minutes on two cores).
+   families": 100,000 pages in 810 CPU-seconds, 6.6 minutes on two cores). The pairs accepted
+   are then checked against the stored inks of their pages (only theirs are read), so that two
+   pages of one template with different details are not joined.
 
-Families are stored (schema 6: ``duplicate_families``; keypoints: schema 7), so export (column
+Families are stored (schema 6: ``duplicate_families``; keypoints: schema 7; inks: schema 8), so export (column
 ``duplicate_family``), sort-into-folders (one document per family) and the app read them without
 recomputing; a run is stale once pages were added after it (:func:`duplicates_stale`).
 """
@@ -92,7 +94,7 @@ def _map_pages(collection: Collection, settings: DuplicateSettings, token: str, 
         src, first_path, _ = _find_source(collection, doc_id)
         if src is None:
             reason = f"{first_path}: source file not found or changed since it was ingested"
-            collection.store_page_maps([(pid, None, None, token, reason) for pid, _ in pages])
+            collection.store_page_maps([(pid, None, None, None, token, reason) for pid, _ in pages])
             done += len(pages)
             if on_progress:
                 on_progress(done, total)
@@ -111,13 +113,13 @@ def _map_pages(collection: Collection, settings: DuplicateSettings, token: str, 
                 try:
                     yield t, fut.result()
                 except ProcessExpired:
-                    yield t, [(p, None, None, f"{t[1].path}: page map worker crashed") for _, p in t[2]]
+                    yield t, [(p, None, None, None, f"{t[1].path}: page map worker crashed") for _, p in t[2]]
 
         results = collect()
     try:
         for (doc_id, src, pages), maps in results:
-            by_no = {no: (m, k, e) for no, m, k, e in maps}
-            collection.store_page_maps([(pid, *by_no[no][:2], token, by_no[no][2]) for pid, no in pages])
+            by_no = {no: (m, k, i, e) for no, m, k, i, e in maps}
+            collection.store_page_maps([(pid, *by_no[no][:3], token, by_no[no][3]) for pid, no in pages])
             done += len(pages)
             if on_progress:
                 on_progress(done, total)
@@ -177,7 +179,8 @@ def find_duplicates(
         minhashes, has_text = text_minhashes([r["text"] if r and not r.get("error") else None for r in rows], settings)
         report.pages_with_text = int(has_text.sum())
     keypoints = [np.frombuffer(b, KEYPOINT_DTYPE) for b in collection.page_keypoints(token, ids)]
-    fams = find_families(maps, keypoints, vectors, minhashes, has_text, settings) if len(ids) else None
+    fams = find_families(maps, keypoints, vectors, minhashes, has_text, settings,
+                         inks=lambda rows: collection.page_inks(token, ids[rows])) if len(ids) else None
     report.family_seconds = time.perf_counter() - t1
     if fams is None:
         page_ids, family, sim = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)

@@ -294,6 +294,15 @@ def _m7_keypoints(c: sqlite3.Connection) -> None:
         c.execute("ALTER TABLE page_maps ADD COLUMN keypoints BLOB")
 
 
+def _m8_ink(c: sqlite3.Connection) -> None:
+    """Schema 8 (issue 18): ``page_maps.ink``, each page's binarised, compressed render
+    (:func:`docsort.core.duplicates.page_ink`) made with its page map and keypoints, which pairs
+    the keypoints accept are checked with. Maps stored before have none; their settings token is
+    older, so the next ``docsort duplicates`` makes all three again."""
+    if "ink" not in {r[1] for r in c.execute("PRAGMA table_info(page_maps)")}:
+        c.execute("ALTER TABLE page_maps ADD COLUMN ink BLOB")
+
+
 #: The schema, step by step, in order; a database's ``PRAGMA user_version`` is the number of the
 #: last step applied to it. Append new steps here (never edit a released one).
 MIGRATIONS: tuple[Migration, ...] = (
@@ -304,6 +313,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, _m5_edits),
     Migration(6, _m6_duplicates),
     Migration(7, _m7_keypoints),
+    Migration(8, _m8_ink),
 )
 #: The schema this docsort writes: the last migration's number. Also mirrored in ``meta`` under
 #: ``schema_version``, which docsort before numbered migrations (schema 3 and older) reads to
@@ -1517,26 +1527,37 @@ class Collection:
         ).fetchall()
         return [(int(a), int(b), int(c)) for a, b, c in rows]
 
-    def store_page_maps(self, rows: Iterable[tuple[int, bytes | None, bytes | None, str, str | None]]) -> int:
-        """Store (or replace) page maps and keypoints in one transaction.
+    def store_page_maps(self, rows: Iterable[tuple[int, bytes | None, bytes | None, bytes | None, str, str | None]]) -> int:
+        """Store (or replace) page maps, keypoints and inks in one transaction.
 
         Args:
-            rows: ``(page_id, map bytes or None, keypoint bytes or None, settings token, error or
-                None)``; ``None`` map bytes with an error record a page that could not be mapped
-                (its file is missing).
+            rows: ``(page_id, map bytes or None, keypoint bytes or None, ink bytes or None,
+                settings token, error or None)``; ``None`` map bytes with an error record a page
+                that could not be mapped (its file is missing).
 
         Returns:
             The number of rows written.
         """
-        vals = [(int(p), None if m is None else bytes(m), None if k is None else bytes(k), str(t), e, _now())
-                for p, m, k, t, e in rows]
+        blob = lambda b: None if b is None else bytes(b)  # noqa: E731
+        vals = [(int(p), blob(m), blob(k), blob(i), str(t), e, _now()) for p, m, k, i, t, e in rows]
         if vals:
             with self.transaction() as c:
                 c.executemany(
-                    "INSERT INTO page_maps(page_id, map, keypoints, settings, error, at) VALUES(?,?,?,?,?,?) "
-                    "ON CONFLICT(page_id) DO UPDATE SET map=excluded.map, keypoints=excluded.keypoints, "
+                    "INSERT INTO page_maps(page_id, map, keypoints, ink, settings, error, at) VALUES(?,?,?,?,?,?,?) "
+                    "ON CONFLICT(page_id) DO UPDATE SET map=excluded.map, keypoints=excluded.keypoints, ink=excluded.ink, "
                     "settings=excluded.settings, error=excluded.error, at=excluded.at", vals)
         return len(vals)
+
+    def page_inks(self, settings_token: str, page_ids: Iterable[int]) -> list[bytes | None]:
+        """The stored ink BLOBs (:func:`docsort.core.duplicates.page_ink`) of ``page_ids`` made with
+        ``settings_token``, in that order; ``None`` for a page without one."""
+        ids = [int(p) for p in page_ids]
+        got: dict[int, bytes | None] = {}
+        for chunk, marks in _id_chunks(ids):
+            got.update((int(a), None if b is None else bytes(b)) for a, b in self._conn.execute(
+                f"SELECT page_id, ink FROM page_maps WHERE settings = ? AND map IS NOT NULL AND page_id IN ({marks})",
+                (settings_token, *chunk)))
+        return [got.get(p) for p in ids]
 
     def page_maps(self, settings_token: str, side: int) -> tuple[np.ndarray, np.ndarray]:
         """Stored page maps made with ``settings_token``.
