@@ -8,7 +8,10 @@ keypoints of a sample_docs page (rendered at ``render_px``) with their positions
 themselves (real descriptors, so the ratio test passes as often as between real pages, but no
 consistent geometry); ``--planted`` of the pages get a near-duplicate (the map shifted by up to 4
 cells, noise added, the vector perturbed, 85 % of the MinHash values kept, the keypoints moved by
-a random similarity transform with 1 px jitter, a quarter of them replaced). It times
+a random similarity transform with 1 px jitter, a quarter of them replaced; the ink of a real
+sample_docs page for the original and that ink moved by the same transform for the copy, so that
+the check after the keypoints, :func:`docsort.core.duplicates.pair_conflicts`, runs on every
+planted pair as it would on real ones). It times
 :func:`docsort.core.duplicates.candidate_pairs` (FAISS kNN and MinHashLSH) and
 :func:`docsort.core.duplicates.find_families` (verification of every candidate pair, connected
 components) and checks the planted pairs were found.
@@ -61,14 +64,20 @@ def synthesise(n: int, planted: int, side: int, seed: int = 0):
     return maps, vectors, minhashes, has_text, np.stack([src, base + np.arange(planted)], 1)
 
 
-def synthetic_keypoints(n: int, planted: np.ndarray, settings, seed: int = 0) -> list[np.ndarray]:
-    """One :data:`KEYPOINT_DTYPE` array per page (see the module docstring)."""
+def synthetic_keypoints(n: int, planted: np.ndarray, settings, seed: int = 0) -> tuple[list[np.ndarray], dict[int, bytes]]:
+    """One :data:`KEYPOINT_DTYPE` array per page and ``{row: page_ink bytes}`` for the pages of the
+    planted pairs (see the module docstring)."""
+    import cv2
+    from PIL import Image
+
+    from docsort.core.duplicates import decode_ink, page_ink
+
     from docsort.config.settings import RenderSettings
     from docsort.core.duplicates import page_keypoints
     from docsort.core.pages import SourceFile, discover_files, iter_pages
 
     rng = np.random.default_rng(seed)
-    pool = []
+    pool, inks = [], []
     render = RenderSettings(long_side_px=settings.render_px, color="gray")
     for src in discover_files([REPO / "sample_docs"]):
         if not isinstance(src, SourceFile):  # labels.csv, LICENSES: not documents
@@ -77,6 +86,8 @@ def synthetic_keypoints(n: int, planted: np.ndarray, settings, seed: int = 0) ->
             kp = page_keypoints(page.image, settings)
             if len(kp) >= 100:
                 pool.append(kp)
+                inks.append(decode_ink(page_ink(page.image, settings)))
+    ink_of: dict[int, bytes] = {}
     out = []
     for _ in range(n):
         kp = pool[int(rng.integers(len(pool)))].copy()
@@ -88,13 +99,19 @@ def synthetic_keypoints(n: int, planted: np.ndarray, settings, seed: int = 0) ->
         angle, scale = np.deg2rad(rng.uniform(-1.5, 1.5)), rng.uniform(0.8, 0.95)
         c, s_ = scale * np.cos(angle), scale * np.sin(angle)
         x, y = kp["x"].astype(np.float64), kp["y"].astype(np.float64)
-        kp["x"] = np.clip(c * x - s_ * y + rng.uniform(0, 50) + rng.normal(0, 1, len(kp)), 0, 65535)
-        kp["y"] = np.clip(s_ * x + c * y + rng.uniform(0, 50) + rng.normal(0, 1, len(kp)), 0, 65535)
+        tx, ty = rng.uniform(0, 50), rng.uniform(0, 50)
+        kp["x"] = np.clip(c * x - s_ * y + tx + rng.normal(0, 1, len(kp)), 0, 65535)
+        kp["y"] = np.clip(s_ * x + c * y + ty + rng.normal(0, 1, len(kp)), 0, 65535)
         swap = rng.random(len(kp)) < 0.25
         other = pool[int(rng.integers(len(pool)))]
         kp["d"][swap] = other["d"][rng.integers(len(other), size=int(swap.sum()))]
         out[int(dup)] = kp
-    return out
+        ink = inks[int(rng.integers(len(inks)))]
+        moved = cv2.warpAffine(ink.astype(np.uint8), np.array([[c, -s_, tx], [s_, c, ty]]), ink.shape[::-1],
+                               flags=cv2.INTER_NEAREST, borderValue=0)
+        for row, im in ((int(src), ink), (int(dup), moved > 0)):
+            ink_of[row] = page_ink(Image.fromarray(np.where(im, 0, 255).astype(np.uint8)), settings)
+    return out, ink_of
 
 
 def main() -> None:
@@ -106,24 +123,32 @@ def main() -> None:
     args = ap.parse_args()
 
     from docsort.config.settings import DuplicateSettings
-    from docsort.core.duplicates import candidate_pairs, find_families
+    from docsort.core.duplicates import candidate_pairs, find_families, pair_conflicts
 
     s = DuplicateSettings() if args.k is None else DuplicateSettings(k=args.k)
     t0 = time.perf_counter()
     maps, vectors, minhashes, has_text, planted = synthesise(args.pages, args.planted, s.map_px)
-    keypoints = synthetic_keypoints(args.pages, planted, s)
+    keypoints, ink_of = synthetic_keypoints(args.pages, planted, s)
     t_syn = time.perf_counter() - t0
     t1 = time.perf_counter()
     pairs = candidate_pairs(maps, vectors, minhashes, has_text, s)
     t_cand = time.perf_counter() - t1
     t2 = time.perf_counter()
+    # Families without the ink check, then the check on the pairs they accepted, timed apart
+    # (find_families with ``inks`` does the same two steps in one call).
     fams = find_families(maps, keypoints, vectors, minhashes, has_text, s, pairs=pairs)
     t_fam = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    conflicts = pair_conflicts(keypoints, fams.pairs, lambda rows: [ink_of.get(int(r)) for r in rows], s)
+    t_check = time.perf_counter() - t3
     fam = np.full(args.pages, -1)
     fam[fams.rows] = fams.family
     found = float(np.mean((fam[planted[:, 0]] >= 0) & (fam[planted[:, 0]] == fam[planted[:, 1]])))
     result = {"pages": args.pages, "planted": args.planted, "candidate_pairs": int(len(pairs)), "synthesis_s": round(t_syn, 1),
-              "candidates_s": round(t_cand, 1), "scoring_and_families_s": round(t_fam, 1), "total_s": round(t_cand + t_fam, 1),
+              "candidates_s": round(t_cand, 1), "scoring_and_families_s": round(t_fam, 1),
+              "ink_check_s": round(t_check, 1), "pairs_checked": int(len(fams.pairs)),
+              "pairs_rejected_by_the_check": int((conflicts >= s.max_conflict_cells).sum()),
+              "total_s": round(t_cand + t_fam + t_check, 1),
               "verify_ms_per_pair": round(1000 * t_fam / max(1, len(pairs)), 3), "cpu_s": round(time.process_time(), 1),
               "planted_found": round(found, 4), "families": int(len(np.unique(fams.family))),
               "loadavg": Path("/proc/loadavg").read_text().split()[:3]}

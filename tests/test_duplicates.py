@@ -110,6 +110,33 @@ def test_incremental_run_maps_only_new_pages(dup_collection):
         assert again.table[["family", "page_id"]].equals(before[["family", "page_id"]])
 
 
+def test_maps_made_before_the_ink_are_made_again_with_it(dup_collection, tmp_path):
+    """A collection whose page maps were made by the docsort before schema 8 (no ink, the older
+    settings token) gets every page mapped again, ink included, and the same families; the
+    check after the keypoints never runs on pages without ink."""
+    from docsort.config.settings import DuplicateSettings
+    from docsort.core.duplicates import decode_ink, settings_token
+    from docsort.jobs.duplicates import find_duplicates
+    from docsort.store.storage import Collection
+
+    root, _ = dup_collection
+    old = tmp_path / "old"
+    shutil.copytree(root, old, ignore=shutil.ignore_patterns(".lock"))
+    token = settings_token(DuplicateSettings())
+    with Collection(old) as col:
+        before = col.duplicate_families()
+        with col.transaction() as c:
+            c.execute("UPDATE page_maps SET ink = NULL, settings = ?", (token.replace("v3 ", "v2 ", 1),))
+        n = col.counts()["pages"]
+        assert len(col.pages_needing_maps(token)) == n
+        again = find_duplicates(col, workers=1, log=lambda m: None)
+        assert again.mapped == n and not again.unmapped
+        ids, _ = col.page_maps(token, DuplicateSettings().map_px)
+        inks = col.page_inks(token, ids)
+        assert all(b is not None for b in inks) and decode_ink(inks[0]).ndim == 2
+        assert again.table[["family", "page_id"]].equals(before[["family", "page_id"]])
+
+
 def test_cli_duplicates_csv_and_export_column(dup_collection, tmp_path):
     from typer.testing import CliRunner
 

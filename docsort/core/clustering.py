@@ -310,7 +310,8 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
         result = cluster_embedding(embeddings[0], hdbscan_settings)
     else:
         step(f"combining {runs} runs")
-        parts = [cluster_embedding(e, hdbscan_settings) for e in embeddings]
+        # Each run's labels only: a consensus keeps no run's condensed tree, so no prediction data.
+        parts = [cluster_embedding(e, hdbscan_settings, prediction_data=False) for e in embeddings]
         hp = parts[0].params["hdbscan"]
         labels, probabilities = consensus_labels([p.labels for p in parts], hp["min_cluster_size"], hp["min_samples"],
                                                  hdbscan_settings.cluster_selection_method)
@@ -328,7 +329,7 @@ def cluster_vectors(vectors: np.ndarray, umap_settings: UmapSettings, hdbscan_se
     return result
 
 
-def cluster_embedding(embedding: np.ndarray, hdbscan_settings: HdbscanSettings) -> ClusterResult:
+def cluster_embedding(embedding: np.ndarray, hdbscan_settings: HdbscanSettings, prediction_data: bool = True) -> ClusterResult:
     """HDBSCAN (and, when asked, soft reassignment of noise) on an embedding already made.
 
     The second half of :func:`cluster_vectors`, apart so that it can be given any embedding: UMAP's
@@ -340,6 +341,9 @@ def cluster_embedding(embedding: np.ndarray, hdbscan_settings: HdbscanSettings) 
         hdbscan_settings: ``min_cluster_size`` / ``min_samples`` 0 = automatic (see
             :class:`~docsort.config.settings.HdbscanSettings`); ``reassign_noise_threshold > 0`` turns on
             :func:`reassign_noise`.
+        prediction_data: keep HDBSCAN's prediction data (``approximate_predict`` of new pages and
+            the soft clustering of :func:`reassign_noise` need it; the labels are the same
+            without). ``False`` also turns noise reassignment off.
 
     Returns:
         A :class:`ClusterResult` whose ``embedding`` is the input (float32), ``embedding_2d`` empty
@@ -363,14 +367,14 @@ def cluster_embedding(embedding: np.ndarray, hdbscan_settings: HdbscanSettings) 
         min_samples=ms,
         cluster_selection_method=hdbscan_settings.cluster_selection_method,
         cluster_selection_epsilon=hdbscan_settings.cluster_selection_epsilon,
-        prediction_data=True,
+        prediction_data=prediction_data,
     )
     labels = clusterer.fit_predict(embedding).astype(np.int64)
     probabilities = np.asarray(clusterer.probabilities_, np.float32)
     membership = np.where(labels < 0, "noise", "member")
     notes: list[str] = []
     threshold = hdbscan_settings.reassign_noise_threshold
-    if threshold > 0 and (labels < 0).any():
+    if prediction_data and threshold > 0 and (labels < 0).any():
         try:
             labels, membership, probabilities = reassign_noise(clusterer, labels, probabilities, threshold)
         except ClusteringError as exc:

@@ -412,14 +412,19 @@ def content_conflicts(ink_a: np.ndarray, ink_b: np.ndarray, model: np.ndarray,
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     near_a = cv2.dilate(a.astype(np.uint8), disc) > 0
     near_b = cv2.dilate(b_on_a.astype(np.uint8), disc) > 0
-    g = settings.conflict_grid
-    cell = (np.minimum(np.arange(h) * g // h, g - 1)[:, None] * g + np.minimum(np.arange(w) * g // w, g - 1)[None, :])
+    g = min(settings.conflict_grid, h, w)  # a page narrower than the grid: a cell a pixel wide
+    # Cell k of a side holds the rows (columns) r with floor(r * g / h) = k: sums over them by reduceat.
+    rows = np.searchsorted(np.minimum(np.arange(h) * g // h, g - 1), np.arange(g))
+    cols = np.searchsorted(np.minimum(np.arange(w) * g // w, g - 1), np.arange(g))
+
+    def per_cell(mask: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(np.add.reduceat(mask.view(np.uint8), rows, axis=0, dtype=np.int32), cols, axis=1)
+
     least = 0.02 * h * w / (g * g)
     counts = []
     for ink, missing in ((a, a & ~near_b), (b_on_a, b_on_a & ~near_a)):
-        n = np.bincount(cell[ink], minlength=g * g)
-        m = np.bincount(cell[missing], minlength=g * g)
-        bad = ((n >= least) & (m >= settings.conflict_share * np.maximum(n, 1))).reshape(g, g).astype(np.uint8)
+        n, m = per_cell(ink), per_cell(missing)
+        bad = ((n >= least) & (m >= settings.conflict_share * np.maximum(n, 1))).astype(np.uint8)
         k, _, stats, _ = cv2.connectedComponentsWithStats(bad, connectivity=8)
         areas = np.sort(stats[1:, cv2.CC_STAT_AREA])
         counts.append(int(areas[:-1].sum()) if k > 2 else 0)
@@ -816,28 +821,29 @@ def score_pairs(
     return same, cov, jac
 
 
-def pair_conflicts(keypoints, pairs: np.ndarray, inks, settings: DuplicateSettings = DuplicateSettings()) -> np.ndarray:
+def pair_conflicts(keypoints, pairs: np.ndarray, inks, settings: DuplicateSettings = DuplicateSettings(),
+                   workers: int = 0) -> np.ndarray:
     """:func:`content_conflicts` of each pair, with the transform of :func:`pair_transform`.
 
     Args:
         keypoints: one :data:`KEYPOINT_DTYPE` array per row; pairs: int64 (m, 2) row indices.
         inks: callable from int64 row indices to their :func:`page_ink` bytes (or ``None``).
         settings: the verification and conflict settings.
+        workers: threads (OpenCV, zlib and the matching kernel release the GIL); 0 = one per CPU core.
 
     Returns:
         int32 (m,): conflict cells; 0 where a page has no ink stored or no transform is found
         (nothing to hold against the pair).
     """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     out = np.zeros(len(pairs), np.int32)
-    # In chunks of pairs, with only the first page of the current pair kept decoded (a decoded
-    # 1000 px page is 0.7 MB): memory stays flat however many pairs pass.
-    for start in range(0, len(pairs), _CONFLICT_CHUNK):
-        chunk = pairs[start:start + _CONFLICT_CHUNK]
-        rows = np.unique(chunk)
-        blobs = dict(zip(rows.tolist(), inks(rows)))
-        last, a = None, None
-        for k, (i, j) in enumerate(chunk.tolist(), start):
+
+    def run(part: np.ndarray, offset: int, blobs: dict) -> None:
+        last, a = None, None  # only the current first page stays decoded (0.7 MB at 1000 px)
+        for k, (i, j) in enumerate(part.tolist(), offset):
             if i != last:
                 last, a = i, decode_ink(blobs[i]) if blobs.get(i) else None
             if a is None or not blobs.get(j):
@@ -845,6 +851,16 @@ def pair_conflicts(keypoints, pairs: np.ndarray, inks, settings: DuplicateSettin
             model = pair_transform(keypoints[i], keypoints[j], settings)
             if model is not None:
                 out[k] = content_conflicts(a, decode_ink(blobs[j]), model, settings)
+
+    workers = workers or os.cpu_count() or 1
+    # In chunks of pairs whose pages' inks are read at once: memory stays flat however many pass.
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for start in range(0, len(pairs), _CONFLICT_CHUNK):
+            chunk = pairs[start:start + _CONFLICT_CHUNK]
+            rows = np.unique(chunk)
+            blobs = dict(zip(rows.tolist(), inks(rows)))
+            step = -(-len(chunk) // workers)
+            list(pool.map(lambda o: run(chunk[o:o + step], start + o, blobs), range(0, len(chunk), step)))
     return out
 
 
