@@ -25,7 +25,8 @@ style, ``style_leakage``), noise share, clusters and seconds a clustering. Write
 Variants: ``default`` (the pipeline's settings), or parts joined by ``_``: ``nnN`` (UMAP
 ``n_neighbors``), ``consR`` (``consensus_runs = R``), ``mcsN`` (HDBSCAN ``min_cluster_size``), ``msN`` (HDBSCAN
 ``min_samples``), ``cmcsN`` (the consensus step's ``min_cluster_size`` only, each run keeping its
-own; a probe, patched into ``docsort.core.clustering.consensus_labels``).
+own; a probe, patched into ``docsort.core.clustering.consensus_labels``), ``splitX`` (a probe:
+HDBSCAN again inside each cluster, :func:`_split_clusters`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def variant_settings(base, name: str, seed: int):
     """The pipeline settings of variant ``name`` with UMAP ``random_state = seed``."""
     umap, hdb = {"random_state": seed}, {}
     for part in name.split("_"):
-        if part == "default" or part.startswith("cmcs"):
+        if part == "default" or part.startswith("cmcs") or part.startswith("split"):
             continue
         if part.startswith("nn"):
             umap["n_neighbors"] = int(part[2:])
@@ -84,7 +85,37 @@ def _one(job):
     s = variant_settings(load_pipeline("default").with_overrides(weights="bundled"), variant, seed)
     t = time.perf_counter()
     r = cluster_vectors(vectors, s.umap, s.hdbscan)
-    return key, r.labels, time.perf_counter() - t
+    labels = r.labels
+    split = [float(p[5:]) for p in variant.split("_") if p.startswith("split")]
+    if split:
+        labels = _split_clusters(vectors, labels, split[0])
+    return key, labels, time.perf_counter() - t
+
+
+def _split_clusters(vectors: np.ndarray, labels: np.ndarray, divisor: float) -> np.ndarray:
+    """Probe (``splitX``): HDBSCAN again inside each cluster, on its pages' own vectors (no UMAP),
+    with ``min_cluster_size = max(3, round(sqrt(m) / X))`` and a third of it as ``min_samples``;
+    a cluster with two or more parts is split, its inner noise going to the nearest part's centre."""
+    import hdbscan
+
+    out = labels.copy()
+    fresh = int(labels.max()) + 1
+    for c in np.unique(labels[labels >= 0]):
+        idx = np.flatnonzero(labels == c)
+        mcs = max(3, int(round(np.sqrt(len(idx)) / divisor)))
+        if len(idx) < 2 * mcs:
+            continue
+        inner = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=max(1, mcs // 3)).fit_predict(vectors[idx])
+        parts = np.unique(inner[inner >= 0])
+        if len(parts) < 2:
+            continue
+        centres = np.stack([vectors[idx][inner == q].mean(axis=0) for q in parts])
+        near = parts[np.argmax(vectors[idx] @ centres.T, axis=1)]
+        inner = np.where(inner >= 0, inner, near)
+        for q in parts[1:]:
+            out[idx[inner == q]] = fresh
+            fresh += 1
+    return out
 
 
 def load(collection: Path, corpus: Path, modes: list[str]):
