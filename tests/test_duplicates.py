@@ -438,3 +438,33 @@ def test_page_ink_round_trips_and_bad_bytes_are_a_clear_error():
         decode_ink(b"ab")
     with pytest.raises(ValueError, match="holds"):
         decode_ink(blob[:4] + __import__("zlib").compress(b"\0" * 10))
+
+
+def test_find_families_keeps_a_page_of_the_same_template_apart_and_says_so():
+    """Through find_families, on real pages: a book page, two re-scans of it, the same page with
+    ten blocks of other text (one template, other details) and another book page. The keypoints
+    alone join the look-alike into the page's family; with the pages' ink the family is the page
+    and its re-scans, and the look-alike's pairs are reported as kept apart."""
+    from docsort.config.settings import DuplicateSettings
+    from docsort.core.duplicates import find_families, page_ink, page_keypoints, page_map
+
+    s = DuplicateSettings()
+    page, donor = _page("leptonica/ortiz-02.png"), _page("leptonica/ortiz-04.png")
+    rng = np.random.default_rng(5)
+    rescan = _corpus_module().rescan
+    pages = [page, rescan(page, rng)[0], rescan(page, rng)[0], _other_details(page, donor, np.random.default_rng(1)), donor]
+    maps = np.stack([page_map(p, s) for p in pages])
+    keypoints = [page_keypoints(p, s) for p in pages]
+    inks = [page_ink(p, s) for p in pages]
+
+    def families(fams) -> list[set[int]]:
+        return [set(fams.rows[fams.family == f].tolist()) for f in np.unique(fams.family)]
+
+    without = find_families(maps, keypoints, settings=s)
+    assert {0, 1, 2, 3} in families(without), families(without)  # the look-alike joins by keypoints alone
+    checked = find_families(maps, keypoints, settings=s, inks=lambda rows: [inks[int(r)] for r in rows])
+    assert families(checked) == [{0, 1, 2}], families(checked)
+    assert len(checked.kept_apart) and all(3 in pair for pair in checked.kept_apart.tolist())
+    off = find_families(maps, keypoints, settings=s.model_copy(update={"max_conflict_cells": 0}),
+                        inks=lambda rows: [inks[int(r)] for r in rows])
+    assert families(off) == families(without) and not len(off.kept_apart)

@@ -62,7 +62,7 @@ Everything here is arrays in, arrays out: no collection, no SQL.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -772,6 +772,8 @@ class Families:
         pairs: int64 (p, 2) the near-duplicate pairs found (row indices ``i < j``).
         pair_coverage: float32 (p,) their coverage.
         pair_jaccard: float32 (p,) their estimated word Jaccard (NaN where a page has no text).
+        kept_apart: int64 (r, 2) pairs the keypoints (or words) accepted and the ink check
+            rejected (:func:`pair_conflicts`: pages of one template with different content).
     """
 
     rows: np.ndarray
@@ -780,6 +782,7 @@ class Families:
     pairs: np.ndarray
     pair_coverage: np.ndarray
     pair_jaccard: np.ndarray
+    kept_apart: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
 
 def score_pairs(
@@ -788,20 +791,16 @@ def score_pairs(
     minhashes: np.ndarray | None = None,
     has_text: np.ndarray | None = None,
     settings: DuplicateSettings = DuplicateSettings(),
-    inks=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decide which candidate pairs are near-duplicates (the rule in the module docstring).
+    """Decide which candidate pairs the keypoints and words accept (the rule in the module
+    docstring; :func:`find_families` then checks the accepted ones' ink, :func:`pair_conflicts`).
 
     Args:
         keypoints: one :data:`KEYPOINT_DTYPE` array per row (:func:`page_keypoints`).
         pairs: int64 (m, 2) row indices.
         minhashes, has_text: optional :func:`text_minhashes` output.
-        settings: ``min_coverage``, ``min_text_jaccard``, ``min_coverage_text``,
-            ``max_conflict_cells`` and the verification settings.
-        inks: optional callable taking int64 row indices and returning their :func:`page_ink`
-            bytes (``None`` for a page without); asked only for the pages of pairs that the
-            keypoints and words accept, which :func:`content_conflicts` then checks. Without it
-            (or with ``max_conflict_cells = 0``) there is no such check.
+        settings: ``min_coverage``, ``min_text_jaccard``, ``min_coverage_text`` and the
+            verification settings.
 
     Returns:
         ``(same, coverage, jaccard)``: bool (m,), float32 (m,) coverage (:func:`verify_pairs`),
@@ -816,8 +815,6 @@ def score_pairs(
     with np.errstate(invalid="ignore"):
         by_words = ~np.isnan(jac) & (jac >= settings.min_text_jaccard) & (cov >= settings.min_coverage_text)
     same = (cov >= settings.min_coverage) | by_words
-    if inks is not None and settings.max_conflict_cells > 0 and same.any():
-        same[np.flatnonzero(same)] = pair_conflicts(keypoints, pairs[same], inks, settings) < settings.max_conflict_cells
     return same, cov, jac
 
 
@@ -887,8 +884,11 @@ def find_families(
         minhashes, has_text: optional :func:`text_minhashes` of the pages' OCR text.
         settings: thresholds and candidate generation.
         pairs: candidate pairs to use instead of :func:`candidate_pairs` (int64 (m, 2)).
-        inks: optional callable from row indices to :func:`page_ink` bytes: the accepted pairs
-            are checked for content one page lacks (:func:`score_pairs`).
+        inks: optional callable taking int64 row indices and returning their :func:`page_ink`
+            bytes (``None`` for a page without); asked only for the pages of the pairs that
+            :func:`score_pairs` accepts, which :func:`pair_conflicts` then checks: a pair with
+            ``max_conflict_cells`` or more is kept apart. Without it (or with
+            ``max_conflict_cells = 0``) there is no such check.
 
     Returns:
         :class:`Families` (families of at least two pages). Deterministic for the same inputs.
@@ -905,11 +905,16 @@ def find_families(
         raise ValueError(f"{n} page maps but {len(keypoints)} keypoint arrays")
     if pairs is None:
         pairs = candidate_pairs(maps, vectors, minhashes, has_text, settings)
-    same, cov, jac = score_pairs(keypoints, pairs, minhashes, has_text, settings, inks=inks)
+    same, cov, jac = score_pairs(keypoints, pairs, minhashes, has_text, settings)
     pairs, cov, jac = pairs[same], cov[same], jac[same]
+    kept_apart = np.zeros((0, 2), np.int64)
+    if inks is not None and settings.max_conflict_cells > 0 and len(pairs):
+        ok = pair_conflicts(keypoints, pairs, inks, settings) < settings.max_conflict_cells
+        kept_apart = pairs[~ok]
+        pairs, cov, jac = pairs[ok], cov[ok], jac[ok]
     if not len(pairs):
         z = np.zeros(0, np.int64)
-        return Families(z, z, np.zeros(0, np.float32), pairs, cov, jac)
+        return Families(z, z, np.zeros(0, np.float32), pairs, cov, jac, kept_apart)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
     sizes = np.bincount(comp)
@@ -922,4 +927,4 @@ def find_families(
     _, family = np.unique(heads, return_inverse=True)
     sim, _ = verify_pairs(keypoints, np.stack([rows, heads], axis=1), settings)
     sim[rows == heads] = 1.0
-    return Families(rows.astype(np.int64), family.astype(np.int64), sim.astype(np.float32), pairs, cov, jac)
+    return Families(rows.astype(np.int64), family.astype(np.int64), sim.astype(np.float32), pairs, cov, jac, kept_apart)

@@ -907,7 +907,8 @@ def duplicates(
 ) -> None:
     """Find near-duplicate pages (the same page scanned again: rescaled, slightly rotated, re-compressed, stamped) and list their families.
 
-    Compares each page's deskewed, cropped page map and, where `docsort ocr` stored text, its words (MinHash).
+    Finds candidate pairs by page map, look and (where `docsort ocr` stored text) words, verifies them by keypoints,
+    then checks each accepted pair's ink: two pages of one template whose content differs are kept apart.
     Only pages added since the last run are rendered again; the families are stored for export, sorting and the app."""
     from rich.progress import Progress
 
@@ -930,6 +931,9 @@ def duplicates(
     out.print(f"{report.families} near-duplicate families, {report.pages_in_families} pages, among {report.pages} pages "
               f"({report.pages_with_text} with OCR text; {report.mapped} page maps made in {report.map_seconds:.1f} s, "
               f"families in {report.family_seconds:.1f} s)", highlight=False)
+    if report.kept_apart:
+        out.print(f"{report.kept_apart} look-alike pair{'s' if report.kept_apart != 1 else ''} kept apart: "
+                  "each page has content the other lacks (one template, other details)", highlight=False)
     shown = Table("family", "path", "page", "page_id", "similarity", box=None)
     for r in rows.head(200).itertuples(index=False):
         shown.add_row(str(r.family), _shown_path(r.path), str(r.page), str(r.page_id), f"{r.similarity:.3f}")

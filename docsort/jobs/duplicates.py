@@ -61,6 +61,8 @@ class DuplicateReport:
         families: near-duplicate families found.
         pages_in_families: pages in them.
         pages_with_text: compared pages that took part in the word test.
+        kept_apart: pairs of pages that the keypoints (or words) accepted and the ink check
+            kept apart (their pages differ in content: two pages of one template).
         map_seconds, family_seconds: wall time of the two steps, seconds.
         table: the families, one row per page (:meth:`Collection.duplicate_families`).
     """
@@ -71,6 +73,7 @@ class DuplicateReport:
     families: int = 0
     pages_in_families: int = 0
     pages_with_text: int = 0
+    kept_apart: int = 0
     map_seconds: float = 0.0
     family_seconds: float = 0.0
     table: object = None
@@ -189,6 +192,7 @@ def find_duplicates(
     collection.store_duplicate_families(page_ids, family, sim, {
         "settings": settings.model_dump(), "pages": int(collection.counts()["pages"]),
         "seconds": report.map_seconds + report.family_seconds})
+    report.kept_apart = 0 if fams is None else int(len(fams.kept_apart))
     report.families = int(len(np.unique(family)))
     report.pages_in_families = int(len(page_ids))
     report.table = collection.duplicate_families()
