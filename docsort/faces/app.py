@@ -1054,8 +1054,9 @@ def view_duplicates(col: Collection, counts: dict) -> None:
 
     st.header("Near-duplicates")
     st.caption("The same page scanned more than once: at another resolution, slightly rotated, re-compressed or stamped. "
-               "Pages are compared by their deskewed, cropped look and, where OCR read them, by their words. "
-               "Exact copies of a file are already stored once.")
+               "Pages are compared by their keypoints (one transform must explain most of both pages) and, where OCR "
+               "read them, by their words; then by their ink, so that two pages of one template with other details "
+               "(two months of one calendar) stay apart. Exact copies of a file are already stored once.")
     stale = duplicates_stale(col) if counts["pages"] else None
     if stale:
         st.info(stale.replace("run docsort duplicates", "press the button"))
@@ -1069,7 +1070,9 @@ def view_duplicates(col: Collection, counts: dict) -> None:
             return
         bar.empty()
         st.success(f"{plural(report.families, 'family')} of near-duplicates, {plural(report.pages_in_families, 'page')} "
-                   f"among {plural(report.pages, 'page')}.")
+                   f"among {plural(report.pages, 'page')}."
+                   + (f" {plural(report.kept_apart, 'look-alike pair')} kept apart: each page has content the other lacks."
+                      if report.kept_apart else ""))
         if report.unmapped:
             st.warning(f"{plural(len(report.unmapped), 'page')} not compared: " + "; ".join(r for _, r in report.unmapped[:5]))
     fams = col.duplicate_families()
