@@ -110,30 +110,40 @@ def test_incremental_run_maps_only_new_pages(dup_collection):
         assert again.table[["family", "page_id"]].equals(before[["family", "page_id"]])
 
 
-def test_maps_made_before_the_ink_are_made_again_with_it(dup_collection, tmp_path):
+def test_maps_made_before_the_ink_keep_their_keypoints_and_get_their_ink(dup_collection, tmp_path, monkeypatch):
     """A collection whose page maps were made by the docsort before schema 8 (no ink, the older
-    settings token) gets every page mapped again, ink included, and the same families; the
-    check after the keypoints never runs on pages without ink."""
+    settings token) gets only the ink of every page made: its maps and keypoints are kept as they
+    were (making keypoints again would fail here), and the families are the same."""
     from docsort.config.settings import DuplicateSettings
-    from docsort.core.duplicates import decode_ink, settings_token
+    from docsort.core import duplicates as core
     from docsort.jobs.duplicates import find_duplicates
     from docsort.store.storage import Collection
 
     root, _ = dup_collection
     old = tmp_path / "old"
     shutil.copytree(root, old, ignore=shutil.ignore_patterns(".lock"))
-    token = settings_token(DuplicateSettings())
+    s = DuplicateSettings()
+    token = core.settings_token(s)
     with Collection(old) as col:
         before = col.duplicate_families()
+        ids, maps = col.page_maps(token, s.map_px)
+        keypoints = col.page_keypoints(token, ids)
         with col.transaction() as c:
-            c.execute("UPDATE page_maps SET ink = NULL, settings = ?", (token.replace("v3 ", "v2 ", 1),))
+            c.execute("UPDATE page_maps SET ink = NULL, settings = ?", (core.older_settings_tokens(s)[0],))
         n = col.counts()["pages"]
         assert len(col.pages_needing_maps(token)) == n
+
+        def no_keypoints(*args, **kwargs):
+            raise AssertionError("keypoints made again for a page that has them")
+
+        monkeypatch.setattr(core, "page_keypoints", no_keypoints)
         again = find_duplicates(col, workers=1, log=lambda m: None)
         assert again.mapped == n and not again.unmapped
-        ids, _ = col.page_maps(token, DuplicateSettings().map_px)
+        ids_after, maps_after = col.page_maps(token, s.map_px)
+        assert np.array_equal(ids_after, ids) and np.array_equal(maps_after, maps)
+        assert col.page_keypoints(token, ids) == keypoints
         inks = col.page_inks(token, ids)
-        assert all(b is not None for b in inks) and decode_ink(inks[0]).ndim == 2
+        assert all(b is not None for b in inks) and core.decode_ink(inks[0]).ndim == 2
         assert again.table[["family", "page_id"]].equals(before[["family", "page_id"]])
 
 

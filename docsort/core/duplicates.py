@@ -80,6 +80,7 @@ __all__ = [
     "KEYPOINT_DTYPE",
     "page_ink",
     "page_keypoints",
+    "older_settings_tokens",
     "page_map",
     "pair_conflicts",
     "pair_transform",
@@ -614,6 +615,14 @@ def verify_pairs(keypoints, pairs: np.ndarray, settings: DuplicateSettings = Dup
     return cov, inl
 
 
+def older_settings_tokens(settings: DuplicateSettings) -> list[str]:
+    """The tokens of earlier versions whose page maps and keypoints this version makes the same
+    way: v2 (schema 7) stored the same map and keypoints as v3 (schema 8), without the ink. A
+    page stored with one of them needs only its ink made (:func:`render_page_maps` with
+    ``ink_only``), not its keypoints again."""
+    return ["v2" + settings_token(settings).removeprefix("v3")]
+
+
 def settings_token(settings: DuplicateSettings) -> str:
     """What a stored page map and its keypoints depend on, as a string: the settings that make
     them (render_px, max_skew_deg, content_share, map_px, keypoints, grid) and a version of this
@@ -622,8 +631,8 @@ def settings_token(settings: DuplicateSettings) -> str:
             f"map={settings.map_px} orb={settings.keypoints} grid={settings.grid}")
 
 
-def render_page_maps(src, page_nos: list[int], settings: DuplicateSettings = DuplicateSettings()
-                     ) -> list[tuple[int, bytes | None, bytes | None, str | None]]:
+def render_page_maps(src, page_nos: list[int], settings: DuplicateSettings = DuplicateSettings(),
+                     ink_only: bool = False) -> list[tuple[int, bytes | None, bytes | None, bytes | None, str | None]]:
     """Render pages of one file and make their page maps and keypoints: a plain function of
     picklable arguments, for worker processes. It never raises for a bad file.
 
@@ -631,6 +640,8 @@ def render_page_maps(src, page_nos: list[int], settings: DuplicateSettings = Dup
         src: a :class:`docsort.core.pages.SourceFile`.
         page_nos: 1-based page numbers wanted (ascending).
         settings: ``render_px``, the map settings and the keypoint settings.
+        ink_only: make the ink alone (map and keypoint bytes ``None``): for pages whose map and
+            keypoints are stored under an :func:`older_settings_tokens` token.
 
     Returns:
         ``[(page_no, map bytes (map_px * map_px uint8) or None, keypoint bytes (a
@@ -647,8 +658,11 @@ def render_page_maps(src, page_nos: list[int], settings: DuplicateSettings = Dup
     try:
         for page in iter_pages(src, render, wanted[0], wanted[-1]):
             if page.page_no in wanted:
-                out[page.page_no] = (page.page_no, page_map(page.image, settings).tobytes(),
-                                     page_keypoints(page.image, settings).tobytes(), page_ink(page.image, settings), None)
+                if ink_only:
+                    out[page.page_no] = (page.page_no, None, None, page_ink(page.image, settings), None)
+                else:
+                    out[page.page_no] = (page.page_no, page_map(page.image, settings).tobytes(),
+                                         page_keypoints(page.image, settings).tobytes(), page_ink(page.image, settings), None)
     except (PageError, PopplerMissingError) as exc:
         reason = str(exc)
         for p in wanted:

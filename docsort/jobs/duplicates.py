@@ -9,7 +9,9 @@
    its ink binarised (:func:`docsort.core.duplicates.render_page_maps`), by a pool of ``spawn``-ed worker processes
    (:func:`docsort.core.workers.worker_pool`); each document's maps are stored at once, so an
    interrupted run resumes where it stopped. Pages added since the last run are the only ones
-   rendered; a page whose file is gone gets an error row and takes no part (reported).
+   rendered; a page whose file is gone gets an error row and takes no part (reported). A page
+   whose map and keypoints were stored before the ink existed (schema 7) keeps them and gets
+   only its ink made (:func:`docsort.core.duplicates.older_settings_tokens`).
 2. **Families, from all maps.** Candidate pairs, their verification by keypoints and connected
    components run on every stored map, keypoint set, visual vector and OCR text
    (:func:`docsort.core.duplicates.find_families`), and the families replace the stored ones in one
@@ -35,7 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from docsort.config.settings import DuplicateSettings
-from docsort.core.duplicates import KEYPOINT_DTYPE, find_families, render_page_maps, settings_token, text_minhashes
+from docsort.core.duplicates import (KEYPOINT_DTYPE, find_families, older_settings_tokens, render_page_maps, settings_token,
+                                     text_minhashes)
 from docsort.core.pages import exit_with_parent
 from docsort.core.workers import ProcessExpired, in_worker, worker_pool
 from docsort.jobs.ocr import _find_source
@@ -87,6 +90,10 @@ def _map_pages(collection: Collection, settings: DuplicateSettings, token: str, 
     todo = collection.pages_needing_maps(token)
     if not todo:
         return 0
+    # Maps and keypoints stored by the version before the ink (same code): kept, only the ink is made.
+    kept: dict[int, tuple[bytes, bytes]] = {}
+    for older in older_settings_tokens(settings):
+        kept.update(collection.stored_maps(older, [pid for pid, _, _ in todo]))
     by_doc: dict[int, list[tuple[int, int]]] = {}
     for page_id, doc_id, page_no in todo:
         by_doc.setdefault(doc_id, []).append((page_id, page_no))
@@ -102,14 +109,14 @@ def _map_pages(collection: Collection, settings: DuplicateSettings, token: str, 
             if on_progress:
                 on_progress(done, total)
             continue
-        tasks.append((doc_id, src, pages))
+        tasks.append((doc_id, src, pages, all(pid in kept for pid, _ in pages)))
     workers = workers or os.cpu_count() or 1
     if in_worker() or workers <= 1 or len(tasks) <= 1:
-        results = ((t, render_page_maps(t[1], [p for _, p in t[2]], settings)) for t in tasks)
+        results = ((t, render_page_maps(t[1], [p for _, p in t[2]], settings, t[3])) for t in tasks)
         pool = None
     else:
         pool = worker_pool(min(workers, len(tasks)), exit_with_parent, (os.getpid(),))
-        futures = [(t, pool.schedule(render_page_maps, args=(t[1], [p for _, p in t[2]], settings))) for t in tasks]
+        futures = [(t, pool.schedule(render_page_maps, args=(t[1], [p for _, p in t[2]], settings, t[3]))) for t in tasks]
 
         def collect():
             for t, fut in futures:
@@ -120,9 +127,15 @@ def _map_pages(collection: Collection, settings: DuplicateSettings, token: str, 
 
         results = collect()
     try:
-        for (doc_id, src, pages), maps in results:
+        for (doc_id, src, pages, ink_only), maps in results:
             by_no = {no: (m, k, i, e) for no, m, k, i, e in maps}
-            collection.store_page_maps([(pid, *by_no[no][:3], token, by_no[no][3]) for pid, no in pages])
+            rows = []
+            for pid, no in pages:
+                m, k, i, e = by_no[no]
+                if ink_only and e is None:
+                    m, k = kept[pid]
+                rows.append((pid, m, k, i, token, e))
+            collection.store_page_maps(rows)
             done += len(pages)
             if on_progress:
                 on_progress(done, total)

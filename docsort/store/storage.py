@@ -1548,6 +1548,16 @@ class Collection:
                     "settings=excluded.settings, error=excluded.error, at=excluded.at", vals)
         return len(vals)
 
+    def stored_maps(self, settings_token: str, page_ids: Iterable[int]) -> dict[int, tuple[bytes, bytes]]:
+        """``{page_id: (map bytes, keypoint bytes)}`` of those of ``page_ids`` whose page map and
+        keypoints are stored with ``settings_token`` (pages without, or whose map failed, absent)."""
+        out: dict[int, tuple[bytes, bytes]] = {}
+        for chunk, marks in _id_chunks([int(p) for p in page_ids]):
+            out.update((int(a), (bytes(m), bytes(k))) for a, m, k in self._conn.execute(
+                f"SELECT page_id, map, keypoints FROM page_maps WHERE settings = ? AND map IS NOT NULL "
+                f"AND keypoints IS NOT NULL AND page_id IN ({marks})", (settings_token, *chunk)))
+        return out
+
     def page_inks(self, settings_token: str, page_ids: Iterable[int]) -> list[bytes | None]:
         """The stored ink BLOBs (:func:`docsort.core.duplicates.page_ink`) of ``page_ids`` made with
         ``settings_token``, in that order; ``None`` for a page without one."""
