@@ -70,10 +70,8 @@ def synthetic_keypoints(n: int, planted: np.ndarray, settings, seed: int = 0) ->
     import cv2
     from PIL import Image
 
-    from docsort.core.duplicates import decode_ink, page_ink
-
     from docsort.config.settings import RenderSettings
-    from docsort.core.duplicates import page_keypoints
+    from docsort.core.duplicates import decode_ink, page_ink, page_keypoints
     from docsort.core.pages import SourceFile, discover_files, iter_pages
 
     rng = np.random.default_rng(seed)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import re
 import sys
@@ -147,19 +148,17 @@ def main() -> None:
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        for c, jt, check in [(c, jt, check) for c in (0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8) for jt in (0.4, 0.6, 1.01)
-                             for check in (True, False)]:
-            if True:
-                with np.errstate(invalid="ignore"):
-                    ok = (cov >= c) | (~np.isnan(jac) & (jac >= jt) & (cov >= base.min_coverage_text))
-                if check:
-                    ok &= conf < base.max_conflict_cells
-                g = coo_matrix((np.ones(int(ok.sum())), (i[ok], j[ok])), shape=(n, n))
-                _, comp = connected_components(g, directed=False)
-                sizes = np.bincount(comp)
-                rows = np.flatnonzero(sizes[comp] > 1)
-                r = evaluate(original, rows, comp[rows]) | {"min_coverage": c, "min_text_jaccard": jt, "conflict_check": check}
-                grid.append(r)
+        for c, jt, check in itertools.product((0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8), (0.4, 0.6, 1.01), (True, False)):
+            with np.errstate(invalid="ignore"):
+                ok = (cov >= c) | (~np.isnan(jac) & (jac >= jt) & (cov >= base.min_coverage_text))
+            if check:
+                ok &= conf < base.max_conflict_cells
+            g = coo_matrix((np.ones(int(ok.sum())), (i[ok], j[ok])), shape=(n, n))
+            _, comp = connected_components(g, directed=False)
+            sizes = np.bincount(comp)
+            rows = np.flatnonzero(sizes[comp] > 1)
+            r = evaluate(original, rows, comp[rows]) | {"min_coverage": c, "min_text_jaccard": jt, "conflict_check": check}
+            grid.append(r)
         report["grid"] = grid
         for r in grid:
             print(f"  coverage>={r['min_coverage']:.2f} jac>={r['min_text_jaccard']:.2f} conflict check {'on ' if r['conflict_check'] else 'off'}: "

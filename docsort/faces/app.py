@@ -178,23 +178,22 @@ def thumbnail_grid(col: Collection, rows, key: str, caption=None, per_row: int =
                           help="Show the pages and documents most like this page")
                 if selectable:
                     pid = int(row.page_id)
-                    st.checkbox("Select", key=f"{key}-pick-{pid}", value=pid in selected, on_change=_tick,
-                                args=(key, pid, f"{row.file} · p.{row.page}"),
+                    st.checkbox("Select", key=f"{key}-pick-{pid}", value=pid in selected, on_change=_tick, args=(key, pid),
                                 help="Select pages here, then act on them below the gallery")
     return list(selected)
 
 
-def gallery_selection(key: str) -> dict[int, str]:
-    """The pages ticked in gallery ``key`` this session: ``{page_id: caption}`` in the order they
-    were ticked (``st.session_state["{key}-selected"]``), kept across the gallery's pages and reruns."""
+def gallery_selection(key: str) -> dict[int, None]:
+    """The pages ticked in gallery ``key`` this session, as the keys of a dict (in the order they
+    were ticked; ``st.session_state["{key}-selected"]``), kept across the gallery's pages and reruns."""
     return st.session_state.setdefault(f"{key}-selected", {})
 
 
-def _tick(key: str, page_id: int, caption: str) -> None:
+def _tick(key: str, page_id: int) -> None:
     """A "Select" box of gallery ``key`` changed: keep the session's selection in step with it."""
     selected = gallery_selection(key)
     if st.session_state.get(f"{key}-pick-{page_id}"):
-        selected[page_id] = caption
+        selected[page_id] = None
     else:
         selected.pop(page_id, None)
 

@@ -91,9 +91,10 @@ def _map_pages(collection: Collection, settings: DuplicateSettings, token: str, 
     if not todo:
         return 0
     # Maps and keypoints stored by the version before the ink (same code): kept, only the ink is made.
-    kept: dict[int, tuple[bytes, bytes]] = {}
-    for older in older_settings_tokens(settings):
-        kept.update(collection.stored_maps(older, [pid for pid, _, _ in todo]))
+    older = older_settings_tokens(settings)
+    kept: set[int] = set()
+    for old in older:
+        kept |= collection.pages_mapped_with(old, [pid for pid, _, _ in todo])
     by_doc: dict[int, list[tuple[int, int]]] = {}
     for page_id, doc_id, page_no in todo:
         by_doc.setdefault(doc_id, []).append((page_id, page_no))
@@ -129,13 +130,10 @@ def _map_pages(collection: Collection, settings: DuplicateSettings, token: str, 
     try:
         for (doc_id, src, pages, ink_only), maps in results:
             by_no = {no: (m, k, i, e) for no, m, k, i, e in maps}
-            rows = []
-            for pid, no in pages:
-                m, k, i, e = by_no[no]
-                if ink_only and e is None:
-                    m, k = kept[pid]
-                rows.append((pid, m, k, i, token, e))
-            collection.store_page_maps(rows)
+            if ink_only:
+                collection.store_page_inks([(pid, by_no[no][2]) for pid, no in pages if by_no[no][3] is None], token, older)
+            collection.store_page_maps([(pid, *by_no[no][:3], token, by_no[no][3]) for pid, no in pages
+                                        if not ink_only or by_no[no][3] is not None])
             done += len(pages)
             if on_progress:
                 on_progress(done, total)

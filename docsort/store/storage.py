@@ -1548,15 +1548,37 @@ class Collection:
                     "settings=excluded.settings, error=excluded.error, at=excluded.at", vals)
         return len(vals)
 
-    def stored_maps(self, settings_token: str, page_ids: Iterable[int]) -> dict[int, tuple[bytes, bytes]]:
-        """``{page_id: (map bytes, keypoint bytes)}`` of those of ``page_ids`` whose page map and
-        keypoints are stored with ``settings_token`` (pages without, or whose map failed, absent)."""
-        out: dict[int, tuple[bytes, bytes]] = {}
+    def pages_mapped_with(self, settings_token: str, page_ids: Iterable[int]) -> set[int]:
+        """Those of ``page_ids`` whose page map and keypoints are stored with ``settings_token``
+        (pages without, or whose map failed, left out)."""
+        out: set[int] = set()
         for chunk, marks in _id_chunks([int(p) for p in page_ids]):
-            out.update((int(a), (bytes(m), bytes(k))) for a, m, k in self._conn.execute(
-                f"SELECT page_id, map, keypoints FROM page_maps WHERE settings = ? AND map IS NOT NULL "
-                f"AND keypoints IS NOT NULL AND page_id IN ({marks})", (settings_token, *chunk)))
+            out.update(int(a) for (a,) in self._conn.execute(
+                f"SELECT page_id FROM page_maps WHERE settings = ? AND map IS NOT NULL AND keypoints IS NOT NULL "
+                f"AND page_id IN ({marks})", (settings_token, *chunk)))
         return out
+
+    def store_page_inks(self, rows: Iterable[tuple[int, bytes]], settings_token: str, from_tokens: Iterable[str]) -> int:
+        """Add the ink to stored page maps whose map and keypoints are kept as they are, and tag
+        them with ``settings_token``, in one transaction: for pages mapped by an earlier version
+        whose maps and keypoints this one makes the same way
+        (:func:`docsort.core.duplicates.older_settings_tokens`).
+
+        Args:
+            rows: ``(page_id, ink bytes)``; only rows stored with one of ``from_tokens`` change.
+
+        Returns:
+            The number of rows changed.
+        """
+        olds = list(from_tokens)
+        marks = ",".join("?" * len(olds))
+        vals = [(bytes(ink), str(settings_token), _now(), int(p), *olds) for p, ink in rows]
+        if not vals or not olds:
+            return 0
+        with self.transaction() as c:
+            before = c.total_changes
+            c.executemany(f"UPDATE page_maps SET ink = ?, settings = ?, at = ? WHERE page_id = ? AND settings IN ({marks})", vals)
+            return c.total_changes - before
 
     def page_inks(self, settings_token: str, page_ids: Iterable[int]) -> list[bytes | None]:
         """The stored ink BLOBs (:func:`docsort.core.duplicates.page_ink`) of ``page_ids`` made with
