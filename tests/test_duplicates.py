@@ -446,6 +446,8 @@ def test_page_ink_round_trips_and_bad_bytes_are_a_clear_error():
     assert len(blob) < ink.size / 8  # compressed below one bit a pixel
     with pytest.raises(ValueError, match="no page ink"):
         decode_ink(b"ab")
+    with pytest.raises(ValueError, match="does not decompress"):
+        decode_ink(blob[:4] + b"not zlib at all")
     with pytest.raises(ValueError, match="holds"):
         decode_ink(blob[:4] + __import__("zlib").compress(b"\0" * 10))
 

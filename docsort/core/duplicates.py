@@ -364,7 +364,7 @@ def decode_ink(blob: bytes) -> np.ndarray:
     """bool (h, w) ink of a page from :func:`page_ink`'s bytes.
 
     Raises:
-        ValueError: the bytes are not a page's ink (too short, or not as many bits as pixels).
+        ValueError: the bytes are not a page's ink (too short, not zlib, or not as many bits as pixels).
     """
     import struct
     import zlib
@@ -372,7 +372,10 @@ def decode_ink(blob: bytes) -> np.ndarray:
     if len(blob) < 4:
         raise ValueError(f"{len(blob)} bytes are no page ink")
     h, w = struct.unpack("<HH", blob[:4])
-    bits = np.frombuffer(zlib.decompress(blob[4:]), np.uint8)
+    try:
+        bits = np.frombuffer(zlib.decompress(blob[4:]), np.uint8)
+    except zlib.error as exc:
+        raise ValueError(f"page ink of {h} x {w} pixels does not decompress: {exc}") from None
     if len(bits) != (h * w + 7) // 8:
         raise ValueError(f"page ink of {h} x {w} pixels holds {len(bits)} bytes")
     return np.unpackbits(bits, count=h * w).reshape(h, w).astype(bool)
